@@ -1,0 +1,1 @@
+"""Data room: rendered scenes, training shards, eval sets, LAION ingestion, caption analyses."""

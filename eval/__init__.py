@@ -1,0 +1,1 @@
+"""Evaluation room: the multi-object bias probes of "CLIP Under the Microscope"."""
