@@ -1,0 +1,368 @@
+"""Training-time mitigations for the order and size biases, as ``SampleTransform``s.
+
+- ``CaptionShuffle``: mention the objects in a random order (rendered data: rebuilt from the
+  ground truth with the sample's template; free-form captions: permute the items of a list).
+- ``RandomResizedCrop``: the standard crop augmentation, image only, for any data.
+- ``ObjectAwareCrop``: crop around one object so it becomes large; drop from the caption the
+  objects that fall mostly outside the crop (needs boxes).
+
+Each is used from YAML as ``data.sample_transforms: [{class_path: train.mitigations.X, ...}]``
+(see ``configs/mitigation/``). Transforms never mutate their input ``meta``; they return a copy.
+Crops record the region they took as ``meta["crop"] = [left, top, width, height]`` in the input
+image's pixel coordinates.
+"""
+from __future__ import annotations
+
+import math
+import random
+import re
+
+from PIL import Image
+
+# Rendered captions are rebuilt from the ground-truth objects with the sample's template id.
+from data_prep.captions import make_caption
+from train.transforms import SampleTransform
+
+__all__ = ["CaptionShuffle", "RandomResizedCrop", "ObjectAwareCrop", "split_list_caption"]
+
+
+def _check_p(p: float) -> float:
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"p={p!r} must be a probability in [0, 1]")
+    return float(p)
+
+
+def _is_rendered(meta: dict) -> bool:
+    """True if ``meta`` carries the ground truth needed to rebuild the caption."""
+    return bool(meta.get("objects")) and "template" in meta
+
+
+def _mentioned(objects: list[dict]) -> list[int]:
+    """Indices of the objects named in the caption, in mention order."""
+    idx = [i for i, o in enumerate(objects) if o.get("mention_index") is not None]
+    return sorted(idx, key=lambda i: objects[i]["mention_index"])
+
+
+# ----------------------------------------------------------------------------- free-form lists
+
+# Leading phrases kept in place ("a photo of", "there are", ...). Matched case-insensitively.
+_LEAD = re.compile(
+    r"^\s*(?:"
+    r"(?:(?:a|an|the|this|some)\s+)?"
+    r"(?:(?:close-?up|stock|color|colour|black and white|digital|cartoon|vintage)\s+)?"
+    r"(?:photo(?:graph)?s?|pictures?|images?|pics?|paintings?|drawings?|illustrations?|close-?ups?"
+    r"|renderings?|renders?|snapshots?|views?|sketch(?:es)?|shots?)\s+(?:of|showing)"
+    r"|there\s+(?:is|are)|this\s+is|these\s+are|here\s+(?:is|are)"
+    r")\s+",
+    re.IGNORECASE,
+)
+# Item separators; ", and" (Oxford comma) is one separator. Commas between digits ("1,000") are not.
+_SEP = re.compile(
+    r"\s*,(?!\d)\s*(?:and|&|with|plus)\s+"
+    r"|\s*(?<!\d),(?!\d)\s*"
+    r"|\s+(?:and|with|plus|beside|besides|alongside|along with|together with|next to)\s+"
+    r"|\s*&\s*",
+    re.IGNORECASE,
+)
+_TAIL = re.compile(r"[\s.!?;:]*$")
+
+
+def split_list_caption(caption: str, max_item_words: int = 5) -> tuple[str, list[str], list[str], str] | None:
+    """Split a list-shaped caption into ``(lead, items, separators, tail)``; ``None`` if not a list.
+
+    ``"a photo of a dog, a cat and a car."`` → ``("a photo of ", ["a dog", "a cat", "a car"],
+    [", ", " and "], ".")``. A caption is a list if it has >= 2 non-empty items of at most
+    ``max_item_words`` words each (longer items are clauses, e.g. "a man sitting on a bench in
+    the park with ..."). ``lead + items[0] + seps[0] + items[1] + ... + tail == caption``.
+    """
+    m = _LEAD.match(caption)
+    lead = m.group(0) if m else ""
+    rest = caption[len(lead):]
+    tail = _TAIL.search(rest).group(0)
+    body = rest[: len(rest) - len(tail)]
+    items: list[str] = []
+    seps: list[str] = []
+    pos = 0
+    for sm in _SEP.finditer(body):
+        items.append(body[pos: sm.start()])
+        seps.append(sm.group(0))
+        pos = sm.end()
+    items.append(body[pos:])
+    if len(items) < 2 or any(not it.strip() or len(it.split()) > max_item_words for it in items):
+        return None
+    return lead, items, seps, tail
+
+
+class CaptionShuffle(SampleTransform):
+    """Mention the objects of a caption in a uniformly random order.
+
+    Rendered data (``meta`` has ``objects`` and ``template``): the caption is rebuilt from the
+    ground-truth objects in a random order with the same template and ``mention_index`` is
+    updated. Free-form captions (LAION): items of a list-shaped caption (see
+    ``split_list_caption``) are permuted, the leading phrase, separators and trailing punctuation
+    stay in place; other captions pass unchanged. Counts: ``changed``, ``unchanged`` (the random
+    order equalled the old one), ``not_list``, ``skipped`` (not drawn with probability ``p``).
+    """
+
+    def __init__(self, p: float = 1.0, max_item_words: int = 5) -> None:
+        """
+        Args:
+            p: probability of shuffling a sample.
+            max_item_words: free-form captions whose items are longer are not treated as lists.
+        """
+        super().__init__()
+        self.p = _check_p(p)
+        if max_item_words < 1:
+            raise ValueError(f"max_item_words={max_item_words!r} must be >= 1")
+        self.max_item_words = int(max_item_words)
+
+    def apply(
+        self, image: Image.Image, caption: str, meta: dict, rng: random.Random
+    ) -> tuple[Image.Image, str, dict]:
+        if rng.random() >= self.p:
+            self.counts["skipped"] += 1
+            return image, caption, meta
+        if _is_rendered(meta):
+            caption, meta = self._shuffle_rendered(meta, rng)
+        else:
+            caption = self._shuffle_free(caption, rng)
+            if "caption" in meta:
+                meta = {**meta, "caption": caption}
+        return image, caption, meta
+
+    def _shuffle_rendered(self, meta: dict, rng: random.Random) -> tuple[str, dict]:
+        objects = [dict(o) for o in meta["objects"]]
+        order = _mentioned(objects)
+        new = order[:]
+        rng.shuffle(new)
+        names = [objects[i]["name"] for i in new]
+        self.counts["changed" if names != [objects[i]["name"] for i in order] else "unchanged"] += 1
+        for k, i in enumerate(new):
+            objects[i]["mention_index"] = k
+        caption = make_caption(names, meta["template"])
+        return caption, {**meta, "objects": objects, "caption": caption}
+
+    def _shuffle_free(self, caption: str, rng: random.Random) -> str:
+        parts = split_list_caption(caption, self.max_item_words)
+        if parts is None:
+            self.counts["not_list"] += 1
+            return caption
+        lead, items, seps, tail = parts
+        new = items[:]
+        rng.shuffle(new)
+        if new == items:
+            self.counts["unchanged"] += 1
+            return caption
+        self.counts["changed"] += 1
+        body = new[0] + "".join(s + it for s, it in zip(seps, new[1:]))
+        return lead + body + tail
+
+
+# ----------------------------------------------------------------------------- crops
+
+
+def _crop_objects(
+    objects: list[dict], crop: tuple[float, float, float, float], out_size: tuple[int, int]
+) -> list[tuple[dict, float]]:
+    """Each object with its box clipped to ``crop`` and mapped to the output image, plus the
+    fraction of its box inside the crop. Areas are scaled by that fraction (approximate)."""
+    left, top, cw, ch = crop
+    sx, sy = out_size[0] / cw, out_size[1] / ch
+    out = []
+    for o in objects:
+        x, y, w, h = o["bbox"]
+        x0, y0 = max(x, left), max(y, top)
+        x1, y1 = min(x + w, left + cw), min(y + h, top + ch)
+        iw, ih = max(0.0, x1 - x0), max(0.0, y1 - y0)
+        visible = (iw * ih) / (w * h) if w > 0 and h > 0 else 0.0
+        new = dict(o)
+        new["bbox"] = [round((x0 - left) * sx, 2), round((y0 - top) * sy, 2), round(iw * sx, 2), round(ih * sy, 2)]
+        if "area" in o:
+            new["area"] = int(round(o["area"] * visible * sx * sy))
+        out.append((new, visible))
+    return out
+
+
+def _resize_crop(image: Image.Image, crop: tuple[float, float, float, float]) -> Image.Image:
+    left, top, cw, ch = crop
+    return image.resize(image.size, Image.BICUBIC, box=(left, top, left + cw, top + ch))
+
+
+class RandomResizedCrop(SampleTransform):
+    """torchvision's RandomResizedCrop (same sampling rule) driven by the sample's ``rng``.
+
+    Output size = input size. Boxes in ``meta["objects"]`` (if any) are clipped and mapped to the
+    crop; the caption is unchanged, so for boxed data it may name an object that was cropped
+    out — that is the standard augmentation (use ``ObjectAwareCrop`` to keep them consistent).
+    Counts ``applied`` / ``skipped``.
+    """
+
+    def __init__(
+        self,
+        scale: tuple[float, float] = (0.35, 1.0),
+        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        p: float = 1.0,
+    ) -> None:
+        """
+        Args:
+            scale: range of the crop's area as a fraction of the image area.
+            ratio: range of the crop's aspect ratio (width / height), sampled log-uniformly.
+            p: probability of cropping a sample.
+        """
+        super().__init__()
+        if not (0 < scale[0] <= scale[1] <= 1):
+            raise ValueError(f"scale={tuple(scale)!r} must satisfy 0 < min <= max <= 1")
+        if not (0 < ratio[0] <= ratio[1]):
+            raise ValueError(f"ratio={tuple(ratio)!r} must satisfy 0 < min <= max")
+        self.scale = (float(scale[0]), float(scale[1]))
+        self.ratio = (float(ratio[0]), float(ratio[1]))
+        self.p = _check_p(p)
+
+    def get_params(self, width: int, height: int, rng: random.Random) -> tuple[int, int, int, int]:
+        """``(left, top, w, h)``: torchvision.transforms.RandomResizedCrop.get_params with ``rng``."""
+        area = width * height
+        log_ratio = (math.log(self.ratio[0]), math.log(self.ratio[1]))
+        for _ in range(10):
+            target_area = area * rng.uniform(*self.scale)
+            aspect = math.exp(rng.uniform(*log_ratio))
+            w = int(round(math.sqrt(target_area * aspect)))
+            h = int(round(math.sqrt(target_area / aspect)))
+            if 0 < w <= width and 0 < h <= height:
+                return rng.randint(0, width - w), rng.randint(0, height - h), w, h
+        # Fallback: central crop with the aspect ratio clamped to the range (as torchvision).
+        in_ratio = width / height
+        if in_ratio < self.ratio[0]:
+            w, h = width, int(round(width / self.ratio[0]))
+        elif in_ratio > self.ratio[1]:
+            w, h = int(round(height * self.ratio[1])), height
+        else:
+            w, h = width, height
+        return (width - w) // 2, (height - h) // 2, w, h
+
+    def apply(
+        self, image: Image.Image, caption: str, meta: dict, rng: random.Random
+    ) -> tuple[Image.Image, str, dict]:
+        if rng.random() >= self.p:
+            self.counts["skipped"] += 1
+            return image, caption, meta
+        crop = tuple(float(v) for v in self.get_params(*image.size, rng))
+        out = _resize_crop(image, crop)
+        meta = {**meta, "crop": list(crop)}
+        if meta.get("objects"):
+            meta["objects"] = [o for o, _ in _crop_objects(meta["objects"], crop, image.size)]
+        self.counts["applied"] += 1
+        return out, caption, meta
+
+
+class ObjectAwareCrop(SampleTransform):
+    """Crop around a randomly chosen object so it becomes large; keep the caption truthful.
+
+    A crop scales every object alike, so among the objects that stay, the size order (and hence a
+    largest-first mention order) is unchanged; what changes is their absolute size, and the
+    largest object is often cut out. Combine with ``CaptionShuffle`` to also decouple order.
+
+    The crop has the image's aspect ratio (square for the square rendered corpus) and side
+    ``max object side × U(context)``, placed at random such that the chosen object lies inside.
+    Objects with less than ``min_visible`` of their box inside the crop are removed from
+    ``meta["objects"]`` (their names go to ``meta["dropped"]``) and the caption is rebuilt with the
+    sample's template over the remaining mentioned objects in their old mention order. Boxes are
+    clipped and mapped to the output; areas are scaled approximately. Needs rendered metadata
+    (``objects`` with boxes and ``template``): other data raises ``ValueError``.
+    Counts ``applied`` / ``skipped`` and the total ``objects_dropped``.
+    """
+
+    def __init__(
+        self, p: float = 0.5, min_visible: float = 0.5, context: tuple[float, float] = (1.5, 3.0)
+    ) -> None:
+        """
+        Args:
+            p: probability of cropping a sample.
+            min_visible: an object stays in the caption if at least this fraction of its box is
+                inside the crop.
+            context: range of crop side / largest side of the chosen object's box (>= 1): 1 makes
+                the object fill the crop, 3 leaves it a third of the crop's side. The default
+                (1.5, 3) gives a small object about the size of the rendered corpus's large ones;
+                narrower context drops more neighbours (on the quickstart corpus, (1.2, 2) leaves
+                61 % of cropped captions with a single object, (1.5, 3) 34 %).
+        """
+        super().__init__()
+        self.p = _check_p(p)
+        if not 0.0 < min_visible <= 1.0:
+            raise ValueError(f"min_visible={min_visible!r} must be in (0, 1]")
+        if not 1.0 <= context[0] <= context[1]:
+            raise ValueError(f"context={tuple(context)!r} must satisfy 1 <= min <= max")
+        self.min_visible = float(min_visible)
+        self.context = (float(context[0]), float(context[1]))
+
+    def check_metadata(self, meta: dict) -> None:
+        objects = meta.get("objects")
+        if not objects:
+            raise ValueError(
+                "ObjectAwareCrop needs per-object boxes in the sample json (meta['objects'] = "
+                "[{name, bbox, mention_index}, ...]) but this sample "
+                f"(key={meta.get('key')!r}) has none — e.g. LAION shards. Use "
+                "train.mitigations.RandomResizedCrop (configs/mitigation/crop.yaml) for data "
+                "without boxes, or a corpus rendered by data_prep.synth."
+            )
+        if "template" not in meta:
+            raise ValueError(
+                "ObjectAwareCrop rebuilds the caption from meta['template'], which this sample "
+                f"(key={meta.get('key')!r}) lacks; use shards written by data_prep.synth."
+            )
+        for o in objects:
+            if "name" not in o or len(o.get("bbox") or ()) != 4:
+                raise ValueError(
+                    f"ObjectAwareCrop: object {o!r} in sample {meta.get('key')!r} needs 'name' and "
+                    "'bbox' = [x, y, w, h] in pixels."
+                )
+
+    def apply(
+        self, image: Image.Image, caption: str, meta: dict, rng: random.Random
+    ) -> tuple[Image.Image, str, dict]:
+        self.check_metadata(meta)  # every sample: missing boxes are an error, never a no-op
+        if rng.random() >= self.p:
+            self.counts["skipped"] += 1
+            return image, caption, meta
+        objects = meta["objects"]
+        order = _mentioned(objects)
+        candidates = [i for i in order if objects[i]["bbox"][2] > 0 and objects[i]["bbox"][3] > 0]
+        if not candidates:
+            self.counts["skipped"] += 1
+            return image, caption, meta
+        chosen = rng.choice(candidates)
+        crop = self._crop_box(objects[chosen]["bbox"], image.size, rng)
+        cropped = _crop_objects(objects, crop, image.size)
+        keep = [i for i, (_, vis) in enumerate(cropped) if vis >= self.min_visible or i == chosen]
+        kept_set = set(keep)
+        new_objects = [cropped[i][0] for i in keep]
+        mentioned_kept = [i for i in order if i in kept_set]
+        for k, i in enumerate(mentioned_kept):
+            cropped[i][0]["mention_index"] = k
+        dropped = [objects[i]["name"] for i in range(len(objects)) if i not in kept_set]
+        caption = make_caption([objects[i]["name"] for i in mentioned_kept], meta["template"])
+        meta = {**meta, "objects": new_objects, "caption": caption, "crop": list(crop), "dropped": dropped}
+        self.counts["applied"] += 1
+        self.counts["objects_dropped"] += len(dropped)
+        return _resize_crop(image, crop), caption, meta
+
+    def _crop_box(
+        self, bbox: list[float], size: tuple[int, int], rng: random.Random
+    ) -> tuple[float, float, float, float]:
+        """``(left, top, w, h)`` with the image's aspect ratio, containing ``bbox`` if it fits."""
+        width, height = size
+        x, y, bw, bh = (float(v) for v in bbox)
+        aspect = height / width
+        cw = min(float(width), max(bw, bh / aspect) * rng.uniform(*self.context))
+        ch = cw * aspect
+        left = rng.uniform(*_slide(x, bw, cw, width))
+        top = rng.uniform(*_slide(y, bh, ch, height))
+        return left, top, cw, ch
+
+
+def _slide(x: float, w: float, cw: float, size: float) -> tuple[float, float]:
+    """Range of crop starts (1-D) keeping ``[x, x+w]`` inside ``[start, start+cw]`` within ``[0, size]``."""
+    lo, hi = max(0.0, x + w - cw), min(size - cw, x)
+    if lo > hi:  # object larger than the crop or crop cannot contain it: centre on the object
+        c = min(max(x + w / 2 - cw / 2, 0.0), size - cw)
+        return c, c
+    return lo, hi
