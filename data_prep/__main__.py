@@ -1,0 +1,4 @@
+"""``python -m data_prep ...`` -> :func:`data_prep.cli.main`."""
+from .cli import main
+
+main()

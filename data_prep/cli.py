@@ -1,0 +1,211 @@
+"""Command line: ``python -m data_prep {synth,comco,official,caption-order,laion,vocab} ...``.
+
+Every sub-command checks its arguments before doing any work and reports bad values through
+``parser.error`` (exit code 2, message naming the flag).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from . import synth as synth_mod
+
+
+def _positive(flag: str):
+    def conv(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} must be an integer, got {text!r}") from None
+        if v < 1:
+            raise argparse.ArgumentTypeError(f"{flag} must be positive, got {v}")
+        return v
+    return conv
+
+
+def _probability(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--p-large-first must be a number, got {text!r}") from None
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"--p-large-first must lie in [0, 1], got {v}")
+    return v
+
+
+def _check_out(parser: argparse.ArgumentParser, out: Path, overwrite: bool) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        parser.error(f"--out {out} exists and is not empty; pass --overwrite or choose an empty directory")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m data_prep", description=(
+        "Data room: rendered scenes, training shards, eval sets, LAION ingestion, caption analyses."))
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("synth", help="rendered training shards with a caption-order knob")
+    s.add_argument("--out", type=Path, required=True, help="output directory for 00000.tar, sizes.json, meta.json")
+    s.add_argument("--num-samples", type=_positive("--num-samples"), required=True, help="number of images")
+    s.add_argument("--seed", type=int, default=0, help="corpus seed (sample i depends on (seed, i) only)")
+    s.add_argument("--image-size", type=_positive("--image-size"), default=64, help="image side in pixels")
+    s.add_argument("--min-objects", type=_positive("--min-objects"), default=2, help="fewest objects per image")
+    s.add_argument("--max-objects", type=_positive("--max-objects"), default=4, help="most objects per image")
+    s.add_argument("--size-mode", choices=synth_mod.SIZE_MODES, default="one_large",
+                   help="one_large: one large + smaller objects; mixed: all sizes drawn alike")
+    s.add_argument("--p-large-first", type=_probability, default=0.9,
+                   help="probability that a caption names objects largest-first (else a random order "
+                        "whose first object is not the largest; 1/n = unbiased)")
+    s.add_argument("--shard-size", type=_positive("--shard-size"), default=1000, help="samples per tar")
+    s.add_argument("--workers", type=_positive("--workers"), default=1, help="processes (same bytes for any value)")
+    s.add_argument("--objects", nargs="+", default=None, help="restrict to these object names (default: all)")
+    s.add_argument("--overwrite", action="store_true", help="allow a non-empty --out")
+    s.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    c = sub.add_parser("comco", help="ComCO/SimCO-style counterbalanced eval set")
+    c.add_argument("--out", type=Path, required=True, help="output directory (images + manifest.jsonl)")
+    c.add_argument("--seed", type=int, default=0, help="seed of object orders")
+    c.add_argument("--image-size", type=_positive("--image-size"), default=64, help="image side in pixels")
+    c.add_argument("--n-objects", type=int, nargs="+", default=[2, 3, 4, 5], help="object counts (2..5)")
+    c.add_argument("--items-per-setting", type=_positive("--items-per-setting"), default=None,
+                   help="images per (n, large slot); default = vocabulary size (exact counterbalance)")
+    c.add_argument("--kind", choices=("objects", "shapes"), default="objects", help="OpenMoji objects or SimCO shapes")
+    c.add_argument("--background", default="white", help="plain, white, noise, gradient or #rrggbb")
+    c.add_argument("--objects", nargs="+", default=None, help="restrict to these names (default: all of --kind)")
+    c.add_argument("--overwrite", action="store_true", help="allow a non-empty --out")
+    c.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    o = sub.add_parser("official", help="convert the paper's ComCO folders to manifest.jsonl")
+    o.add_argument("--src", type=Path, required=True, help="folder holding CoCo-* folders")
+    o.add_argument("--out", type=Path, required=True, help="output directory")
+    o.add_argument("--large-slot", action="append", default=[], metavar="FOLDER=INDEX",
+                   help="override: folder name without 'CoCo-' = large slot index (repeatable)")
+    o.add_argument("--overwrite", action="store_true", help="allow a non-empty --out")
+
+    a = sub.add_parser("caption-order", help="position of the largest mentioned object in captions (Fig. 4b)")
+    a.add_argument("--shards", nargs="*", type=Path, default=[], help="tar shards or directories of shards")
+    a.add_argument("--coco-instances", type=Path, help="COCO instances_*.json")
+    a.add_argument("--coco-captions", type=Path, help="COCO captions_*.json")
+    a.add_argument("--out", type=Path, required=True, help="output directory for caption_order.json/.png")
+    a.add_argument("--max-samples", type=_positive("--max-samples"), default=None, help="stop after this many")
+    a.add_argument("--overwrite", action="store_true", help="allow a non-empty --out")
+
+    l = sub.add_parser("laion", help="download url+caption parquet rows with img2dataset")
+    l.add_argument("--parquet", type=Path, required=True, help="parquet file with url and caption columns")
+    l.add_argument("--out", type=Path, required=True, help="output directory for shards")
+    l.add_argument("--num-samples", type=_positive("--num-samples"), default=None, help="use at most N rows")
+    l.add_argument("--image-size", type=_positive("--image-size"), default=64, help="resize side")
+    l.add_argument("--url-col", default="url", help="url column name")
+    l.add_argument("--caption-col", default="caption", help="caption column name")
+    l.add_argument("--processes", type=_positive("--processes"), default=1, help="img2dataset processes")
+    l.add_argument("--threads", type=_positive("--threads"), default=8, help="img2dataset threads")
+    l.add_argument("--shard-size", type=_positive("--shard-size"), default=1000, help="samples per tar")
+    l.add_argument("--overwrite", action="store_true", help="allow a non-empty --out")
+
+    v = sub.add_parser("vocab", help="list objects/shapes, or save a PNG grid of all sprites")
+    v.add_argument("--grid", type=Path, default=None, help="write a contact sheet PNG here")
+    for sp in (s, c, o, a, l, v):
+        sp.set_defaults(parser=sp)
+    return p
+
+
+def _run_synth(p, args) -> None:
+    try:
+        synth_mod.validate_args(args.num_samples, args.image_size, args.min_objects, args.max_objects,
+                                args.size_mode, args.p_large_first, args.shard_size, args.workers, args.objects)
+    except ValueError as e:
+        p.error(str(e))
+    _check_out(p, args.out, args.overwrite)
+    meta = synth_mod.write_corpus(args.out, args.num_samples, args.seed, args.image_size, args.min_objects,
+                                  args.max_objects, args.size_mode, args.p_large_first, args.shard_size,
+                                  args.overwrite, not args.no_progress, args.workers, args.objects)
+    print(f"wrote {meta['num_samples']} samples in {meta['num_shards']} shards to {args.out}")
+
+
+def _run_comco(p, args) -> None:
+    from . import comco
+    from .render import check_background
+    try:
+        comco.validate_args(args.image_size, args.n_objects, args.items_per_setting, args.kind, args.objects)
+        check_background(args.background)
+    except ValueError as e:
+        p.error(str(e))
+    _check_out(p, args.out, args.overwrite)
+    path = comco.write_eval_set(args.out, args.seed, args.image_size, args.n_objects, args.items_per_setting,
+                                args.kind, args.overwrite, args.background, not args.no_progress, args.objects)
+    print(f"wrote {path}")
+
+
+def _run_official(p, args) -> None:
+    from .official import convert_official
+    overrides = {}
+    for item in args.large_slot:
+        name, _, idx = item.partition("=")
+        if not idx.isdigit():
+            p.error(f"--large-slot expects FOLDER=INDEX, got {item!r}")
+        overrides[name] = int(idx)
+    if not args.src.is_dir():
+        p.error(f"--src {args.src} is not a directory")
+    _check_out(p, args.out, args.overwrite)
+    try:
+        path = convert_official(args.src, args.out, args.overwrite, overrides)
+    except ValueError as e:
+        p.error(str(e))
+    print(f"wrote {path}")
+
+
+def _run_caption_order(p, args) -> None:
+    from . import caption_order
+    if not args.shards and not (args.coco_instances and args.coco_captions):
+        p.error("give --shards, or both --coco-instances and --coco-captions")
+    for f in [*args.shards, args.coco_instances, args.coco_captions]:
+        if f is not None and not f.exists():
+            p.error(f"input {f} does not exist")
+    _check_out(p, args.out, args.overwrite)
+    if args.shards:
+        counts = caption_order.analyse_shards(args.shards, max_samples=args.max_samples)
+    else:
+        counts = caption_order.analyse_coco(args.coco_instances, args.coco_captions, max_samples=args.max_samples)
+    report = caption_order.write_report(counts, args.out)
+    print(json.dumps(report["summary"], indent=2))
+    if report["summary"]["n_used"] == 0:
+        print("warning: no caption was usable; shards without ground-truth 'objects' (e.g. LAION) need a "
+              "detector (data_prep.caption_order.Detector, Python API only)", file=sys.stderr)
+
+
+def _run_laion(p, args) -> None:
+    from . import laion
+    try:
+        laion.validate_parquet(args.parquet, args.url_col, args.caption_col)
+    except ValueError as e:
+        p.error(str(e))
+    _check_out(p, args.out, args.overwrite)
+    meta = laion.download(args.parquet, args.out, num_samples=args.num_samples, image_size=args.image_size,
+                          url_col=args.url_col, caption_col=args.caption_col, processes=args.processes,
+                          threads=args.threads, shard_size=args.shard_size, overwrite=args.overwrite)
+    print(f"downloaded {meta['num_success']} of {meta['num_rows']} rows into {args.out}")
+
+
+def _run_vocab(p, args) -> None:
+    from .vocab import MISSING, OBJECTS, SHAPES
+    for name, spec in sorted(OBJECTS.items()):
+        print(f"{name}\t{spec.codepoint}\t{spec.size_class}")
+    print(f"# {len(OBJECTS)} objects; missing: {', '.join(MISSING)}; shapes: {', '.join(SHAPES)}")
+    if args.grid:
+        from .glyphs import contact_sheet
+        contact_sheet(list(OBJECTS) + list(SHAPES)).save(args.grid)
+        print(f"wrote {args.grid}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of ``python -m data_prep``."""
+    p = build_parser()
+    args = p.parse_args(argv)
+    sub = args.parser  # the sub-command's parser, so errors show its usage
+    {"synth": _run_synth, "comco": _run_comco, "official": _run_official,
+     "caption-order": _run_caption_order, "laion": _run_laion, "vocab": _run_vocab}[args.command](sub, args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main(sys.argv[1:])

@@ -1,0 +1,172 @@
+"""Rendered training corpus with a caption-order knob (``python -m data_prep synth``).
+
+Each sample: 2-4 OpenMoji objects at random non-overlapping places; the caption names them
+largest-first (by visible area) with probability ``p_large_first``, otherwise in a random
+order whose first object is *not* the largest. So the share of captions whose first-mentioned
+object is the largest is exactly ``p_large_first`` in expectation; ``p_large_first = 1/n``
+corresponds to an unbiased (uniformly random) order for n objects.
+
+Every sample draws from its own RNG seeded by ``(seed, index)``, so output bytes do not depend
+on the number of workers.
+"""
+from __future__ import annotations
+
+import math
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .captions import TEMPLATES, make_caption
+from .render import render_scene, size_for_area
+from .shards import encode_jpeg, prepare_out_dir, sample_key, shard_name, write_json_atomic, write_tar_atomic
+from .vocab import check_names, list_objects
+
+SIZE_MODES = ("one_large", "mixed")
+#: opaque area as a fraction of the image: (low, high)
+LARGE_RANGE = (0.10, 0.18)
+SMALL_RANGE = (0.015, 0.04)
+MIXED_RANGE = (0.015, 0.18)
+
+
+def caption_order(areas: Sequence[int], p_large_first: float, rng: np.random.Generator) -> tuple[list[int], bool]:
+    """Mention order (indices into ``areas``) and whether it is largest-first.
+
+    With probability ``p_large_first``: decreasing area (ties by index). Otherwise a uniformly
+    random permutation among those whose first element is not the largest object.
+    """
+    n = len(areas)
+    by_size = sorted(range(n), key=lambda i: (-areas[i], i))
+    if n == 1 or rng.random() < p_large_first:
+        return by_size, True
+    largest = by_size[0]
+    first = int(rng.choice([i for i in range(n) if i != largest]))
+    rest = [i for i in range(n) if i != first]
+    rest = [rest[j] for j in rng.permutation(len(rest))]
+    return [first] + rest, False
+
+
+def validate_args(num_samples: int, image_size: int, min_objects: int, max_objects: int, size_mode: str,
+                  p_large_first: float, shard_size: int, workers: int = 1,
+                  objects: Sequence[str] | None = None) -> None:
+    """Collect every problem with the arguments and raise one ``ValueError`` naming the flags."""
+    errs = []
+    if objects is not None:
+        try:
+            check_names(list(objects))
+        except ValueError as e:
+            raise ValueError(f"--objects: {e}") from None  # e lists the valid names
+        if len(set(objects)) != len(objects):
+            errs.append(f"--objects has duplicates: {sorted(objects)}")
+    vocab_size = len(set(objects)) if objects is not None else len(list_objects())
+    if num_samples < 1:
+        errs.append(f"--num-samples must be positive, got {num_samples}")
+    if image_size < 16:
+        errs.append(f"--image-size must be >= 16, got {image_size}")
+    if min_objects < 1:
+        errs.append(f"--min-objects must be positive, got {min_objects}")
+    if max_objects < min_objects:
+        errs.append(f"--max-objects ({max_objects}) must be >= --min-objects ({min_objects})")
+    if max_objects > vocab_size:
+        errs.append(f"--max-objects must be <= the number of objects ({vocab_size}), got {max_objects}")
+    if size_mode not in SIZE_MODES:
+        errs.append(f"--size-mode must be one of {SIZE_MODES}, got {size_mode!r}")
+    if not (0.0 <= p_large_first <= 1.0) or math.isnan(p_large_first):
+        errs.append(f"--p-large-first must lie in [0, 1], got {p_large_first}")
+    if shard_size < 1:
+        errs.append(f"--shard-size must be positive, got {shard_size}")
+    if workers < 1:
+        errs.append(f"--workers must be positive, got {workers}")
+    if errs:
+        raise ValueError("; ".join(errs))
+
+
+def make_sample(index: int, seed: int, image_size: int, min_objects: int, max_objects: int,
+                size_mode: str, p_large_first: float, key: str,
+                objects: Sequence[str] | None = None) -> tuple[str, bytes, str, dict]:
+    """Render sample ``index``: ``(key, jpg bytes, caption, json dict)``; depends only on its args."""
+    rng = np.random.default_rng([seed, index])
+    names = sorted(objects) if objects is not None else list_objects()
+    n = int(rng.integers(min_objects, max_objects + 1))
+    chosen = [names[i] for i in rng.choice(len(names), size=n, replace=False)]
+    if size_mode == "one_large":
+        sizes = [rng.uniform(*LARGE_RANGE)] + list(rng.uniform(*SMALL_RANGE, size=n - 1))
+    else:
+        sizes = list(rng.uniform(*MIXED_RANGE, size=n))
+    sizes = [size_for_area(nm, float(z), image_size, max_side=0.8) for nm, z in zip(chosen, sizes)]
+    scene_seed = int(rng.integers(2**31))
+    image, truth = render_scene(chosen, sizes, "random", image_size, "random", seed=scene_seed)
+    order, large_first = caption_order([t["area"] for t in truth], p_large_first, rng)
+    template = list(TEMPLATES)[int(rng.integers(len(TEMPLATES)))]
+    caption = make_caption([chosen[i] for i in order], template)
+    mention = {obj: pos for pos, obj in enumerate(order)}
+    drawing = sorted(range(n), key=lambda i: truth[i]["draw_index"])
+    objects = [{"name": truth[i]["name"], "bbox": truth[i]["bbox"], "area": truth[i]["area"],
+                "mention_index": mention[i]} for i in drawing]
+    meta = {"key": key, "caption": caption, "url": None, "width": image_size, "height": image_size,
+            "original_width": image_size, "original_height": image_size, "status": "success",
+            "error_message": None, "template": template, "objects": objects, "large_first": large_first}
+    return key, encode_jpeg(image), caption, meta
+
+
+def _write_shard(out_dir: str, shard: int, start: int, stop: int, shard_size: int, kw: dict) -> int:
+    samples = (make_sample(i, key=sample_key(shard, i - start, shard_size), **kw) for i in range(start, stop))
+    return write_tar_atomic(Path(out_dir) / shard_name(shard), samples)
+
+
+def write_corpus(out_dir, num_samples: int, seed: int = 0, image_size: int = 64, min_objects: int = 2,
+                 max_objects: int = 4, size_mode: str = "one_large", p_large_first: float = 0.9,
+                 shard_size: int = 1000, overwrite: bool = False, progress: bool = True,
+                 workers: int = 1, objects: Sequence[str] | None = None) -> dict:
+    """Write the rendered corpus as img2dataset-style shards + ``sizes.json`` + ``meta.json``.
+
+    Args:
+        out_dir: output directory (must be empty unless ``overwrite``).
+        num_samples: number of images.
+        seed: corpus seed; sample i depends only on (seed, i).
+        image_size: side in pixels.
+        min_objects, max_objects: objects per image, inclusive range.
+        size_mode: ``one_large`` (one large + smaller ones) or ``mixed`` (all sizes drawn alike).
+        p_large_first: probability that the caption names objects largest-first.
+        shard_size: samples per tar.
+        overwrite: clear our files from a non-empty ``out_dir`` instead of refusing.
+        progress: show a tqdm bar.
+        workers: processes rendering whole shards in parallel (output bytes are the same).
+        objects: restrict the vocabulary to these names (default: all of ``vocab.OBJECTS``).
+    Returns:
+        the meta dict written to ``meta.json``.
+    """
+    validate_args(num_samples, image_size, min_objects, max_objects, size_mode, p_large_first, shard_size, workers,
+                  objects)
+    out = prepare_out_dir(Path(out_dir), overwrite)
+    kw = dict(seed=seed, image_size=image_size, min_objects=min_objects, max_objects=max_objects,
+              size_mode=size_mode, p_large_first=p_large_first,
+              objects=sorted(objects) if objects is not None else None)
+    n_shards = math.ceil(num_samples / shard_size)
+    jobs = [(s, s * shard_size, min((s + 1) * shard_size, num_samples)) for s in range(n_shards)]
+    sizes: dict[str, int] = {}
+    bar = tqdm(total=num_samples, desc="synth", unit="img", disable=not progress)
+    if workers == 1:
+        for shard, start, stop in jobs:
+            def counted(shard=shard, start=start, stop=stop):
+                for i in range(start, stop):
+                    yield make_sample(i, key=sample_key(shard, i - start, shard_size), **kw)
+                    bar.update(1)
+            sizes[shard_name(shard)] = write_tar_atomic(out / shard_name(shard), counted())
+    else:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            futs = {pool.submit(_write_shard, str(out), s, a, b, shard_size, kw): s for s, a, b in jobs}
+            for fut, shard in futs.items():
+                sizes[shard_name(shard)] = fut.result()
+                bar.update(sizes[shard_name(shard)])
+    bar.close()
+    write_json_atomic(out / "sizes.json", sizes)
+    meta = {"kind": "synth", "num_samples": num_samples, "num_shards": n_shards, **kw,
+            "shard_size": shard_size, "templates": TEMPLATES, "vocabulary": kw["objects"] or list_objects(),
+            "size_ranges": {"large": LARGE_RANGE, "small": SMALL_RANGE, "mixed": MIXED_RANGE},
+            "caption_order_rule": "largest-first (by visible area) with p_large_first, else random order "
+                                  "whose first object is not the largest"}
+    write_json_atomic(out / "meta.json", meta)
+    return meta

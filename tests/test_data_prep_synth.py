@@ -1,0 +1,161 @@
+"""Training corpus: determinism, img2dataset layout, the caption-order knob, bad input."""
+import json
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import webdataset as wds
+
+from data_prep import synth
+from data_prep.captions import make_caption
+from data_prep.cli import main as cli_main
+from data_prep.synth import caption_order, write_corpus
+
+
+def _files(d: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(d.iterdir())}
+
+
+def test_same_seed_gives_byte_identical_shards_for_any_worker_count(tmp_path):
+    kw = dict(num_samples=120, seed=3, shard_size=50, progress=False)
+    a = write_corpus(tmp_path / "a", **kw)
+    write_corpus(tmp_path / "b", **kw)
+    write_corpus(tmp_path / "c", workers=2, **kw)
+    write_corpus(tmp_path / "d", **{**kw, "seed": 4})
+    fa = _files(tmp_path / "a")
+    assert sorted(fa) == ["00000.tar", "00001.tar", "00002.tar", "meta.json", "sizes.json"]
+    assert fa == _files(tmp_path / "b") == _files(tmp_path / "c")
+    assert fa["00000.tar"] != _files(tmp_path / "d")["00000.tar"]
+    assert json.loads(fa["sizes.json"]) == {"00000.tar": 50, "00001.tar": 50, "00002.tar": 20}
+    assert a["num_samples"] == 120 and json.loads(fa["meta.json"])["seed"] == 3
+    with tarfile.open(tmp_path / "a" / "00000.tar") as tar:  # no clock or user in the headers
+        assert {(m.mtime, m.uid, m.gid, m.uname) for m in tar} == {(0, 0, 0, "")}
+
+
+def test_shards_read_back_with_webdataset_in_img2dataset_layout(tmp_path):
+    write_corpus(tmp_path, num_samples=40, seed=0, shard_size=25, progress=False, min_objects=2, max_objects=5)
+    urls = [str(p) for p in sorted(tmp_path.glob("*.tar"))]
+    samples = list(wds.WebDataset(urls, shardshuffle=False).decode("pil"))
+    assert len(samples) == 40
+    keys = [s["__key__"] for s in samples]
+    assert len(set(keys)) == 40 and keys[0] == "0000000" and keys[25] == "0000100"
+    for s in samples:
+        assert {"jpg", "txt", "json"} <= set(s)
+        meta, img = s["json"], s["jpg"]
+        assert img.size == (64, 64) and meta["width"] == meta["height"] == 64
+        assert meta["status"] == "success" and meta["key"] == s["__key__"] and meta["caption"] == s["txt"]
+        objs = meta["objects"]
+        assert 2 <= len(objs) <= 5
+        assert sorted(o["mention_index"] for o in objs) == list(range(len(objs)))
+        mentioned = [o["name"] for o in sorted(objs, key=lambda o: o["mention_index"])]
+        assert s["txt"] == make_caption(mentioned, meta["template"])  # caption rebuildable from json
+        first = min(objs, key=lambda o: o["mention_index"])
+        assert meta["large_first"] == (first["area"] == max(o["area"] for o in objs))
+        for o in objs:
+            x, y, w, h = o["bbox"]
+            assert 0 <= x and x + w <= 64 and 0 <= y and y + h <= 64 and 0 < o["area"] <= w * h
+    assert len({s["json"]["template"] for s in samples}) >= 4  # several templates in use
+
+
+@pytest.mark.parametrize("p", [0.9, 0.0, 0.5])
+def test_caption_order_decision_hits_p(p):
+    rng = np.random.default_rng(1)
+    hits = 0
+    for _ in range(5000):
+        n = int(rng.integers(2, 6))
+        areas = [int(a) for a in rng.integers(1, 1000, n)]
+        order, large_first = caption_order(areas, p, rng)
+        assert sorted(order) == list(range(n))
+        is_largest_first = areas[order[0]] == max(areas)
+        assert is_largest_first == large_first or areas.count(max(areas)) > 1
+        if large_first:
+            assert [areas[i] for i in order] == sorted(areas, reverse=True)
+        hits += is_largest_first
+    assert abs(hits / 5000 - p) <= 0.02
+
+
+def test_caption_order_random_branch_is_uniform_over_non_largest_first():
+    rng = np.random.default_rng(2)
+    firsts = [caption_order([5, 50, 10, 1], 0.0, rng)[0][0] for _ in range(3000)]
+    counts = np.bincount(firsts, minlength=4)
+    assert counts[1] == 0
+    assert all(abs(c / 3000 - 1 / 3) < 0.04 for c in counts[[0, 2, 3]])
+
+
+def _largest_first_share(out: Path) -> float:
+    metas = [s["json"] for s in wds.WebDataset(sorted(map(str, out.glob("*.tar"))), shardshuffle=False).decode()]
+    firsts = [max(m["objects"], key=lambda o: o["area"])["mention_index"] == 0 for m in metas]
+    return float(np.mean(firsts))
+
+
+def test_knob_end_to_end_over_5000_samples(tmp_path):
+    write_corpus(tmp_path / "p9", num_samples=5000, seed=11, p_large_first=0.9, progress=False)
+    assert abs(_largest_first_share(tmp_path / "p9") - 0.9) <= 0.02
+    write_corpus(tmp_path / "p0", num_samples=500, seed=11, p_large_first=0.0, progress=False, size_mode="mixed")
+    assert _largest_first_share(tmp_path / "p0") <= 0.02
+
+
+def test_interrupted_run_leaves_no_partial_shard(tmp_path, monkeypatch):
+    real = synth.make_sample
+
+    def failing(index, **kw):
+        if index == 7:
+            raise KeyboardInterrupt
+        return real(index, **kw)
+
+    monkeypatch.setattr(synth, "make_sample", failing)
+    with pytest.raises(KeyboardInterrupt):
+        write_corpus(tmp_path, num_samples=20, shard_size=5, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["00000.tar"]  # complete shard only
+
+
+@pytest.mark.parametrize("kw, flag", [
+    (dict(num_samples=0), "--num-samples"), (dict(p_large_first=1.5), "--p-large-first"),
+    (dict(p_large_first=-0.1), "--p-large-first"), (dict(min_objects=3, max_objects=2), "--max-objects"),
+    (dict(size_mode="huge"), "--size-mode"), (dict(shard_size=0), "--shard-size"),
+])
+def test_bad_arguments_fail_before_any_work(tmp_path, kw, flag):
+    args = dict(num_samples=10, progress=False) | kw
+    with pytest.raises(ValueError, match=flag):
+        write_corpus(tmp_path / "out", **args)
+    assert not (tmp_path / "out").exists()
+
+
+def test_non_empty_output_needs_overwrite(tmp_path):
+    (tmp_path / "junk.txt").write_text("x")
+    with pytest.raises(ValueError, match="--overwrite"):
+        write_corpus(tmp_path, num_samples=5, progress=False)
+    write_corpus(tmp_path, num_samples=5, progress=False, overwrite=True)
+    assert (tmp_path / "00000.tar").exists()
+
+
+def test_cli_synth_and_errors(tmp_path, capsys):
+    cli_main(["synth", "--out", str(tmp_path / "s"), "--num-samples", "12", "--seed", "1", "--shard-size", "5",
+              "--no-progress"])
+    assert json.loads((tmp_path / "s" / "sizes.json").read_text()) == {"00000.tar": 5, "00001.tar": 5, "00002.tar": 2}
+    for argv, msg in [(["--num-samples", "0"], "--num-samples must be positive"),
+                      (["--num-samples", "5", "--p-large-first", "2"], "--p-large-first must lie in"),
+                      (["--num-samples", "5"], "not empty; pass --overwrite")]:
+        with pytest.raises(SystemExit) as e:
+            cli_main(["synth", "--out", str(tmp_path / "s"), *argv])
+        assert e.value.code == 2 and msg in capsys.readouterr().err
+
+
+def test_python_dash_m_entry_point(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "data_prep", "synth", "--out", str(tmp_path), "--num-samples", "3",
+                        "--no-progress"], capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "00000.tar").exists()
+
+
+def test_objects_subset_and_unknown_name(tmp_path):
+    write_corpus(tmp_path / "a", num_samples=30, objects=["dog", "pizza", "car"], max_objects=3, progress=False)
+    metas = [s["json"] for s in wds.WebDataset(str(tmp_path / "a" / "00000.tar"), shardshuffle=False).decode()]
+    assert {o["name"] for m in metas for o in m["objects"]} == {"dog", "pizza", "car"}
+    with pytest.raises(ValueError, match=r"--objects: unknown objects \['unicorn'\]; valid names: airplane"):
+        write_corpus(tmp_path / "b", num_samples=3, objects=["dog", "unicorn"], progress=False)
+    with pytest.raises(ValueError, match="--max-objects must be <= the number of objects"):
+        write_corpus(tmp_path / "b", num_samples=3, objects=["dog", "car"], max_objects=4, progress=False)
