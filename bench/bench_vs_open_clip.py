@@ -1,0 +1,107 @@
+"""Throughput of ``python -m train fit`` vs open_clip's own trainer on identical work.
+
+Same shards (rendered corpus), model config, batch size, workers, precision (fp32) and steps; both
+runs in this script, one after the other. Prints the steady-state samples/s of each (median over
+steps after the first ``--skip`` ones) and the ratio ours / theirs.
+
+    python bench/bench_vs_open_clip.py --model clip-tiny --batch-size 64 --workers 1 --steps 30
+
+open_clip_train needs webdataset<=0.2.86 (it uses private internals of older versions), so it runs
+with its own copy: ``pip install --no-deps --target <work>/wds0286 webdataset==0.2.86`` (done here
+if missing; needs pandas + braceexpand, which are installed).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+WRAPPER = """import sys, open_clip
+open_clip.add_model_config({config_dir!r})
+from open_clip_train.main import main; main(sys.argv[1:])
+"""
+
+
+def ensure_old_webdataset(target: Path) -> None:
+    if (target / "webdataset").is_dir():
+        return
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target),
+                    "webdataset==0.2.86"], check=True)
+
+
+def make_shards(out: Path, num_samples: int, image_size: int) -> str:
+    if not (out / "sizes.json").exists():
+        sys.path.insert(0, str(REPO))
+        from data_prep.synth import write_corpus
+
+        write_corpus(out, num_samples=num_samples, image_size=image_size, shard_size=1000)
+    n = len(list(out.glob("*.tar")))
+    return str(out / ("{00000..%05d}.tar" % (n - 1)))
+
+
+def run_ours(a, shards: str, work: Path) -> float:
+    cmd = [sys.executable, "-m", "train", "fit", "--config", "quickstart.yaml", "--data.synthetic=null",
+           f"--data.train_shards={shards}", f"--data.batch_size={a.batch_size}", f"--data.num_workers={a.workers}",
+           f"--model.model_name={a.model}", "--model.warmup_steps=10", f"--trainer.max_steps={a.steps}",
+           "--trainer.precision=32-true", f"--trainer.accelerator={a.accelerator}",
+           "--trainer.limit_val_batches=0", "--trainer.log_every_n_steps=1", "--trainer.enable_progress_bar=false",
+           f"--run.root={work}/ours", "--run.name=bench", "--run.wandb_mode=disabled",
+           f"--run.checkpoint_every_n_steps={a.steps * 10}"]
+    subprocess.run(cmd, cwd=REPO, check=True, env={**os.environ, "WANDB_MODE": "disabled"})
+    with open(work / "ours" / "bench" / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("train/samples_per_sec")]
+    values = [float(r["train/samples_per_sec"]) for r in rows if int(r["step"]) >= a.skip]
+    return statistics.median(values)
+
+
+def run_theirs(a, shards: str, work: Path) -> float:
+    ensure_old_webdataset(work / "wds0286")
+    wrapper = work / "open_clip_main.py"
+    wrapper.write_text(WRAPPER.format(config_dir=str(REPO / "configs" / "models")))
+    cmd = [sys.executable, str(wrapper), "--train-data", shards, "--dataset-type", "webdataset",
+           "--train-num-samples", str(a.batch_size * a.steps), "--batch-size", str(a.batch_size),
+           "--workers", str(a.workers), "--epochs", "1", "--model", a.model, "--lr", "1e-3", "--warmup", "10",
+           "--precision", "fp32", "--device", "cpu" if a.accelerator == "cpu" else "cuda",
+           "--report-to", "", "--log-every-n-steps", "1", "--save-frequency", "0", "--zeroshot-frequency", "0",
+           "--logs", str(work / "theirs"), "--name", "bench", "--dataset-resampled"]
+    env = {**os.environ, "PYTHONPATH": str(work / "wds0286")}
+    proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"open_clip_train failed:\n{proc.stderr[-3000:]}")
+    log = (work / "theirs" / "bench" / "out.log").read_text()
+    values = [float(v) for v in re.findall(r"([0-9.]+)/s/gpu", log)]
+    return statistics.median(values[a.skip:])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="clip-tiny")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--skip", type=int, default=3, help="warm-up steps left out of the median")
+    p.add_argument("--num-samples", type=int, default=4000)
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--accelerator", default="cpu", choices=["cpu", "gpu"])
+    p.add_argument("--work-dir", default=None, help="default: a fresh temporary directory")
+    a = p.parse_args()
+    work = Path(a.work_dir or tempfile.mkdtemp(prefix="bench-clip-"))
+    work.mkdir(parents=True, exist_ok=True)
+    shards = make_shards(work / "shards", a.num_samples, a.image_size)
+    ours = run_ours(a, shards, work)
+    theirs = run_theirs(a, shards, work)
+    print(f"model={a.model} batch={a.batch_size} workers={a.workers} steps={a.steps} accelerator={a.accelerator}")
+    print(f"python -m train fit      : {ours:10.1f} samples/s")
+    print(f"open_clip_train.main     : {theirs:10.1f} samples/s")
+    print(f"ratio ours / open_clip   : {ours / theirs:10.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""Share of training wall time spent in BiasEvalCallback (issue 4, benchmark b).
+
+Trains train.module.CLIPModule (clip-tiny, the quickstart model) on in-memory random batches of
+the quickstart's batch size with the callback at its quickstart settings, measures seconds per
+evaluation and per training step, and extrapolates to the quickstart schedule. Data loading is
+excluded, so the share printed is an upper bound for a real run.
+
+    python bench/bias_callback_overhead.py [--steps 24] [--every 8] [--threads 2]
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from eval.callback import BiasEvalCallback
+from train.module import CLIPModule
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--steps", type=int, default=24, help="training steps of the measurement run")
+    ap.add_argument("--every", type=int, default=8, help="evaluate every N steps in the measurement run")
+    ap.add_argument("--batch", type=int, default=128, help="per-device batch (quickstart: 128)")
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    ap.add_argument("--qs-steps", type=int, default=312, help="quickstart max_steps")
+    ap.add_argument("--qs-every", type=int, default=104, help="quickstart callback every_n_steps")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    L.seed_everything(0)
+    module = CLIPModule("clip-tiny", warmup_steps=10, total_steps=args.steps)
+    size = module.model.visual.image_size[0]
+    n = args.batch * args.steps
+    images = torch.randn(n, 3, size, size)
+    tokens = module.tokenizer([f"a photo of object {i % 500} and object {i % 37}" for i in range(n)])
+    loader = DataLoader(TensorDataset(images, tokens), batch_size=args.batch)
+    with tempfile.TemporaryDirectory() as tmp:
+        cb = BiasEvalCallback(every_n_steps=args.every, cache_dir=tmp, plots=False, run_dir=tmp)
+        cb._default_set(module)  # render the eval set outside the timed run (a one-off, cached)
+        trainer = L.Trainer(max_steps=args.steps, accelerator="cpu", callbacks=[cb], logger=False,
+                            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                            default_root_dir=tmp)
+        t0 = time.perf_counter()
+        trainer.fit(module, train_dataloaders=loader)
+        wall = time.perf_counter() - t0
+    per_eval = cb.total_seconds / cb.n_evaluations
+    per_step = (wall - cb.total_seconds) / args.steps
+    qs_evals = 1 + args.qs_steps // args.qs_every + (args.qs_steps % args.qs_every != 0)
+    qs_eval_s = qs_evals * per_eval
+    share = qs_eval_s / (args.qs_steps * per_step + qs_eval_s)
+    print(f"measured: {cb.n_evaluations} evaluations, {per_eval:.2f} s each (first includes prepare); "
+          f"{per_step:.2f} s per training step (batch {args.batch}, {args.threads} threads)")
+    print(f"quickstart ({args.qs_steps} steps, eval every {args.qs_every} + init + end = {qs_evals} evals): "
+          f"{qs_eval_s:.1f} s of {args.qs_steps * per_step + qs_eval_s:.0f} s = {100 * share:.1f} % "
+          "(upper bound: data loading not included)")
+
+
+if __name__ == "__main__":
+    main()

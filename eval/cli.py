@@ -1,0 +1,262 @@
+"""``python -m eval``: subcommands ``comco`` (run the probes), ``report`` and ``attention``.
+
+Example::
+
+    python -m eval comco --checkpoint runs/quick/checkpoints/last.ckpt --n-objects 3 4 --out res.json
+    python -m eval comco --model ViT-B-32 --pretrained openai --probes tor,ior --out res.json
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from eval import probes as P
+
+#: where default eval sets are rendered once and reused (override: $CLIP_BIAS_LAB_CACHE)
+DEFAULT_CACHE = Path(os.environ.get("CLIP_BIAS_LAB_CACHE", Path.home() / ".cache" / "clip_bias_lab"))
+DEFAULT_RENDER_N = (2, 3, 4, 5)
+#: modules that contribute a subcommand through ``add_subparser(subparsers)``
+SUBCOMMAND_MODULES = ("eval.report", "eval.attention")
+
+
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def add_comco_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "comco", help="run the bias probes on a model", description="Run the ComCO bias probes "
+        "(TOR, TOC, IOR, IOC, I2TOR, ITM, Claim 1) on one model; print tables and write JSON.")
+    src = p.add_argument_group("model (one of)")
+    src.add_argument("--checkpoint", type=Path, help="Lightning checkpoint of train.module.CLIPModule")
+    src.add_argument("--model", help="open_clip model name (built-in or configs/models/*.json)")
+    src.add_argument("--pretrained", help="open_clip pretrained tag (needs network) or weights file")
+    p.add_argument("--data", type=Path, help="eval-set folder with manifest.jsonl (default: render "
+                   "the default ComCO-style set once into --cache-dir)")
+    p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="cache for rendered eval sets")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="side of rendered default eval images (default: the model's input size)")
+    p.add_argument("--probes", type=_csv, default=list(P.PROBE_NAMES),
+                   help=f"comma-separated subset of {','.join(P.PROBE_NAMES)} (default: all)")
+    p.add_argument("--n-objects", type=int, nargs="+", default=None,
+                   help="objects per item, e.g. 3 4 (default: every n in the eval set)")
+    p.add_argument("--items", type=int, default=256, help="captions / images per probe and n")
+    p.add_argument("--templates", type=_csv, default=["and_chain", "photo"],
+                   help="caption templates (data_prep.captions ids); the first is the headline")
+    p.add_argument("--gallery-template", default="{}", help="text gallery prompt, '{}' = bare name")
+    p.add_argument("--text-encoding", nargs="+", default=["plain"], choices=["plain", "split"],
+                   help="'split' also reports per-object caption splitting")
+    p.add_argument("--itm-distractors", type=int, default=4, help="absent objects per image in ITM (0 = all)")
+    p.add_argument("--seed", type=int, default=0, help="seed of captions, subsets and classifier splits")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    p.add_argument("--batch-size", type=int, default=256, help="encoder batch size")
+    p.add_argument("--out", type=Path, required=True, help="results JSON (written atomically)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run_comco)
+    return p
+
+
+def validate_args(args: argparse.Namespace) -> None:
+    """Collect every problem with the ``comco`` arguments into one error."""
+    problems = []
+    if (args.checkpoint is None) == (args.model is None):
+        problems.append("give exactly one of --checkpoint PATH or --model NAME [--pretrained TAG|FILE]")
+    if args.pretrained and args.checkpoint is not None:
+        problems.append("--pretrained goes with --model, not with --checkpoint")
+    if args.checkpoint is not None and not args.checkpoint.is_file():
+        problems.append(f"--checkpoint {args.checkpoint} does not exist")
+    bad = [p for p in args.probes if p not in P.PROBE_NAMES]
+    if bad or not args.probes:
+        problems.append(f"--probes {','.join(bad) or '(empty)'}: unknown; valid: {','.join(P.PROBE_NAMES)}")
+    if args.data is not None and not (args.data / "manifest.jsonl").is_file() and not args.data.is_file():
+        problems.append(f"--data {args.data} has no manifest.jsonl (make one with data_prep)")
+    if args.items < 1 or args.batch_size < 1 or args.itm_distractors < 0:
+        problems.append("--items and --batch-size must be >= 1, --itm-distractors >= 0")
+    if args.n_objects and any(n < 2 or n > 5 for n in args.n_objects):
+        problems.append(f"--n-objects {args.n_objects}: each must be in 2..5")
+    if problems:
+        raise SystemExit("error: " + "\n  ".join(problems))
+
+
+def default_eval_set(cache_dir: Path, seed: int, image_size: int, progress: bool = True) -> Path:
+    """Render the default eval set once (atomically) into ``cache_dir`` and return its folder."""
+    target = Path(cache_dir) / "eval_sets" / f"comco-objects-seed{seed}-px{image_size}"
+    if (target / "manifest.jsonl").is_file():
+        return target
+    from data_prep.comco import write_eval_set
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+    try:
+        write_eval_set(tmp, seed=seed, image_size=image_size, n_objects=DEFAULT_RENDER_N, progress=progress)
+        os.replace(tmp, target)
+    except OSError:
+        if not (target / "manifest.jsonl").is_file():  # lost a race with another process: fine
+            raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def load_adapter(args: argparse.Namespace) -> Any:
+    """The model named by ``--checkpoint`` or ``--model/--pretrained``."""
+    from eval.model_access import ClipAdapter
+
+    if args.checkpoint is not None:
+        return ClipAdapter.from_checkpoint(args.checkpoint, device=args.device, batch_size=args.batch_size)
+    return ClipAdapter.from_open_clip(args.model, args.pretrained, device=args.device, batch_size=args.batch_size)
+
+
+def model_image_size(adapter: Any, default: int = 64) -> int:
+    """Input side of the adapter's image tower (``model.visual.image_size``), else ``default``."""
+    size = getattr(getattr(getattr(adapter, "model", None), "visual", None), "image_size", None)
+    if isinstance(size, (tuple, list)):
+        size = size[0]
+    return int(size) if isinstance(size, int) and size > 0 else default
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON to a temp file next to ``path`` and rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(obj, fh, indent=1)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def run_comco(args: argparse.Namespace, adapter_factory: Callable[[argparse.Namespace], Any] = load_adapter) -> int:
+    """Load model and eval set, prepare and run the suite, print tables, write JSON."""
+    from eval.manifest import load_eval_set
+    from eval.suite import prepare_suite, run_suite
+
+    validate_args(args)
+    progress = not args.no_progress
+    adapter = adapter_factory(args)
+    size = args.image_size or model_image_size(adapter)
+    data = args.data or default_eval_set(args.cache_dir, args.seed, size, progress)
+    eval_set = load_eval_set(data)
+    n_objects = tuple(args.n_objects or eval_set.n_values())
+    try:
+        eval_set.check_n(n_objects)
+    except ValueError as e:
+        raise SystemExit(f"error: --n-objects: {e}") from e
+    t0 = time.perf_counter()
+    prepared = prepare_suite(
+        adapter, eval_set, probes=tuple(args.probes), n_objects=n_objects, items_per_probe=args.items,
+        templates=tuple(args.templates), gallery_template=args.gallery_template,
+        text_encodings=tuple(args.text_encoding), itm_distractors=args.itm_distractors or None,
+        seed=args.seed, progress=progress)
+    t1 = time.perf_counter()
+    results = run_suite(adapter, prepared)
+    t2 = time.perf_counter()
+    print(format_results(results))
+    record = {
+        "model": getattr(adapter, "name", None) or str(args.checkpoint or f"{args.model}:{args.pretrained}"),
+        "eval_set": str(Path(data).resolve()),
+        **prepared.describe(),
+        "timing_s": {"prepare": round(t1 - t0, 3), "run": round(t2 - t1, 3)},
+        "results": results,
+    }
+    write_json_atomic(args.out, record)
+    print(f"wrote {args.out}")
+    return 0
+
+
+_TITLES = {
+    "tor": "TOR: caption -> object-name retrieval, top-1 share by mention position",
+    "ior": "IOR: image -> single-object image retrieval, top-1 share by size role",
+    "i2tor": "I2TOR: image -> object-name retrieval, top-1 share by size role",
+    "toc": "TOC: held-out accuracy of a linear probe per mention position",
+    "ioc": "IOC: held-out accuracy of a linear probe per size role",
+    "itm": "ITM: accuracy, S1 = large object named first, S2 = named last",
+    "claim1": "Claim 1: TOR share of the first object, large-first vs small-first captions",
+}
+
+
+def _f(x: float | None, signed: bool = False) -> str:
+    return "  -  " if x is None else (f"{x:+.3f}" if signed else f"{x:.3f}")
+
+
+def _retrieval_rows(n: int, res: dict, index: str) -> list[str]:
+    labels = res["labels"]
+    head = f"  n  {'kind':6}" + "".join(f"{lab:>8}" for lab in labels) + f"{'none':>8}{'N':>11}{index:>12}"
+    cond = res["conditional"]
+    unc = res["unconditional"]
+    return [
+        head,
+        f"  {n}  {'cond':6}" + "".join(f"{_f(cond[lab]['share']):>8}" for lab in labels)
+        + f"{'':>8}{res['n_conditional']:>5}/{res['n_items']:<5}{_f(res[index + '_conditional'], True):>12}",
+        f"  {n}  {'uncond':6}" + "".join(f"{_f(unc[lab]['share']):>8}" for lab in labels)
+        + f"{_f(unc['none']['share']):>8}{res['n_items']:>11}{_f(res[index], True):>12}",
+    ]
+
+
+def format_results(results: dict[str, dict[int, dict]]) -> str:
+    """Plain-text tables in the spirit of the paper's Tables 1, 2 and 6."""
+    lines: list[str] = []
+    for probe, per_n in results.items():
+        lines += ["", _TITLES.get(probe, probe)]
+        for n, res in per_n.items():
+            if probe in ("tor", "ior", "i2tor"):
+                index = "order_bias" if probe == "tor" else "size_bias"
+                lines += _retrieval_rows(n, res, index)
+                for name, var in res.get("variants", {}).items():
+                    lines.append(f"     variant {name}: pos1/large uncond "
+                                 f"{_f(var['unconditional'][var['labels'][0]]['share'])}, "
+                                 f"{index} {_f(var[index], True)}, cond N {var['n_conditional']}")
+            elif probe in ("toc", "ioc"):
+                acc = res["accuracy"]
+                lines.append(f"  n={n}  " + "  ".join(f"{lab} {_f(acc[lab]['share'])}" for lab in res["labels"])
+                             + f"   (chance {res['chance']:.3f}, test N {res['n_test']})")
+            elif probe == "itm":
+                rows = [("plain" if res.get("text_encoding") != "split" else "split", res)]
+                rows += list(res.get("variants", {}).items())
+                for enc, r in rows:
+                    lines.append(f"  n={n} {enc:5}  S1 {_f(r['s1']['share'])}  S2 {_f(r['s2']['share'])}  "
+                                 f"gap {_f(r['gap'], True)}   (pairs {r['s1']['total']})")
+            elif probe == "claim1":
+                lf, sf = res["large_first"], res["small_first"]
+                lines.append(f"  n={n}  large-first {_f(lf['unconditional']['pos1']['share'])}  small-first "
+                             f"{_f(sf['unconditional']['pos1']['share'])}  gap {_f(res['first_share_gap'], True)}"
+                             f"   (cond: {_f(lf['conditional']['pos1']['share'])} vs "
+                             f"{_f(sf['conditional']['pos1']['share'])})")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m eval", description=__doc__.split("\n")[0])
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_comco_parser(subparsers)
+    for name in SUBCOMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name != name:  # the module exists but one of its imports is missing: say so
+                raise
+            continue
+        module.add_subparser(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,370 @@
+"""The probes of "CLIP Under the Microscope" (Abbasi et al., CVPR 2025) over embeddings.
+
+Every probe is a small function on L2-normalised embedding tensors plus item metadata (gallery
+indices of each item's objects in position or role order); none of them calls a model. They
+return dicts of named terms: shares with counts, denominators and 95 % Wilson intervals, and a
+summary index. The caption/item builders below turn an eval set into that metadata.
+
+- TOR  (text-based object retrieval): caption -> gallery of object-name embeddings.
+- TOC  (text-based object classification): linear probe per mention position.
+- IOR  (image-based object retrieval): multi-object image -> gallery of single-object images.
+- IOC  (image-based object classification): linear probe per size role.
+- I2TOR (image-to-text object retrieval): IOR with object-name embeddings as the gallery.
+- ITM  (image-text matching), scenarios 1 and 2, and the Claim-1 probe (paper Fig. 4a).
+"""
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from eval.stats import proportion
+
+PROBE_NAMES: tuple[str, ...] = ("tor", "toc", "ior", "ioc", "i2tor", "itm", "claim1")
+
+
+def position_labels(n: int) -> list[str]:
+    """``["pos1", ..., "posn"]`` — mention positions in a caption."""
+    return [f"pos{k + 1}" for k in range(n)]
+
+
+def role_labels(n: int) -> list[str]:
+    """``["large", "small1", ..., "small{n-1}"]`` — size roles in an image."""
+    return ["large", *(f"small{k + 1}" for k in range(n - 1))]
+
+
+# --------------------------------------------------------------------------------------------
+# Retrieval probes: TOR, IOR, I2TOR
+# --------------------------------------------------------------------------------------------
+
+
+def retrieval_shares(
+    query: torch.Tensor,
+    gallery: torch.Tensor,
+    targets: torch.Tensor,
+    labels: Sequence[str],
+    index_name: str = "bias",
+) -> dict:
+    """Which of each query's objects wins a nearest-neighbour lookup in the gallery.
+
+    Args:
+        query: ``[N, D]`` L2-normalised query embeddings (captions or multi-object images).
+        gallery: ``[V, D]`` L2-normalised embeddings, one per vocabulary object.
+        targets: ``[N, n]`` gallery indices of each query's objects, in position/role order.
+        labels: ``n`` names for the positions/roles (e.g. ``pos1..`` or ``large, small1..``).
+        index_name: key of the summary index ``share(labels[0]) - mean share(others)``.
+
+    Returns:
+        ``conditional``: among queries whose top-n gallery items are exactly their n objects
+        (the paper's number, denominator ``n_conditional``), the share whose top-1 is the object
+        at each position. ``unconditional``: top-1 = object at each position over all ``n_items``
+        queries, plus ``none``. The index is computed on unconditional shares (always defined);
+        ``<index_name>_conditional`` on conditional ones (``None`` if the denominator is 0).
+    """
+    n_items, n = targets.shape
+    if len(labels) != n:
+        raise ValueError(f"{len(labels)} labels for {n} objects per item")
+    if gallery.shape[0] < n:
+        raise ValueError(f"gallery has {gallery.shape[0]} entries, fewer than n={n}")
+    targets = targets.to(query.device)
+    sims = query @ gallery.to(query.device).T
+    top_n = sims.topk(n, dim=1).indices  # [N, n], top-1 first
+    exact = (top_n.sort(dim=1).values == targets.sort(dim=1).values).all(dim=1)
+    hit = top_n[:, :1] == targets  # [N, n]: top-1 is the object at position k
+    n_cond = int(exact.sum())
+    cond_counts = (hit & exact[:, None]).sum(dim=0).tolist()
+    uncond_counts = hit.sum(dim=0).tolist()
+    n_none = n_items - int(hit.any(dim=1).sum())
+    out: dict = {
+        "labels": list(labels),
+        "n_items": int(n_items),
+        "n_conditional": n_cond,
+        "conditional": {lab: proportion(c, n_cond) for lab, c in zip(labels, cond_counts)},
+        "conditional_reason": None
+        if n_cond
+        else "no item's top-n gallery matches were exactly its n objects (denominator 0)",
+        "unconditional": {lab: proportion(c, n_items) for lab, c in zip(labels, uncond_counts)},
+    }
+    out["unconditional"]["none"] = proportion(n_none, n_items)
+    out[index_name] = _lead_index(out["unconditional"], labels)
+    out[f"{index_name}_conditional"] = _lead_index(out["conditional"], labels)
+    return out
+
+
+def _lead_index(shares: Mapping[str, dict], labels: Sequence[str]) -> float | None:
+    """share(first label) − mean share(other labels); ``None`` if undefined."""
+    values = [shares[lab]["share"] for lab in labels]
+    if any(v is None for v in values) or len(values) < 2:
+        return None
+    return values[0] - sum(values[1:]) / (len(values) - 1)
+
+
+def tor(captions: torch.Tensor, names: torch.Tensor, targets: torch.Tensor) -> dict:
+    """TOR: captions ``[N, D]`` vs object-name embeddings ``[V, D]``; ``targets`` in mention order."""
+    res = retrieval_shares(captions, names, targets, position_labels(targets.shape[1]), "order_bias")
+    return {"probe": "tor", **res}
+
+
+def ior(images: torch.Tensor, singles: torch.Tensor, targets: torch.Tensor) -> dict:
+    """IOR: multi-object images vs single-object image embeddings; ``targets`` in role order."""
+    res = retrieval_shares(images, singles, targets, role_labels(targets.shape[1]), "size_bias")
+    return {"probe": "ior", **res}
+
+
+def i2tor(images: torch.Tensor, names: torch.Tensor, targets: torch.Tensor) -> dict:
+    """I2TOR: multi-object images vs object-name text embeddings; ``targets`` in role order."""
+    res = retrieval_shares(images, names, targets, role_labels(targets.shape[1]), "size_bias")
+    return {"probe": "i2tor", **res}
+
+
+# --------------------------------------------------------------------------------------------
+# Linear probes: TOC, IOC
+# --------------------------------------------------------------------------------------------
+
+
+RIDGE_GRID: tuple[float, ...] = (1000.0, 100.0, 10.0, 1.0, 0.1)
+
+
+def linear_probe(
+    features: torch.Tensor,
+    targets: torch.Tensor,
+    n_classes: int,
+    labels: Sequence[str],
+    train_frac: float = 0.7,
+    seed: int = 0,
+    method: str = "ridge",
+    steps: int = 300,
+    lr: float = 0.1,
+    weight_decay: float = 1e-3,
+) -> dict:
+    """Held-out accuracy of one linear classifier per position/role on frozen features.
+
+    ``features [N, D]`` predict ``targets[:, k]`` (class ids < ``n_classes``) for each k. Items
+    are split once (seeded) into train/test; features are standardised with train statistics.
+
+    Args:
+        method: ``"ridge"`` (default): closed-form ridge regression on one-hot targets, the
+            penalty per head chosen from ``RIDGE_GRID`` on a held-back 20 % of the training
+            items, then refit on all of them — deterministic and milliseconds, so it fits a
+            training-time callback. ``"logistic"``: multinomial logistic regression trained
+            full-batch with Adam from zero for ``steps`` steps (``lr``, ``weight_decay``).
+    Returns:
+        accuracy per label with Wilson CI, ``n_train``, ``n_test``, ``chance``, ``method``
+        (and the chosen ``ridge_penalty`` per label).
+    """
+    n_items, n = targets.shape
+    n_train = int(round(train_frac * n_items))
+    if n_train < 1 or n_items - n_train < 1:
+        raise ValueError(f"linear probe needs items in both splits; got {n_items} items")
+    if method not in ("ridge", "logistic"):
+        raise ValueError(f"unknown linear probe method {method!r}; valid: ridge, logistic")
+    gen = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(n_items, generator=gen).to(features.device)
+    tr, te = perm[:n_train], perm[n_train:]
+    x = features.detach().float()
+    mean, std = x[tr].mean(0), x[tr].std(0).nan_to_num(1.0).clamp_min(1e-6)
+    x = (x - mean) / std
+    y = targets.to(features.device)
+    extra: dict = {}
+    if method == "ridge":
+        pred, penalties = _ridge_predict(x, y, n_classes, tr, te)
+        extra["ridge_penalty"] = dict(zip(labels, penalties))
+    else:
+        pred = _logistic_predict(x, y, n_classes, tr, te, steps, lr, weight_decay)
+    correct = (pred == y[te]).sum(0).tolist()
+    n_test = n_items - n_train
+    return {
+        "labels": list(labels),
+        "method": method,
+        "n_items": int(n_items),
+        "n_train": n_train,
+        "n_test": n_test,
+        "n_classes": int(n_classes),
+        "chance": 1.0 / n_classes,
+        "accuracy": {lab: proportion(c, n_test) for lab, c in zip(labels, correct)},
+        **extra,
+    }
+
+
+def _ridge_solutions(x: torch.Tensor, y: torch.Tensor, n_classes: int, penalties: Sequence[float]):
+    """Ridge weights ``[D+1, n, C]`` (bias row last) for each penalty, from one eigendecomposition."""
+    xb = torch.cat([x, torch.ones(len(x), 1, device=x.device)], 1).double()
+    onehot = F.one_hot(y, n_classes).double().reshape(len(x), -1)  # [N, n*C]
+    evals, evecs = torch.linalg.eigh(xb.T @ xb)
+    proj = evecs.T @ (xb.T @ onehot)
+    return [(evecs @ (proj / (evals + lam)[:, None])).reshape(xb.shape[1], y.shape[1], n_classes).float()
+            for lam in penalties]
+
+
+def _ridge_apply(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    return (torch.einsum("nd,dkc->nkc", x, w[:-1]) + w[-1]).argmax(-1)
+
+
+def _ridge_predict(x, y, n_classes, tr, te) -> tuple[torch.Tensor, list[float]]:
+    n_fit = int(round(0.8 * len(tr)))
+    n_heads = y.shape[1]
+    if n_fit < 2 or n_fit == len(tr):  # too few items to hold some back: middle of the grid
+        chosen = [1.0] * n_heads
+    else:
+        fit, val = tr[:n_fit], tr[n_fit:]
+        sols = _ridge_solutions(x[fit], y[fit], n_classes, RIDGE_GRID)
+        val_acc = torch.stack([(_ridge_apply(x[val], w) == y[val]).float().mean(0) for w in sols])  # [G, n]
+        chosen = [RIDGE_GRID[int(i)] for i in val_acc.argmax(0)]  # ties -> stronger penalty
+    pred = torch.empty(len(te), n_heads, dtype=torch.long, device=x.device)
+    for lam in set(chosen):
+        (w,) = _ridge_solutions(x[tr], y[tr], n_classes, [lam])
+        heads = [k for k in range(n_heads) if chosen[k] == lam]
+        pred[:, heads] = _ridge_apply(x[te], w)[:, heads]
+    return pred, chosen
+
+
+def _logistic_predict(x, y, n_classes, tr, te, steps, lr, weight_decay) -> torch.Tensor:
+    n = y.shape[1]
+    weight = torch.zeros(n, x.shape[1], n_classes, device=x.device, requires_grad=True)
+    bias = torch.zeros(n, n_classes, device=x.device, requires_grad=True)
+    opt = torch.optim.Adam([weight, bias], lr=lr, weight_decay=weight_decay)
+    with torch.enable_grad():  # probes run inside no_grad evaluation loops
+        for _ in range(steps):
+            opt.zero_grad(set_to_none=True)
+            logits = torch.einsum("nd,kdc->nkc", x[tr], weight) + bias
+            loss = F.cross_entropy(logits.reshape(-1, n_classes), y[tr].reshape(-1))
+            loss.backward()
+            opt.step()
+    with torch.no_grad():
+        return (torch.einsum("nd,kdc->nkc", x[te], weight) + bias).argmax(-1)
+
+
+def toc(captions: torch.Tensor, targets: torch.Tensor, n_classes: int, **kw) -> dict:
+    """TOC: linear probe per mention position on frozen caption embeddings."""
+    return {"probe": "toc", **linear_probe(captions, targets, n_classes, position_labels(targets.shape[1]), **kw)}
+
+
+def ioc(images: torch.Tensor, targets: torch.Tensor, n_classes: int, **kw) -> dict:
+    """IOC: linear probe per size role on frozen image embeddings."""
+    return {"probe": "ioc", **linear_probe(images, targets, n_classes, role_labels(targets.shape[1]), **kw)}
+
+
+# --------------------------------------------------------------------------------------------
+# ITM and Claim 1
+# --------------------------------------------------------------------------------------------
+
+
+def itm_accuracy(images: torch.Tensor, correct: torch.Tensor, wrong: torch.Tensor) -> dict:
+    """Share of (image, x) pairs whose image is closer to the correct caption than to the wrong one.
+
+    All three are ``[P, D]`` L2-normalised, one row per pair (the image and the correct caption
+    repeated for each distractor x). Ties count as failures.
+    """
+    wins = ((images * correct).sum(-1) > (images * wrong).sum(-1)).sum()
+    return proportion(int(wins), images.shape[0])
+
+
+def itm(s1: dict, s2: dict) -> dict:
+    """ITM summary: both scenarios and the fragility gap S1 − S2 (accuracies)."""
+    gap = None if s1["share"] is None or s2["share"] is None else s1["share"] - s2["share"]
+    return {"probe": "itm", "s1": s1, "s2": s2, "gap": gap}
+
+
+def claim1(large_first: dict, small_first: dict) -> dict:
+    """Claim-1 (paper Fig. 4a): TOR share of the first object, large-first vs small-first captions.
+
+    Both arguments are :func:`tor` results on paired caption sets that differ only in the first
+    object (real-world large vs small; the remaining objects are medium-sized and identical).
+    """
+
+    def gap(kind: str) -> float | None:
+        a, b = large_first[kind]["pos1"]["share"], small_first[kind]["pos1"]["share"]
+        return None if a is None or b is None else a - b
+
+    return {
+        "probe": "claim1",
+        "large_first": large_first,
+        "small_first": small_first,
+        "first_share_gap": gap("unconditional"),
+        "first_share_gap_conditional": gap("conditional"),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Item builders (metadata only)
+# --------------------------------------------------------------------------------------------
+
+
+def latin_square_lists(vocabulary: Sequence[str], n: int, n_items: int, seed: int = 0) -> list[list[str]]:
+    """Object lists of length ``n`` where every object appears equally often at every position.
+
+    Built in blocks of ``M = len(vocabulary)`` lists: a base tuple of n distinct vocabulary
+    offsets, shifted cyclically by 0..M-1 (a cyclic Latin square). Consecutive blocks use the
+    cyclic rotations of one random base, so each object set is also seen in rotated orders.
+    ``n_items`` is rounded up to whole blocks.
+    """
+    m = len(vocabulary)
+    if n > m:
+        raise ValueError(f"need n={n} distinct objects but the vocabulary has {m}")
+    rng = random.Random(seed)
+    lists: list[list[str]] = []
+    base: list[int] = []
+    for block in range(max(1, math.ceil(n_items / m))):
+        if block % n == 0:
+            base = rng.sample(range(m), n)
+        rotated = base[block % n :] + base[: block % n]
+        lists.extend([vocabulary[(o + s) % m] for o in rotated] for s in range(m))
+    return lists
+
+
+def claim1_lists(
+    vocabulary: Sequence[str], size_classes: Mapping[str, str], n: int, n_items: int, seed: int = 0
+) -> dict[str, list[list[str]]]:
+    """Paired caption lists: a large (resp. small) object first, then the same n-1 medium ones.
+
+    Raises ``ValueError`` if the vocabulary lacks large, small or enough medium objects.
+    """
+    by_class = {c: [o for o in vocabulary if size_classes.get(o) == c] for c in ("large", "medium", "small")}
+    if not by_class["large"] or not by_class["small"] or len(by_class["medium"]) < n - 1:
+        counts = {c: len(v) for c, v in by_class.items()}
+        raise ValueError(
+            f"claim1 needs large and small objects and {n - 1} medium ones in the vocabulary; have {counts} "
+            "(size classes come from data_prep.vocab; pass size_classes= for other vocabularies)"
+        )
+    tails = latin_square_lists(by_class["medium"], n - 1, n_items, seed) if n > 1 else [[]] * n_items
+    return {
+        f"{c}_first": [[by_class[c][i % len(by_class[c])], *t] for i, t in enumerate(tails)]
+        for c in ("large", "small")
+    }
+
+
+def itm_lists(
+    items_by_role: Sequence[Sequence[str]],
+    vocabulary: Sequence[str],
+    n_distractors: int | None = None,
+    seed: int = 0,
+) -> dict[str, tuple[list[int], list[list[str]], list[list[str]]]]:
+    """Caption object lists for ITM scenarios 1 and 2, one row per (image, x) pair.
+
+    ``items_by_role[i]`` is image i's objects as (large, small1, ..., small{n-1}). x runs over
+    objects absent from the image (all of them, or ``n_distractors`` drawn with ``seed``; the
+    same x serve both scenarios). Scenario 1: correct = large first; wrong = x in place of the
+    large object (first). Scenario 2: correct = large last; wrong = large first and x in place
+    of the last small object (last). Returns ``{"s1"|"s2": (image_index, correct, wrong)}``.
+    """
+    rng = random.Random(seed)
+    out: dict[str, tuple[list[int], list[list[str]], list[list[str]]]] = {
+        "s1": ([], [], []),
+        "s2": ([], [], []),
+    }
+    for i, objs in enumerate(items_by_role):
+        large, smalls = objs[0], list(objs[1:])
+        absent = [o for o in vocabulary if o not in objs]
+        xs = absent if n_distractors is None or n_distractors >= len(absent) else rng.sample(absent, n_distractors)
+        for x in xs:
+            for name, correct, wrong in (
+                ("s1", [large, *smalls], [x, *smalls]),
+                ("s2", [*smalls, large], [large, *smalls[:-1], x]),
+            ):
+                out[name][0].append(i)
+                out[name][1].append(correct)
+                out[name][2].append(wrong)
+    return out

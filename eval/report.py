@@ -1,0 +1,128 @@
+"""``python -m eval report RUN_DIR [RUN_DIR ...] [--out DIR]``: bias curves and a summary table.
+
+Reads each run's ``bias.jsonl`` (written by ``BiasEvalCallback``), writes one ``<probe>.png`` per
+probe with the runs overlaid (labels = run folder names), and ``summary.md``: per run, probe and
+n, every summary index (order bias on TOR, size bias on IOR/I2TOR, the ITM gap, the Claim-1 gap)
+at initialisation and at the last evaluation, with the denominators behind each.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from eval.records import by_probe, read_records
+
+SUMMARY_FILE = "summary.md"
+
+
+def run_labels(run_dirs: Sequence[Path]) -> list[str]:
+    """Folder names, widened with parent folders until they are unique."""
+    parts = [Path(d).resolve().parts for d in run_dirs]
+    for depth in range(1, max(len(p) for p in parts) + 1):
+        labels = ["/".join(p[-depth:]) for p in parts]
+        if len(set(labels)) == len(labels):
+            return labels
+    raise ValueError(f"the same run directory is given twice: {[str(d) for d in run_dirs]}")
+
+
+def _index_rows(result: Mapping) -> list[tuple[str, float | None, str]]:
+    """(index name, value, denominator text) for each summary index of one probe result."""
+    rows = []
+    for key, value in result.items():
+        if not (isinstance(value, (int, float)) or value is None) or isinstance(value, bool):
+            continue
+        if key.endswith("bias"):
+            rows.append((key, value, f"N={result.get('n_items')}"))
+        elif key.endswith("bias_conditional"):
+            rows.append((key, value, f"N_cond={result.get('n_conditional')}/{result.get('n_items')}"))
+        elif key.endswith("gap") and "s1" in result:
+            rows.append((key, value, f"pairs S1={result['s1']['total']}, S2={result['s2']['total']}"))
+        elif key.endswith("gap") or key.endswith("gap_conditional"):
+            kind = "conditional" if key.endswith("conditional") else "unconditional"
+            dens = [result[g].get("n_conditional" if kind == "conditional" else "n_items")
+                    for g in ("large_first", "small_first") if isinstance(result.get(g), Mapping)]
+            rows.append((key, value, "N=" + "/".join(map(str, dens))))
+    return rows
+
+
+def _fmt(x: float | None, signed: bool = False) -> str:
+    return "n/a" if x is None else (f"{x:+.3f}" if signed else f"{x:.3f}")
+
+
+def summary_table(runs: Mapping[str, Sequence[Mapping]]) -> str:
+    """Markdown table: init vs final value of every summary index, with denominators."""
+    lines = [
+        "| run | probe | n | index | init (samples) | final (samples) | change | denominators init → final |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, records in runs.items():
+        for probe, n, recs in by_probe(records):
+            first, last = recs[0], recs[-1]
+            final_rows = {k: (v, d) for k, v, d in _index_rows(last["result"])}
+            for key, v0, d0 in _index_rows(first["result"]):
+                v1, d1 = final_rows.get(key, (None, "-"))
+                change = None if v0 is None or v1 is None else v1 - v0
+                lines.append(
+                    f"| {name} | {probe} | {n} | {key} | {_fmt(v0, True)} ({first['samples_seen']}) "
+                    f"| {_fmt(v1, True)} ({last['samples_seen']}) | {_fmt(change, True)} | {d0} → {d1} |"
+                )
+    if len(lines) == 2:
+        lines.append("| (no summary indices: run tor, ior, i2tor, itm or claim1) | | | | | | | |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path) -> list[Path]:
+    """Figures and ``summary.md`` for ``run_dirs`` into ``out_dir``; returns the written paths."""
+    from eval.plots import plot_runs
+
+    run_dirs = [Path(d) for d in run_dirs]
+    runs = {label: read_records(d) for label, d in zip(run_labels(run_dirs), run_dirs)}
+    empty = [label for label, recs in runs.items() if not recs]
+    if empty:
+        raise ValueError(f"no evaluation records in {empty}")
+    out_dir = Path(out_dir)
+    figures = plot_runs(runs, out_dir)
+    table = summary_table(runs)
+    text = (f"# Bias report\n\nRuns: {', '.join(f'`{d}`' for d in run_dirs)}\n\n"
+            "Indices on unconditional shares unless marked `_conditional`; init = first evaluation "
+            "(step 0), final = last one.\n\n" + table + "\n"
+            + "".join(f"![{p.stem}]({p.name})\n" for p in figures))
+    summary = out_dir / SUMMARY_FILE
+    tmp = summary.with_name(summary.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, summary)
+    return [*figures, summary]
+
+
+def default_out(run_dirs: Sequence[Path]) -> Path:
+    """``RUN_DIR/report`` for one run, ``reports/<a>_vs_<b>...`` for several."""
+    if len(run_dirs) == 1:
+        return Path(run_dirs[0]) / "report"
+    return Path("reports") / "_vs_".join(Path(d).name for d in run_dirs)
+
+
+def run_report(args: argparse.Namespace) -> int:
+    """Entry point of the ``report`` subcommand."""
+    missing = [str(d) for d in args.run_dirs if not (Path(d) / "bias.jsonl").is_file()]
+    if missing:
+        raise SystemExit(f"error: no bias.jsonl in {', '.join(missing)} (train with BiasEvalCallback "
+                         "enabled, or pass the runs/<name> folder)")
+    out = args.out or default_out(args.run_dirs)
+    paths = write_report(args.run_dirs, out)
+    print((Path(out) / SUMMARY_FILE).read_text(encoding="utf-8"))
+    print(f"wrote {len(paths)} files to {out}")
+    return 0
+
+
+def add_subparser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``report`` on ``python -m eval``."""
+    p = subparsers.add_parser(
+        "report", help="bias curves and summary table of training runs",
+        description="Plot bias.jsonl of one or more runs (overlaid) and write a markdown summary.")
+    p.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR", help="runs/<name> folders with bias.jsonl")
+    p.add_argument("--out", type=Path, default=None,
+                   help="output folder (default: RUN_DIR/report for one run, reports/<a>_vs_<b> for several)")
+    p.set_defaults(func=run_report)
+    return p

@@ -1,0 +1,352 @@
+"""Prepare a probe suite once, then run it cheaply many times (CLI, training callback).
+
+:func:`prepare_suite` turns an eval set into fixed inputs — preprocessed image tensors, token
+tensors of every distinct caption, and index tensors saying which embedding is which object in
+which position/role. :func:`run_suite` then only encodes those inputs (batched, no_grad) and
+calls the probe functions of :mod:`eval.probes`, so a periodic evaluation costs the encoder
+forward passes plus a few matrix products.
+
+``run_suite`` returns ``{probe: {n: result}}`` (the layout of ``eval.records.make_records``).
+TOR results carry their other caption templates and the "split" text encoding under
+``variants``; ITM and Claim-1 likewise for "split".
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm.auto import tqdm
+
+from eval import probes as P
+from eval.manifest import EvalItem, EvalSet
+
+TEXT_ENCODINGS = ("plain", "split")
+#: the paper's bare "A and B and C" form first, then a natural-language template
+DEFAULT_TEMPLATES = ("and_chain", "photo")
+
+
+class Adapter(Protocol):
+    """What the suite needs from a model (``eval.model_access.ClipAdapter`` provides it)."""
+
+    preprocess: Callable[[Image.Image], torch.Tensor]
+    tokenizer: Callable[[list[str]], torch.Tensor]
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor: ...
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class SuiteConfig:
+    """Which probes to run and how.
+
+    Args:
+        probes: probe names from ``eval.probes.PROBE_NAMES``.
+        n_objects: object counts to probe (each must be in the eval set).
+        items_per_probe: TOR/Claim-1 captions per n (rounded up to whole Latin-square blocks of
+            the vocabulary size) and at most this many multi-object images per n for IOR,
+            I2TOR, IOC and ITM (taken evenly from each setting, i.e. large slot).
+        templates: caption templates (``data_prep.captions.TEMPLATES`` ids); the first is the
+            headline TOR/TOC/ITM/Claim-1 template, the others are reported as TOR variants.
+        gallery_template: text gallery prompt per object name, ``"{}"`` = bare name.
+        text_encodings: ``"plain"`` and/or ``"split"`` (per-object caption splitting,
+            ``eval.text_split.encode_split``) for TOR, ITM and Claim-1.
+        split_template: phrase template for the split encoding.
+        linear_items: captions per n for TOC (same Latin-square construction).
+        linear_method: TOC/IOC classifier, ``"ridge"`` (closed form, default) or ``"logistic"``.
+        linear_steps: full-batch optimisation steps of the logistic regressions.
+        train_frac: share of items the TOC/IOC classifiers train on; the rest is held out.
+        itm_distractors: absent objects x per image in ITM (``None`` = all of them).
+        seed: seeds caption construction, subsets, distractors and classifier splits.
+    """
+
+    probes: tuple[str, ...] = P.PROBE_NAMES
+    n_objects: tuple[int, ...] = (2, 3, 4, 5)
+    items_per_probe: int = 256
+    templates: tuple[str, ...] = DEFAULT_TEMPLATES
+    gallery_template: str = "{}"
+    text_encodings: tuple[str, ...] = ("plain",)
+    split_template: str = "{}"
+    linear_items: int = 1024
+    linear_method: str = "ridge"
+    linear_steps: int = 300
+    train_frac: float = 0.7
+    itm_distractors: int | None = 4
+    seed: int = 0
+
+
+@dataclass
+class PreparedSuite:
+    """Fixed inputs of a suite: token/image tensors and per-(probe, n) index tensors."""
+
+    config: SuiteConfig
+    vocabulary: list[str]
+    texts: list[str]
+    tokens: torch.Tensor
+    images: torch.Tensor | None
+    gallery_text: torch.Tensor  # [V] indices into texts
+    gallery_images: torch.Tensor | None  # [V, S] 0/1 weights: singles of each vocabulary object
+    tasks: dict[str, dict[int, dict[str, Any]]] = field(default_factory=dict)
+
+    def describe(self) -> dict:
+        """JSON-able summary: config, vocabulary and input counts."""
+        return {
+            "config": asdict(self.config),
+            "vocabulary": self.vocabulary,
+            "n_texts": len(self.texts),
+            "n_images": 0 if self.images is None else int(self.images.shape[0]),
+        }
+
+
+class _Table:
+    """Distinct strings (or image paths) -> row index, so each input is encoded once."""
+
+    def __init__(self) -> None:
+        self.rows: dict[Any, int] = {}
+
+    def add(self, keys: Sequence[Any]) -> torch.Tensor:
+        return torch.tensor([self.rows.setdefault(k, len(self.rows)) for k in keys], dtype=torch.long)
+
+
+def _caption_fn(template: str) -> Callable[[list[str]], str]:
+    from data_prep.captions import TEMPLATES, make_caption
+
+    if template not in TEMPLATES:
+        raise ValueError(f"unknown caption template {template!r}; valid: {', '.join(TEMPLATES)}")
+    return lambda names: make_caption(list(names), template)
+
+
+def _default_size_classes(vocabulary: Sequence[str]) -> dict[str, str]:
+    from data_prep.vocab import OBJECTS
+
+    return {o: OBJECTS[o].size_class for o in vocabulary if o in OBJECTS}
+
+
+def validate_config(config: SuiteConfig, eval_set: EvalSet) -> None:
+    """Raise one ``ValueError`` listing every bad option and the valid values."""
+    problems = []
+    bad = [p for p in config.probes if p not in P.PROBE_NAMES]
+    if bad:
+        problems.append(f"unknown probes {bad}; valid: {', '.join(P.PROBE_NAMES)}")
+    if not config.probes:
+        problems.append("no probes selected")
+    image_probes = {"ior", "i2tor", "ioc", "itm"} & set(config.probes)
+    missing_n = [n for n in config.n_objects if n not in eval_set.n_values()]
+    if image_probes and missing_n:
+        problems.append(f"n_objects {missing_n} not in the eval set at {eval_set.root}; valid: {eval_set.n_values()}")
+    if any(n < 2 or n > len(eval_set.vocabulary) for n in config.n_objects):
+        problems.append(f"n_objects {list(config.n_objects)} must lie in 2..{len(eval_set.vocabulary)}")
+    bad = [e for e in config.text_encodings if e not in TEXT_ENCODINGS]
+    if bad or not config.text_encodings:
+        problems.append(f"text_encodings {list(config.text_encodings)}; valid: {', '.join(TEXT_ENCODINGS)}")
+    if not config.templates:
+        problems.append("templates is empty; give at least one data_prep.captions.TEMPLATES id")
+    if "{}" not in config.gallery_template:
+        problems.append(f"gallery_template {config.gallery_template!r} needs a '{{}}' for the name")
+    if config.linear_method not in ("ridge", "logistic"):
+        problems.append(f"linear_method {config.linear_method!r}; valid: ridge, logistic")
+    if config.items_per_probe < 1 or config.linear_items < 4:
+        problems.append("items_per_probe must be >= 1 and linear_items >= 4")
+    if problems:
+        raise ValueError("invalid probe suite options:\n  " + "\n  ".join(problems))
+
+
+def _select_images(items: list[EvalItem], cap: int) -> list[EvalItem]:
+    """Up to ``cap`` items taken round-robin over settings (keeps large-slot balance)."""
+    by_setting: dict[str, list[EvalItem]] = {}
+    for it in items:
+        by_setting.setdefault(it.setting, []).append(it)
+    groups = list(by_setting.values())
+    out: list[EvalItem] = []
+    for i in range(max(len(g) for g in groups)):
+        out.extend(g[i] for g in groups if i < len(g))
+    return out[:cap]
+
+
+def prepare_suite(
+    adapter: Adapter,
+    eval_set: EvalSet,
+    config: SuiteConfig | None = None,
+    size_classes: Mapping[str, str] | None = None,
+    progress: bool = True,
+    **options: Any,
+) -> PreparedSuite:
+    """Build every caption, decode/preprocess every image and tokenise every caption once.
+
+    Args:
+        adapter: supplies ``preprocess`` and ``tokenizer`` (no forward pass happens here).
+        eval_set: a validated eval set (``eval.manifest.load_eval_set``).
+        config: suite options; keyword ``options`` override its fields
+            (e.g. ``probes=("tor",), n_objects=(3,)``).
+        size_classes: object -> "small"/"medium"/"large" for Claim 1; default
+            ``data_prep.vocab.OBJECTS[name].size_class``.
+        progress: show a tqdm bar while loading images.
+    """
+    config = config or SuiteConfig()
+    if options:
+        fields = set(SuiteConfig.__dataclass_fields__)
+        unknown = sorted(set(options) - fields)
+        if unknown:
+            raise TypeError(f"unknown suite options {unknown}; valid: {sorted(fields)}")
+        options = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
+        config = SuiteConfig(**{**asdict(config), **options})
+    validate_config(config, eval_set)
+    vocab = eval_set.vocabulary
+    col = {o: i for i, o in enumerate(vocab)}
+    texts, images = _Table(), _Table()
+    caption = {t: _caption_fn(t) for t in config.templates}
+    headline = caption[config.templates[0]]
+    tasks: dict[str, dict[int, dict[str, Any]]] = {p: {} for p in config.probes}
+
+    def targets(lists: Sequence[Sequence[str]]) -> torch.Tensor:
+        return torch.tensor([[col[o] for o in lst] for lst in lists], dtype=torch.long)
+
+    def text_set(lists: list[list[str]], fn: Callable = headline) -> dict[str, Any]:
+        return {"lists": lists, "targets": targets(lists), "text": texts.add([fn(x) for x in lists])}
+
+    gallery_text = texts.add([config.gallery_template.format(o) for o in vocab])
+    need_images = bool({"ior", "i2tor", "ioc", "itm"} & set(config.probes))
+    if "claim1" in config.probes and size_classes is None:
+        size_classes = _default_size_classes(vocab)
+    for n in config.n_objects:
+        seed = config.seed + 1000 * n
+        if "tor" in config.probes:
+            lists = P.latin_square_lists(vocab, n, config.items_per_probe, seed)
+            tasks["tor"][n] = {
+                "lists": lists,
+                "targets": targets(lists),
+                "variants": {t: texts.add([caption[t](x) for x in lists]) for t in config.templates},
+            }
+        if "toc" in config.probes:
+            tasks["toc"][n] = text_set(P.latin_square_lists(vocab, n, config.linear_items, seed + 1))
+        if "claim1" in config.probes:
+            pairs = P.claim1_lists(vocab, size_classes or {}, n, config.items_per_probe, seed + 2)
+            tasks["claim1"][n] = {k: text_set(v) for k, v in pairs.items()}
+        if need_images:
+            chosen = _select_images([it for it in eval_set.multi(n) if it.large is not None], config.items_per_probe)
+            if not chosen:
+                raise ValueError(f"eval set {eval_set.root} has no n={n} images with a large object")
+            by_role = [it.by_role() for it in chosen]
+            img = {"image": images.add([it.path for it in chosen]), "targets": targets(by_role)}
+            for probe in ("ior", "i2tor", "ioc"):
+                if probe in config.probes:
+                    tasks[probe][n] = img
+            if "itm" in config.probes:
+                scen = P.itm_lists(by_role, vocab, config.itm_distractors, seed + 3)
+                tasks["itm"][n] = {
+                    s: {"image": img["image"][torch.tensor(idx)], "correct": text_set(c), "wrong": text_set(w)}
+                    for s, (idx, c, w) in scen.items()
+                }
+    gallery_images = None
+    if "ior" in config.probes:  # only IOR's gallery is made of single-object images
+        singles = eval_set.singles()
+        single_rows = images.add([it.path for it in singles])
+        gallery_images = torch.zeros(len(vocab), len(images.rows))
+        gallery_images[torch.tensor([col[it.objects[0]] for it in singles]), single_rows] = 1.0
+    text_list = list(texts.rows)
+    image_paths = list(images.rows)
+    image_tensor = None
+    if image_paths:
+        image_tensor = torch.stack(
+            [adapter.preprocess(_open(p)) for p in tqdm(image_paths, desc="eval images", disable=not progress)]
+        )
+    return PreparedSuite(
+        config=config,
+        vocabulary=list(vocab),
+        texts=text_list,
+        tokens=adapter.tokenizer(text_list),
+        images=image_tensor,
+        gallery_text=gallery_text,
+        gallery_images=gallery_images,
+        tasks={p: t for p, t in tasks.items() if t},
+    )
+
+
+def _open(path) -> Image.Image:
+    with Image.open(path) as im:
+        return im.convert("RGB")
+
+
+def run_suite(adapter: Adapter, prepared: PreparedSuite) -> dict[str, dict[int, dict]]:
+    """Encode the prepared inputs (batched, no_grad) and run every probe.
+
+    The caller chooses train/eval mode (the callback switches to eval and back). Returns
+    ``{probe: {n: result}}``.
+    """
+    cfg = prepared.config
+    with torch.no_grad():
+        text = F.normalize(adapter.encode_text(prepared.tokens).float(), dim=-1)
+        image = None
+        if prepared.images is not None:
+            image = F.normalize(adapter.encode_image(prepared.images).float(), dim=-1)
+    names = text[prepared.gallery_text.to(text.device)]
+    singles = None
+    if prepared.gallery_images is not None:
+        # average the single-object images of each vocabulary object
+        singles = F.normalize(prepared.gallery_images.to(image.device) @ image, dim=-1)
+    split = "split" in cfg.text_encodings
+    plain = "plain" in cfg.text_encodings
+    out: dict[str, dict[int, dict]] = {}
+    headline = cfg.templates[0]
+    linear_kw = {"train_frac": cfg.train_frac, "seed": cfg.seed, "method": cfg.linear_method,
+                 "steps": cfg.linear_steps}
+
+    def emb(rows: torch.Tensor) -> torch.Tensor:
+        return text[rows.to(text.device)]
+
+    def split_emb(lists: list[list[str]]) -> torch.Tensor:
+        from eval.text_split import encode_split  # lazy: optional mitigation module
+
+        return encode_split(adapter, lists, cfg.split_template).to(text.device)
+
+    for probe, per_n in prepared.tasks.items():
+        out[probe] = {}
+        for n, task in per_n.items():
+            if probe == "tor":
+                res = {t: P.tor(emb(rows), names, task["targets"]) for t, rows in task["variants"].items()}
+                main = res.pop(headline) if plain else None
+                if split:
+                    res["split"] = P.tor(split_emb(task["lists"]), names, task["targets"])
+                if main is None:
+                    main = res.pop("split")
+                main = {**main, "template": headline if plain else "split"}
+                if res:
+                    main["variants"] = res
+                out[probe][n] = main
+            elif probe == "toc":
+                out[probe][n] = P.toc(emb(task["text"]), task["targets"], len(prepared.vocabulary),
+                                      **linear_kw)
+            elif probe in ("ior", "i2tor", "ioc"):
+                q = image[task["image"].to(image.device)]
+                if probe == "ior":
+                    out[probe][n] = P.ior(q, singles, task["targets"])
+                elif probe == "i2tor":
+                    out[probe][n] = P.i2tor(q, names, task["targets"])
+                else:
+                    out[probe][n] = P.ioc(q, task["targets"], len(prepared.vocabulary),
+                                          **linear_kw)
+            elif probe == "itm":
+                out[probe][n] = _encodings(
+                    plain, split, lambda enc: P.itm(*(
+                        P.itm_accuracy(image[task[s]["image"].to(image.device)],
+                                       enc(task[s]["correct"]), enc(task[s]["wrong"]))
+                        for s in ("s1", "s2"))),
+                    lambda ts: emb(ts["text"]), lambda ts: split_emb(ts["lists"]))
+            elif probe == "claim1":
+                out[probe][n] = _encodings(
+                    plain, split, lambda enc: P.claim1(*(
+                        P.tor(enc(task[g]), names, task[g]["targets"]) for g in ("large_first", "small_first"))),
+                    lambda ts: emb(ts["text"]), lambda ts: split_emb(ts["lists"]))
+    return out
+
+
+def _encodings(plain: bool, split: bool, probe: Callable, plain_enc: Callable, split_enc: Callable) -> dict:
+    """Run ``probe(encoder)`` with the plain encoding (headline) and/or split (as a variant)."""
+    main = probe(plain_enc) if plain else probe(split_enc)
+    main["text_encoding"] = "plain" if plain else "split"
+    if plain and split:
+        main["variants"] = {"split": probe(split_enc)}
+    return main

@@ -1,0 +1,131 @@
+"""``python -m eval comco``: tables, JSON, default eval-set cache, bad input; a tiny real open_clip."""
+from __future__ import annotations
+
+import json
+
+import open_clip
+import pytest
+import torch
+
+from eval import cli
+from eval.manifest import load_eval_set
+from eval.model_access import ClipAdapter
+from eval.suite import prepare_suite, run_suite
+from test_probes_suite import SIZES, FakeAdapter, write_fake_eval_set
+
+
+@pytest.fixture(scope="module")
+def fake_set(tmp_path_factory):
+    return write_fake_eval_set(tmp_path_factory.mktemp("fake"))
+
+
+def _fake(args):
+    return FakeAdapter()
+
+
+def test_cli_fake_model_prints_tables_and_writes_json(fake_set, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("eval.suite._default_size_classes", lambda vocab: SIZES)
+    out = tmp_path / "sub" / "res.json"
+    args = cli.build_parser().parse_args(
+        ["comco", "--model", "fake", "--data", str(fake_set), "--n-objects", "2", "3", "--items", "24",
+         "--text-encoding", "plain", "split", "--itm-distractors", "3", "--no-progress", "--out", str(out)])
+    assert cli.run_comco(args, adapter_factory=_fake) == 0
+    text = capsys.readouterr().out
+    assert "TOR: caption -> object-name retrieval" in text and "ITM: accuracy" in text
+    assert "Claim 1" in text and "variant photo" in text
+    rec = json.loads(out.read_text())
+    assert rec["model"] == "fake" and rec["config"]["n_objects"] == [2, 3]
+    assert rec["results"]["tor"]["3"]["conditional"]["pos1"]["share"] == 1.0
+    assert rec["results"]["itm"]["2"]["gap"] == 1.0
+    assert not list(out.parent.glob("*.tmp"))  # atomic write leaves no temp file
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--probes", "tor,tox"], "--probes tox: unknown; valid: tor,toc,ior,ioc,i2tor,itm,claim1"),
+        (["--n-objects", "4"], "--n-objects: n_objects [4] not in the eval set"),
+        (["--n-objects", "7"], "--n-objects [7]: each must be in 2..5"),
+        (["--checkpoint", "nope.ckpt"], "give exactly one of --checkpoint"),
+    ],
+)
+def test_cli_bad_input_names_the_problem(fake_set, tmp_path, argv, message):
+    args = cli.build_parser().parse_args(
+        ["comco", "--model", "fake", "--data", str(fake_set), "--out", str(tmp_path / "r.json"), *argv])
+    with pytest.raises(SystemExit) as err:
+        cli.run_comco(args, adapter_factory=_fake)
+    assert message in str(err.value)
+
+
+def test_cli_missing_data_dir(tmp_path):
+    args = cli.build_parser().parse_args(
+        ["comco", "--model", "fake", "--data", str(tmp_path), "--out", str(tmp_path / "r.json")])
+    with pytest.raises(SystemExit, match="has no manifest.jsonl"):
+        cli.run_comco(args, adapter_factory=_fake)
+
+
+@pytest.mark.filterwarnings("ignore:items_per_setting")
+def test_default_eval_set_rendered_once(tmp_path, monkeypatch):
+    import data_prep.comco
+
+    calls = []
+    real = data_prep.comco.write_eval_set
+
+    def counting(out_dir, **kw):
+        calls.append(kw)
+        return real(out_dir, **{**kw, "n_objects": (2,), "items_per_setting": 2})
+
+    monkeypatch.setattr(data_prep.comco, "write_eval_set", counting)
+    first = cli.default_eval_set(tmp_path, seed=0, image_size=32, progress=False)
+    second = cli.default_eval_set(tmp_path, seed=0, image_size=32, progress=False)
+    assert first == second and len(calls) == 1
+    assert load_eval_set(first).n_values() == [2]
+    assert [p.name for p in (tmp_path / "eval_sets").iterdir()] == [first.name]  # no temp dirs left
+
+
+def test_cli_tiny_open_clip_matches_library(tmp_path, capsys):
+    """CLI on a weights file == prepare_suite/run_suite on the same weights."""
+    torch.manual_seed(0)
+    from _clip_fixtures import register_tiny
+
+    name = register_tiny(tmp_path / "cfg")
+    model = open_clip.create_model(name)
+    weights = tmp_path / "w.pt"
+    torch.save(model.state_dict(), weights)
+    data = write_fake_eval_set(tmp_path / "es", n_objects=(2,), per_setting=6)
+    out = tmp_path / "res.json"
+    assert cli.main(["comco", "--model", name, "--pretrained", str(weights), "--data", str(data),
+                     "--probes", "tor,ior,i2tor,itm", "--items", "12", "--no-progress", "--out", str(out)]) == 0
+    got = json.loads(out.read_text())["results"]
+    adapter = ClipAdapter.from_open_clip(name, str(weights))
+    prepared = prepare_suite(adapter, load_eval_set(data), probes=("tor", "ior", "i2tor", "itm"),
+                             n_objects=(2,), items_per_probe=12, progress=False)
+    want = json.loads(json.dumps(run_suite(adapter, prepared)))
+    assert got == want
+    assert got["tor"]["2"]["n_items"] == 12 and got["ior"]["2"]["n_items"] == 12
+
+
+@pytest.mark.filterwarnings("ignore:items_per_setting")
+def test_cli_without_data_renders_default_set_at_model_size(tmp_path, monkeypatch):
+    import data_prep.comco
+
+    from _clip_fixtures import register_tiny
+
+    sizes = []
+    real = data_prep.comco.write_eval_set
+
+    def small(out_dir, **kw):
+        sizes.append(kw["image_size"])
+        return real(out_dir, **{**kw, "n_objects": (2,), "items_per_setting": 4})
+
+    monkeypatch.setattr(data_prep.comco, "write_eval_set", small)
+    name = register_tiny(tmp_path / "cfg")
+    weights = tmp_path / "w.pt"
+    torch.save(open_clip.create_model(name).state_dict(), weights)
+    out = tmp_path / "res.json"
+    argv = ["comco", "--model", name, "--pretrained", str(weights), "--cache-dir", str(tmp_path / "cache"),
+            "--probes", "ior,itm", "--no-progress", "--out", str(out)]
+    assert cli.main(argv) == 0 and cli.main(argv) == 0
+    assert sizes == [32]  # the tiny model's input size, rendered once
+    rec = json.loads(out.read_text())
+    assert rec["eval_set"].endswith("comco-objects-seed0-px32") and rec["results"]["ior"]["2"]["n_items"] == 8

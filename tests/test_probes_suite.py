@@ -1,0 +1,210 @@
+"""The whole suite (prepare once, run many) on a fake CLIP whose answers are known.
+
+The fake maps each object name to a fixed random orthonormal vector. Captions are tokenised to
+the ids of the names they mention, in order; eval images are tiny PNGs whose first pixel row
+carries object ids (red) and which slot is large (green).
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from eval import probes as P
+from eval.manifest import load_eval_set
+from eval.suite import SuiteConfig, prepare_suite, run_suite
+
+NAMES = ["apple", "bus", "cat", "dog", "egg", "fox", "gum", "hat", "ink", "jar", "kite", "lamp"]
+SIZES = {"apple": "small", "egg": "small", "gum": "small", "ink": "small",
+         "bus": "large", "kite": "large", "lamp": "large",
+         "cat": "medium", "dog": "medium", "fox": "medium", "hat": "medium", "jar": "medium"}
+WEIGHTS = torch.tensor([1.0, 0.3, 0.2, 0.1, 0.05, 0.02, 0.01, 0.005])
+
+
+class FakeAdapter:
+    """``text_rule``: "first" (mostly the first-named object) or "mean" (order-free).
+    ``image_rule``: "largest" (only the large object) or "mean"."""
+
+    def __init__(self, names=NAMES, dim: int = 32, text_rule: str = "first", image_rule: str = "largest"):
+        q, _ = torch.linalg.qr(torch.randn(dim, len(names), generator=torch.Generator().manual_seed(0)))
+        self.vectors = q.T.contiguous()
+        self.ids = {n: i + 1 for i, n in enumerate(names)}
+        self.text_rule, self.image_rule = text_rule, image_rule
+        self.noise = 0.05 * torch.randn(997, dim, generator=torch.Generator().manual_seed(1))
+        self.calls = {"preprocess": 0, "tokenizer": 0, "encode_text": 0, "encode_image": 0}
+        self.device = torch.device("cpu")
+        self.name = "fake"
+
+    def preprocess(self, img: Image.Image) -> torch.Tensor:
+        self.calls["preprocess"] += 1
+        return torch.from_numpy(np.asarray(img, dtype=np.float32)).permute(2, 0, 1)
+
+    def tokenizer(self, texts: list[str]) -> torch.Tensor:
+        self.calls["tokenizer"] += 1
+        out = torch.zeros(len(texts), len(WEIGHTS), dtype=torch.long)
+        for i, t in enumerate(texts):
+            ids = [self.ids[w] for w in re.findall(r"[a-z]+", t) if w in self.ids]
+            out[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        return out
+
+    def _mix(self, ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        vec = torch.cat([torch.zeros(1, self.vectors.shape[1]), self.vectors])[ids]  # id 0 -> zero
+        return (weights[..., None] * vec).sum(1)
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        self.calls["encode_text"] += 1
+        present = (tokens > 0).float()
+        if self.text_rule == "first":
+            emb = self._mix(tokens, WEIGHTS[: tokens.shape[1]] * present)
+        else:  # order-free mean, plus noise that depends only on the set of objects
+            emb = self._mix(tokens, present / present.sum(1, keepdim=True))
+            key = ((tokens**2).sum(1) * 7919) % self.noise.shape[0]
+            emb = emb + self.noise[key] * (present.sum(1, keepdim=True) > 1)
+        return F.normalize(emb, dim=-1)
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        self.calls["encode_image"] += 1
+        ids = images[:, 0, 0, :].long()  # red = object id (0 = empty)
+        large = images[:, 1, 0, :]  # green 255 = large slot
+        if self.image_rule == "largest":
+            pick = torch.where(ids > 0, large, -1.0).argmax(1)
+            emb = self._mix(ids.gather(1, pick[:, None]), torch.ones(len(ids), 1))
+        else:
+            emb = self._mix(ids, (ids > 0).float())
+        return F.normalize(emb, dim=-1)
+
+
+def write_fake_eval_set(root: Path, n_objects=(2, 3), per_setting: int = 12, names=NAMES) -> Path:
+    """Singles plus, per n and large slot, ``per_setting`` counterbalanced images."""
+    root.mkdir(parents=True, exist_ok=True)
+    ids = {n: i + 1 for i, n in enumerate(names)}
+    lines = []
+
+    def save(rel: str, objs: list[str], large: int | None):
+        arr = np.zeros((8, 8, 3), dtype=np.uint8)
+        for s, o in enumerate(objs):
+            arr[0, s, 0] = ids[o]
+            arr[0, s, 1] = 255 if s == large else 50
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(arr).save(root / rel)
+        areas = [400 if s == large else 100 for s in range(len(objs))]
+        lines.append({"image": rel, "objects": objs, "large": large, "areas": areas,
+                      "n_objects": len(objs), "kind": "single" if large is None else "multi",
+                      "setting": "single" if large is None else f"n{len(objs)}_large_slot{large}"})
+
+    for o in names:
+        save(f"single/{o}.png", [o], None)
+    for n in n_objects:
+        for j in range(n):
+            for t, objs in enumerate(P.latin_square_lists(names, n, per_setting, seed=10 * n + j)[:per_setting]):
+                save(f"n{n}_large_slot{j}/{t:03d}.png", objs, j)
+    (root / "manifest.jsonl").write_text("".join(json.dumps(ln) + "\n" for ln in lines))
+    return root
+
+
+@pytest.fixture(scope="module")
+def eval_set(tmp_path_factory):
+    return load_eval_set(write_fake_eval_set(tmp_path_factory.mktemp("es")))
+
+
+def _prepare(adapter, eval_set, **kw):
+    opts = dict(n_objects=(2, 3), items_per_probe=24, linear_items=96,
+                itm_distractors=3, size_classes=SIZES, progress=False)
+    opts.update(kw)
+    return prepare_suite(adapter, eval_set, **opts)
+
+
+def test_full_suite_known_answers(eval_set):
+    adapter = FakeAdapter()
+    prepared = _prepare(adapter, eval_set, text_encodings=("plain", "split"))
+    res = run_suite(adapter, prepared)
+    assert set(res) == set(P.PROBE_NAMES) and all(set(v) == {2, 3} for v in res.values())
+    tor = res["tor"][3]
+    assert tor["n_items"] == 24 and tor["n_conditional"] == 24
+    assert tor["conditional"]["pos1"]["share"] == 1.0 and tor["order_bias"] == 1.0
+    assert tor["variants"]["photo"]["conditional"]["pos1"]["share"] == 1.0  # other template
+    assert tor["variants"]["split"]["order_bias"] < 0.5  # order-free encoding
+    ior = res["ior"][3]
+    assert ior["n_items"] == 24 and ior["unconditional"]["large"]["share"] == 1.0 and ior["size_bias"] == 1.0
+    assert res["i2tor"][2]["unconditional"]["large"]["share"] == 1.0
+    itm = res["itm"][3]
+    assert itm["s1"]["total"] == 24 * 3 and itm["s1"]["share"] == 1.0 and itm["s2"]["share"] == 0.0
+    assert itm["gap"] == 1.0 and "split" in itm["variants"]
+    assert res["toc"][2]["accuracy"]["pos1"]["share"] > res["toc"][2]["accuracy"]["pos2"]["share"]
+    assert res["ioc"][2]["labels"] == ["large", "small1"]
+    c1 = res["claim1"][3]
+    assert c1["large_first"]["conditional"]["pos1"]["share"] == 1.0 and c1["first_share_gap"] == 0.0
+    json.dumps(res)  # JSON-able
+
+
+def test_symmetric_encoder_equal_shares(eval_set):
+    adapter = FakeAdapter(text_rule="mean")
+    res = run_suite(adapter, _prepare(adapter, eval_set, probes=("tor",), n_objects=(3,), items_per_probe=120))
+    tor = res["tor"][3]
+    assert tor["n_conditional"] == tor["n_items"] == 120
+    for k in ("pos1", "pos2", "pos3"):
+        lo, hi = tor["conditional"][k]["ci"]
+        assert lo <= 1 / 3 <= hi
+
+
+def test_run_suite_only_encodes(eval_set):
+    adapter = FakeAdapter()
+    prepared = _prepare(adapter, eval_set)
+    before = dict(adapter.calls)
+    assert before["tokenizer"] == 1 and before["preprocess"] == len(prepared.images)
+    assert before["encode_text"] == before["encode_image"] == 0
+    first = run_suite(adapter, prepared)
+    second = run_suite(adapter, prepared)
+    assert first == second
+    assert adapter.calls["tokenizer"] == 1 and adapter.calls["preprocess"] == before["preprocess"]
+    assert adapter.calls["encode_text"] == 2 and adapter.calls["encode_image"] == 2
+    # distinct inputs are encoded once: gallery names + all captions, each string once
+    assert len(prepared.texts) == len(set(prepared.texts))
+    # same prepared inputs, changed weights -> changed answer
+    adapter.image_rule = "mean"
+    assert run_suite(adapter, prepared)["ior"][2]["size_bias"] < 1.0
+
+
+def test_bad_options_name_valid_values(eval_set):
+    adapter = FakeAdapter()
+    with pytest.raises(ValueError, match=r"unknown probes \['tox'\]; valid: tor, toc"):
+        _prepare(adapter, eval_set, probes=("tox",))
+    with pytest.raises(ValueError, match=r"n_objects \[4\] not in the eval set.*valid: \[2, 3\]"):
+        _prepare(adapter, eval_set, n_objects=(3, 4))
+    with pytest.raises(ValueError, match="unknown caption template 'fancy'"):
+        _prepare(adapter, eval_set, templates=("fancy",))
+    with pytest.raises(TypeError, match="unknown suite options"):
+        _prepare(adapter, eval_set, itemz=3)
+    # text-only probes do not need images of that n
+    res = run_suite(adapter, _prepare(adapter, eval_set, probes=("tor",), n_objects=(4,)))
+    assert res["tor"][4]["conditional"]["pos1"]["share"] == 1.0
+
+
+def test_suite_config_defaults_are_the_paper_forms():
+    cfg = SuiteConfig()
+    assert cfg.templates[0] == "and_chain" and cfg.gallery_template == "{}"
+    from data_prep.captions import make_caption
+
+    assert make_caption(["dog", "pizza", "car"], cfg.templates[0]) == "dog and pizza and car"
+
+
+def test_bench_timing_split_smoke(eval_set):
+    """bench/bench_probes.py's split of run time into encoder forwards and the rest."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "bench_probes.py"
+    spec = importlib.util.spec_from_file_location("bench_probes", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    cfg = SuiteConfig(probes=("tor", "ior"), n_objects=(2,), items_per_probe=12, templates=("and_chain",))
+    row = bench.timed_run(FakeAdapter(), eval_set, cfg, repeats=2)
+    assert row["text_rows_encoded"] == row["texts"] and row["image_rows_encoded"] == row["images"]
+    assert len(row["run_s_all"]) == 2 and 0 < row["encoder_share"] <= 1
+    small = bench.restrict(eval_set, 6)
+    assert small.vocabulary == NAMES[:6] and all(set(it.objects) <= set(NAMES[:6]) for it in small.items)

@@ -1,0 +1,110 @@
+"""``python -m eval report``: records on disk -> figures + markdown summary with known numbers."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from eval import probes
+from eval.cli import main
+from eval.plots import series
+from eval.records import append_records, flatten, make_records, read_records
+from eval.report import run_labels, summary_table
+from eval.stats import proportion
+
+GALLERY = torch.eye(4)  # object i embeds as e_i
+TARGETS = torch.tensor([[0, 1], [1, 2], [2, 3], [3, 0]])
+
+
+def _tor(first_wins: int) -> dict:
+    """TOR result where the first-mentioned object wins for ``first_wins`` of 4 captions, else the second."""
+    win = torch.tensor([int(TARGETS[i, 0 if i < first_wins else 1]) for i in range(4)])
+    lose = TARGETS.sum(1) - win  # the other object of each caption ranks second
+    query = F.normalize(GALLERY[win] + 0.1 * GALLERY[lose], dim=-1)
+    return probes.tor(query, GALLERY, TARGETS)
+
+
+def _itm(s1: int, s2: int, total: int = 10) -> dict:
+    return probes.itm(proportion(s1, total), proportion(s2, total))
+
+
+def _write_run(run_dir, steps_and_wins):
+    for step, wins, itm in steps_and_wins:
+        append_records(run_dir / "bias.jsonl",
+                       make_records({"tor": {2: _tor(wins)}, "itm": {3: _itm(*itm)}}, step, step * 64))
+
+
+@pytest.fixture
+def two_runs(tmp_path):
+    base, mitig = tmp_path / "runs" / "baseline", tmp_path / "runs" / "shuffled"
+    _write_run(base, [(0, 2, (5, 5)), (10, 3, (8, 4)), (20, 4, (9, 2))])
+    _write_run(mitig, [(0, 2, (5, 5)), (20, 2, (7, 7))])
+    return base, mitig
+
+
+def test_hand_built_tor_results_have_the_expected_index():
+    assert _tor(4)["unconditional"]["pos1"]["share"] == 1.0 and _tor(4)["order_bias"] == 1.0
+    assert _tor(2)["order_bias"] == 0.0 and _tor(3)["order_bias"] == 0.5
+
+
+def test_report_writes_figures_and_summary(two_runs, tmp_path, capsys):
+    base, mitig = two_runs
+    out = tmp_path / "report"
+    assert main(["report", str(base), str(mitig), "--out", str(out)]) == 0
+    for name in ("tor.png", "itm.png"):
+        assert (out / name).stat().st_size > 5000
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = (out / "summary.md").read_text()
+    assert summary in capsys.readouterr().out
+    # order bias 0 -> 1 over 1280 samples for the baseline, 0 -> 0 for the mitigation
+    assert "| baseline | tor | 2 | order_bias | +0.000 (0) | +1.000 (1280) | +1.000 | N=4 → N=4 |" in summary
+    assert "| shuffled | tor | 2 | order_bias | +0.000 (0) | +0.000 (1280) | +0.000 | N=4 → N=4 |" in summary
+    # ITM gap 0 -> 0.7 with its pair counts
+    assert "| baseline | itm | 3 | gap | +0.000 (0) | +0.700 (1280) | +0.700 | pairs S1=10, S2=10 → " in summary
+    assert "![tor](tor.png)" in summary
+
+
+def test_curves_hold_the_recorded_shares(two_runs):
+    base, _ = two_runs
+    tor = [r for r in read_records(base) if r["probe"] == "tor"]
+    s = series(tor)
+    xs, ys = s["unconditional"]["pos1"]
+    assert xs == [0.0, 640.0, 1280.0] and ys == [0.5, 0.75, 1.0]
+    assert s["index"]["order_bias"][1] == [0.0, 0.5, 1.0]
+    assert "none" in s["unconditional"] and "conditional" in s
+    itm = series([r for r in read_records(base) if r["probe"] == "itm"])
+    assert itm["itm"]["s2"][1] == [0.5, 0.4, 0.2]
+
+
+def test_flatten_names_every_number():
+    flat = flatten(_tor(3), "bias/tor/n2")
+    assert flat["bias/tor/n2/unconditional/pos1"] == 0.75
+    assert flat["bias/tor/n2/unconditional/pos1/count"] == 3 and flat["bias/tor/n2/unconditional/pos1/total"] == 4
+    lo, hi = flat["bias/tor/n2/unconditional/pos1/ci_lo"], flat["bias/tor/n2/unconditional/pos1/ci_hi"]
+    assert lo < 0.75 < hi
+    assert flat["bias/tor/n2/order_bias"] == 0.5
+    assert all(isinstance(v, float) and math.isfinite(v) for v in flat.values())
+    # a zero denominator yields no share (not a division by zero) but keeps its counts
+    empty = flatten({"x": proportion(0, 0)}, "p")
+    assert empty == {"p/x/count": 0.0, "p/x/total": 0.0}
+
+
+def test_reader_skips_torn_last_line_and_keeps_latest_duplicate(tmp_path):
+    _write_run(tmp_path, [(0, 2, (5, 5)), (10, 3, (8, 4))])
+    _write_run(tmp_path, [(10, 4, (8, 4))])  # a resumed run re-evaluated step 10
+    with open(tmp_path / "bias.jsonl", "a") as fh:
+        fh.write('{"step": 20, "samp')
+    recs = [r for r in read_records(tmp_path) if r["probe"] == "tor"]
+    assert [r["step"] for r in recs] == [0, 10] and recs[1]["result"]["order_bias"] == 1.0
+
+
+def test_bad_input_is_named(tmp_path):
+    with pytest.raises(SystemExit, match="no bias.jsonl in .*nothing"):
+        main(["report", str(tmp_path / "nothing")])
+    (tmp_path / "bias.jsonl").write_text('{"step": 0}\n{"step": 1}\n')
+    with pytest.raises(ValueError, match="line 1 lacks"):
+        read_records(tmp_path)
+    assert run_labels([tmp_path / "a" / "run", tmp_path / "b" / "run"]) == ["a/run", "b/run"]
+    assert "no summary indices" in summary_table({"r": []})

@@ -1,0 +1,36 @@
+"""Contrastive loss construction shared by CLIPModule and the DDP gradient-equivalence test."""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from open_clip.loss import ClipLoss, SigLipLoss
+
+LossKind = Literal["clip", "siglip"]
+
+
+def build_loss(kind: LossKind = "clip", rank: int = 0, world_size: int = 1) -> torch.nn.Module:
+    """open_clip loss for ``world_size`` ranks.
+
+    ``local_loss=True, gather_with_grad=True`` is the only ClipLoss combination whose DDP gradients
+    equal single-process gradients on the concatenated batch (see tests/test_train_ddp.py).
+    """
+    if kind == "clip":
+        return ClipLoss(local_loss=True, gather_with_grad=True, cache_labels=True, rank=rank, world_size=world_size)
+    if kind == "siglip":
+        return SigLipLoss(rank=rank, world_size=world_size)
+    raise ValueError(f"Unknown loss {kind!r}; valid: 'clip', 'siglip'")
+
+
+def contrastive_loss(model: torch.nn.Module, images: torch.Tensor, texts: torch.Tensor, loss_fn) -> torch.Tensor:
+    """Forward both towers of an open_clip ``CLIP`` (possibly DDP-wrapped) and return the scalar loss."""
+    out = model(images, texts)
+    if isinstance(out, dict):
+        image_features, text_features = out["image_features"], out["text_features"]
+        logit_scale, logit_bias = out["logit_scale"], out.get("logit_bias")
+    else:
+        image_features, text_features, logit_scale = out[:3]
+        logit_bias = out[3] if len(out) > 3 else None
+    if logit_bias is not None:
+        return loss_fn(image_features, text_features, logit_scale, logit_bias)
+    return loss_fn(image_features, text_features, logit_scale)
