@@ -1,8 +1,8 @@
 """One small adapter over any open_clip model: a training module, a checkpoint, or a pretrained tag.
 
 Every probe sees a model only through :class:`ClipAdapter`: ``encode_image``, ``encode_text``
-(both L2-normalised float32 on the CPU-independent ``device`` of the model), ``preprocess``
-(PIL image -> tensor) and ``tokenizer`` (list of str -> LongTensor).
+(both L2-normalised float32, on the model's ``device``; inputs are moved there and encoded in
+chunks), ``preprocess`` (PIL image -> tensor) and ``tokenizer`` (list of str -> LongTensor).
 
 ``eval`` never imports ``train``: a CLIPModule checkpoint is read as plain data
 (``hyper_parameters["model_name"]`` and the ``state_dict`` keys prefixed ``model.``), with the
