@@ -12,6 +12,7 @@ TOR results carry their other caption templates and the "split" text encoding un
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
@@ -47,8 +48,9 @@ class SuiteConfig:
         probes: probe names from ``eval.probes.PROBE_NAMES``.
         n_objects: object counts to probe (each must be in the eval set).
         items_per_probe: TOR/Claim-1 captions per n (rounded up to whole Latin-square blocks of
-            the vocabulary size) and at most this many multi-object images per n for IOR,
-            I2TOR, IOC and ITM (taken evenly from each setting, i.e. large slot).
+            the vocabulary size) and at most this many multi-object images per n, rounded up
+            the same way, for IOR, I2TOR, IOC and ITM (taken round-robin over settings, i.e.
+            large slots). ``PreparedSuite.balance()`` shows how evenly objects fill each role.
         templates: caption templates (``data_prep.captions.TEMPLATES`` ids); the first is the
             headline TOR/TOC/ITM/Claim-1 template, the others are reported as TOR variants.
         gallery_template: text gallery prompt per object name, ``"{}"`` = bare name.
@@ -92,13 +94,26 @@ class PreparedSuite:
     tasks: dict[str, dict[int, dict[str, Any]]] = field(default_factory=dict)
 
     def describe(self) -> dict:
-        """JSON-able summary: config, vocabulary and input counts."""
+        """JSON-able summary: config, vocabulary, input counts and counterbalance."""
         return {
             "config": asdict(self.config),
             "vocabulary": self.vocabulary,
             "n_texts": len(self.texts),
             "n_images": 0 if self.images is None else int(self.images.shape[0]),
+            "balance": self.balance(),
         }
+
+    def balance(self) -> dict[str, dict[str, list[int]]]:
+        """Per TOR position / IOR role: [min, max] times a vocabulary object fills it.
+
+        Equal numbers mean the probe is counterbalanced (position/role not confounded with object).
+        """
+        out = {}
+        for probe, labels in (("tor", P.position_labels), ("ior", P.role_labels)):
+            for n, task in self.tasks.get(probe, {}).items():
+                counts = [torch.bincount(col, minlength=len(self.vocabulary)) for col in task["targets"].T]
+                out[f"{probe}/n{n}"] = {lab: [int(c.min()), int(c.max())] for lab, c in zip(labels(n), counts)}
+        return out
 
 
 class _Table:
@@ -211,6 +226,9 @@ def prepare_suite(
     need_images = bool({"ior", "i2tor", "ioc", "itm"} & set(config.probes))
     if "claim1" in config.probes and size_classes is None:
         size_classes = _default_size_classes(vocab)
+    # like TOR's captions, the image cap is rounded up to whole blocks of the vocabulary size:
+    # with data_prep's sets (one block per large slot) the default takes whole blocks
+    image_cap = math.ceil(config.items_per_probe / len(vocab)) * len(vocab)
     for n in config.n_objects:
         seed = config.seed + 1000 * n
         if "tor" in config.probes:
@@ -226,7 +244,7 @@ def prepare_suite(
             pairs = P.claim1_lists(vocab, size_classes or {}, n, config.items_per_probe, seed + 2)
             tasks["claim1"][n] = {k: text_set(v) for k, v in pairs.items()}
         if need_images:
-            chosen = _select_images([it for it in eval_set.multi(n) if it.large is not None], config.items_per_probe)
+            chosen = _select_images([it for it in eval_set.multi(n) if it.large is not None], image_cap)
             if not chosen:
                 raise ValueError(f"eval set {eval_set.root} has no n={n} images with a large object")
             by_role = [it.by_role() for it in chosen]

@@ -182,6 +182,18 @@ def test_linear_probe_methods_under_no_grad(method):
     assert res["accuracy"]["pos1"]["share"] < 0.5
 
 
+def test_linear_probe_restores_thread_count():
+    prev = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        g = name_vectors(len(VOCAB))
+        t = targets_of(probes.latin_square_lists(VOCAB, 2, 24))
+        probes.toc(g[t[:, 0]], t, n_classes=12)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(prev)
+
+
 def test_ridge_solution_matches_direct_solve():
     torch.manual_seed(0)
     x = torch.randn(40, 6)

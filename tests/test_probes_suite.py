@@ -138,6 +138,9 @@ def test_full_suite_known_answers(eval_set):
     assert itm["gap"] == 1.0 and "split" in itm["variants"]
     assert res["toc"][2]["accuracy"]["pos1"]["share"] > res["toc"][2]["accuracy"]["pos2"]["share"]
     assert res["ioc"][2]["labels"] == ["large", "small1"]
+    balance = prepared.describe()["balance"]
+    assert balance["tor/n3"] == {"pos1": [2, 2], "pos2": [2, 2], "pos3": [2, 2]}  # 24 captions, 12 objects
+    assert set(balance["ior/n2"]) == {"large", "small1"}
     c1 = res["claim1"][3]
     assert c1["large_first"]["conditional"]["pos1"]["share"] == 1.0 and c1["first_share_gap"] == 0.0
     json.dumps(res)  # JSON-able
