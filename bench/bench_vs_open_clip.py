@@ -2,7 +2,7 @@
 
 Same shards (rendered corpus), model config, batch size, workers, precision (fp32) and steps; both
 runs in this script, one after the other. Prints the steady-state samples/s of each (median over
-steps after the first ``--skip`` ones) and the ratio ours / theirs.
+steps after the first ``--skip`` ones, best of ``--repeats`` alternating runs) and the ratio ours / theirs.
 
     python bench/bench_vs_open_clip.py --model clip-tiny --batch-size 64 --workers 1 --steps 30
 
@@ -16,6 +16,7 @@ import argparse
 import csv
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -71,6 +72,7 @@ def run_theirs(a, shards: str, work: Path) -> float:
            "--precision", "fp32", "--device", "cpu" if a.accelerator == "cpu" else "cuda",
            "--report-to", "", "--log-every-n-steps", "1", "--save-frequency", "0", "--zeroshot-frequency", "0",
            "--logs", str(work / "theirs"), "--name", "bench", "--dataset-resampled"]
+    shutil.rmtree(work / "theirs" / "bench", ignore_errors=True)  # open_clip_train refuses an existing name
     env = {**os.environ, "PYTHONPATH": str(work / "wds0286")}
     proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -90,13 +92,20 @@ def main() -> None:
     p.add_argument("--num-samples", type=int, default=4000)
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--accelerator", default="cpu", choices=["cpu", "gpu"])
+    p.add_argument("--repeats", type=int, default=2,
+                   help="alternate the two trainers this many times and keep each one's best median "
+                        "(a shared machine's load comes and goes)")
     p.add_argument("--work-dir", default=None, help="default: a fresh temporary directory")
     a = p.parse_args()
     work = Path(a.work_dir or tempfile.mkdtemp(prefix="bench-clip-"))
     work.mkdir(parents=True, exist_ok=True)
     shards = make_shards(work / "shards", a.num_samples, a.image_size)
-    ours = run_ours(a, shards, work)
-    theirs = run_theirs(a, shards, work)
+    ours_runs, theirs_runs = [], []
+    for _ in range(a.repeats):
+        ours_runs.append(run_ours(a, shards, work))
+        theirs_runs.append(run_theirs(a, shards, work))
+    ours, theirs = max(ours_runs), max(theirs_runs)
+    print(f"per repeat: ours {[round(x, 1) for x in ours_runs]}, open_clip {[round(x, 1) for x in theirs_runs]}")
     print(f"model={a.model} batch={a.batch_size} workers={a.workers} steps={a.steps} accelerator={a.accelerator}")
     print(f"python -m train fit      : {ours:10.1f} samples/s")
     print(f"open_clip_train.main     : {theirs:10.1f} samples/s")

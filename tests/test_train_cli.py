@@ -1,7 +1,6 @@
 """The real CLI: every config loads, overlays and overrides work, bad input fails early and clearly."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 import yaml
@@ -9,6 +8,8 @@ import yaml
 from train.cli import CONFIG_DIR, main
 
 CONFIGS = sorted(p.name for p in CONFIG_DIR.glob("*.yaml"))
+# configs in sub-folders (e.g. mitigation/) are overlays on a base config, as their headers say
+OVERLAYS = sorted(str(p.relative_to(CONFIG_DIR)) for p in CONFIG_DIR.glob("*/**/*.yaml"))
 
 
 def print_config(capsys, *args: str) -> dict:
@@ -23,6 +24,14 @@ def test_every_config_loads_through_the_cli(name, capsys):
     cfg = print_config(capsys, "--config", name)
     assert cfg["model"]["model_name"] and cfg["data"]["batch_size"] > 0
     assert isinstance(cfg["trainer"]["callbacks"], list)
+    first = (CONFIG_DIR / name).read_text().splitlines()[0]
+    assert first.startswith("# python -m train fit --config"), "each YAML starts with the command that runs it"
+
+
+@pytest.mark.parametrize("name", OVERLAYS)
+def test_every_overlay_config_loads_on_quickstart(name, capsys):
+    cfg = print_config(capsys, "--config", "quickstart.yaml", "--config", name)
+    assert cfg["model"]["model_name"] and cfg["data"]["batch_size"] > 0
     first = (CONFIG_DIR / name).read_text().splitlines()[0]
     assert first.startswith("# python -m train fit --config"), "each YAML starts with the command that runs it"
 

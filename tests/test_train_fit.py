@@ -59,6 +59,8 @@ def test_loss_falls_over_50_steps(tmp_path, tiny_shards):
     first = sum(loss[s] for s in range(5)) / 5
     last = sum(loss[s] for s in range(45, 50)) / 5
     assert last < 0.75 * first, (first, last)
+    sps = read_metrics(tmp_path / "fall" / "metrics.csv", "train/samples_per_sec")
+    assert len(sps) >= 40 and all(v > 0 for v in sps.values())
 
 
 def test_resume_continues_at_same_step_lr_and_samples(tmp_path, tiny_shards):
@@ -125,3 +127,20 @@ def test_sample_transforms_from_config_run_and_are_counted(tmp_path, tiny_shards
     assert type(cli.datamodule.sample_transforms[0]).__name__ == "UpperCaption"
     applied = read_metrics(tmp_path / "tf" / "metrics.csv", "data/UpperCaption/applied")
     assert applied[1] >= 32  # two batches of 16 went through the transform
+
+
+def test_logit_scale_clamped_to_ln100_after_the_optimizer_step(tmp_path, tiny_shards):
+    import lightning as L
+
+    from train.data import WebDataModule
+    from train.module import CLIPModule
+
+    module = CLIPModule(model_name="clip-micro", lr=1e-3, warmup_steps=1, total_steps=2)
+    with torch.no_grad():
+        module.model.logit_scale.fill_(6.0)  # exp(6) = 403 > 100
+    dm = WebDataModule(train_shards=tiny_shards, batch_size=16, num_workers=0)
+    trainer = L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(module, dm)
+    assert module.model.logit_scale.item() == pytest.approx(math.log(100), abs=1e-6)
+    # AdamW moves a parameter by about lr per step, so without the clamp it would still be ~6

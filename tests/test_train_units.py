@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import open_clip
@@ -179,3 +178,14 @@ def test_synthetic_corpus_cached_by_parameters(tmp_path, monkeypatch):
     assert dm._train_urls() == [str(train_dir / "00000.tar")]
     assert len(dm._val_urls()) == 1 and count_samples(dm._train_urls()) == 8
     assert not list((tmp_path / "cache").glob("*.tmp-*"))
+
+
+def test_siglip_loss_option_builds_bias_and_trains():
+    from train.module import CLIPModule
+
+    module = CLIPModule(model_name="clip-micro", loss="siglip")
+    assert module.model.logit_bias is not None and module.model.logit_bias.item() == -10.0
+    tok = open_clip.get_tokenizer("clip-micro")
+    loss = contrastive_loss(module.model, torch.randn(4, 3, 32, 32), tok(["a", "b", "c", "d"]), build_loss("siglip"))
+    loss.backward()
+    assert torch.isfinite(loss) and module.model.logit_bias.grad is not None

@@ -33,14 +33,15 @@ def check_model_name(model_name: str) -> None:
         )
 
 
-def build_model_and_transforms(model_name: str, pretrained: str | None = None):
+def build_model_and_transforms(model_name: str, pretrained: str | None = None, **model_kwargs):
     """Return ``(model, preprocess_train, preprocess_val)``; random init unless ``pretrained`` is given.
 
     ``pretrained`` is an open_clip tag or a file path; tags download weights, so only pass one on purpose.
+    ``model_kwargs`` go to the model constructor (e.g. ``init_logit_bias`` for SigLIP).
     """
     check_model_name(model_name)
     return open_clip.create_model_and_transforms(
-        model_name, pretrained=pretrained, pretrained_text=False, pretrained_image=False
+        model_name, pretrained=pretrained, pretrained_text=False, pretrained_image=False, **model_kwargs
     )
 
 

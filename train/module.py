@@ -62,7 +62,11 @@ class CLIPModule(L.LightningModule):
             raise ValueError("Invalid model config: " + "; ".join(problems))
         self.save_hyperparameters()
         self.model_name = model_name
-        self.model, self.preprocess_train, self.preprocess_val = build_model_and_transforms(model_name, pretrained)
+        # SigLIP needs a learnable logit bias; -10 is the SigLIP paper's initialisation.
+        extra = {"init_logit_bias": -10.0} if loss == "siglip" else {}
+        self.model, self.preprocess_train, self.preprocess_val = build_model_and_transforms(
+            model_name, pretrained, **extra
+        )
         self.tokenizer = open_clip.get_tokenizer(model_name)
         self.loss_fn: torch.nn.Module | None = None
         self._per_device_batch: int | None = None
