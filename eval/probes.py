@@ -328,10 +328,23 @@ def latin_square_lists(vocabulary: Sequence[str], n: int, n_items: int, seed: in
     rng = random.Random(seed)
     lists: list[list[str]] = []
     base: list[int] = []
+    seen: set[tuple[int, ...]] = set()  # blocks used so far, as offsets relative to the first object
+
+    def block_key(offsets: list[int]) -> tuple[int, ...]:
+        return tuple((o - offsets[0]) % m for o in offsets)
+
     for block in range(max(1, math.ceil(n_items / m))):
         if block % n == 0:
-            base = rng.sample(range(m), n)
+            # Redraw a base whose rotations repeat an earlier block: a repeated block duplicates
+            # M captions, which would then sit in both the train and the held-out split of TOC.
+            # Once every block is used (small vocabularies), repeats are accepted.
+            for _ in range(100 if n > 1 else 1):
+                base = rng.sample(range(m), n)
+                keys = {block_key(base[r:] + base[:r]) for r in range(n)}
+                if len(keys) == n and not keys & seen:
+                    break
         rotated = base[block % n :] + base[: block % n]
+        seen.add(block_key(rotated))
         lists.extend([vocabulary[(o + s) % m] for o in rotated] for s in range(m))
     return lists
 

@@ -23,8 +23,8 @@ overlay() {  # run name -> extra --config args
 }
 
 dirs=()
-for name in $RUNS; do
-  for seed in $SEEDS; do
+for seed in $SEEDS; do      # seeds outermost: an interrupted sweep still has every configuration once
+  for name in $RUNS; do
     run="exp-$name-s$seed"
     dirs+=("runs/$run")
     if [ -f "runs/$run/checkpoints/last.ckpt" ] && [ -f "runs/$run/plots/.done" ]; then
