@@ -131,9 +131,10 @@ def attention_by_role(adapter: Any, eval_set: Any, n_objects: Sequence[int], ite
         adapter: an ``eval.model_access.ClipAdapter`` with a ViT image tower.
         eval_set: ``eval.manifest.EvalSet`` whose manifest lines carry ``bboxes``.
         n_objects: object counts to analyse.
-        items: at most this many images per n (round-robin over large slots); None = all.
+        items: about this many images per n, rounded up to whole balanced blocks (see
+            ``eval.suite.select_images``); None = all.
     """
-    from eval.suite import _select_images
+    from eval.suite import select_images
 
     model = adapter.model
     vit_last_attention(model.visual)
@@ -147,7 +148,7 @@ def attention_by_role(adapter: Any, eval_set: Any, n_objects: Sequence[int], ite
     try:
         for n in n_objects:
             chosen = [it for it in eval_set.multi(n) if it.large is not None]
-            chosen = _select_images(chosen, items or len(chosen))
+            chosen = select_images(chosen, items or len(chosen), len(eval_set.vocabulary))
             lacking = [it.image for it in chosen if not boxes.get(it.image)]
             if lacking:
                 raise ValueError(

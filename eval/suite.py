@@ -169,16 +169,27 @@ def validate_config(config: SuiteConfig, eval_set: EvalSet) -> None:
         raise ValueError("invalid probe suite options:\n  " + "\n  ".join(problems))
 
 
-def _select_images(items: list[EvalItem], cap: int) -> list[EvalItem]:
-    """Up to ``cap`` items taken round-robin over settings (keeps large-slot balance)."""
+def select_images(items: list[EvalItem], wanted: int, block: int) -> list[EvalItem]:
+    """At least ``wanted`` items, in whole runs of ``block`` per setting, covering every setting.
+
+    data_prep's eval sets are balanced per setting over each run of ``block`` (= vocabulary size)
+    items: every object once in every slot, so once in the large role and n-1 times small. Whole
+    runs keep that role balance; taking every setting (one per large slot) keeps the large
+    object's spatial balance too, so ``wanted`` is rounded up to a multiple of block × settings.
+    """
     by_setting: dict[str, list[EvalItem]] = {}
     for it in items:
         by_setting.setdefault(it.setting, []).append(it)
     groups = list(by_setting.values())
+    per_round = block * len(groups)
+    cap = math.ceil(wanted / per_round) * per_round
     out: list[EvalItem] = []
-    for i in range(max(len(g) for g in groups)):
-        out.extend(g[i] for g in groups if i < len(g))
-    return out[:cap]
+    for start in range(0, max(len(g) for g in groups), block):
+        for g in groups:
+            out.extend(g[start:start + block])
+            if len(out) >= cap:
+                return out
+    return out
 
 
 def prepare_suite(
@@ -226,9 +237,6 @@ def prepare_suite(
     need_images = bool({"ior", "i2tor", "ioc", "itm"} & set(config.probes))
     if "claim1" in config.probes and size_classes is None:
         size_classes = _default_size_classes(vocab)
-    # like TOR's captions, the image cap is rounded up to whole blocks of the vocabulary size:
-    # with data_prep's sets (one block per large slot) the default takes whole blocks
-    image_cap = math.ceil(config.items_per_probe / len(vocab)) * len(vocab)
     for n in config.n_objects:
         seed = config.seed + 1000 * n
         if "tor" in config.probes:
@@ -244,7 +252,8 @@ def prepare_suite(
             pairs = P.claim1_lists(vocab, size_classes or {}, n, config.items_per_probe, seed + 2)
             tasks["claim1"][n] = {k: text_set(v) for k, v in pairs.items()}
         if need_images:
-            chosen = _select_images([it for it in eval_set.multi(n) if it.large is not None], image_cap)
+            chosen = select_images([it for it in eval_set.multi(n) if it.large is not None],
+                                   config.items_per_probe, len(vocab))
             if not chosen:
                 raise ValueError(f"eval set {eval_set.root} has no n={n} images with a large object")
             by_role = [it.by_role() for it in chosen]

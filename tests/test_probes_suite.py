@@ -131,16 +131,18 @@ def test_full_suite_known_answers(eval_set):
     assert tor["variants"]["photo"]["conditional"]["pos1"]["share"] == 1.0  # other template
     assert tor["variants"]["split"]["order_bias"] < 0.5  # order-free encoding
     ior = res["ior"][3]
-    assert ior["n_items"] == 24 and ior["unconditional"]["large"]["share"] == 1.0 and ior["size_bias"] == 1.0
+    # 24 wanted -> whole balanced blocks: 12 objects x 3 large-slot settings
+    assert ior["n_items"] == 36 and ior["unconditional"]["large"]["share"] == 1.0 and ior["size_bias"] == 1.0
     assert res["i2tor"][2]["unconditional"]["large"]["share"] == 1.0
     itm = res["itm"][3]
-    assert itm["s1"]["total"] == 24 * 3 and itm["s1"]["share"] == 1.0 and itm["s2"]["share"] == 0.0
+    assert itm["s1"]["total"] == 36 * 3 and itm["s1"]["share"] == 1.0 and itm["s2"]["share"] == 0.0
     assert itm["gap"] == 1.0 and "split" in itm["variants"]
     assert res["toc"][2]["accuracy"]["pos1"]["share"] > res["toc"][2]["accuracy"]["pos2"]["share"]
     assert res["ioc"][2]["labels"] == ["large", "small1"]
     balance = prepared.describe()["balance"]
     assert balance["tor/n3"] == {"pos1": [2, 2], "pos2": [2, 2], "pos3": [2, 2]}  # 24 captions, 12 objects
     assert set(balance["ior/n2"]) == {"large", "small1"}
+    assert all(lo == hi for lo, hi in balance["ior/n3"].values()), balance["ior/n3"]  # role-balanced
     c1 = res["claim1"][3]
     assert c1["large_first"]["conditional"]["pos1"]["share"] == 1.0 and c1["first_share_gap"] == 0.0
     json.dumps(res)  # JSON-able
