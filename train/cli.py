@@ -84,13 +84,21 @@ class ClipCLI(LightningCLI):
 
 def main(argv: list[str] | None = None) -> ClipCLI:
     """Entry point of ``python -m train``."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    from_command_line = argv is None
+    args = resolve_config_args(list(sys.argv[1:] if argv is None else argv))
+    if from_command_line:  # LightningCLI warns when given args beside a non-empty sys.argv
+        sys.argv[1:], args = args, None
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")
     return ClipCLI(
         CLIPModule,
         WebDataModule,
-        args=resolve_config_args(argv),
+        args=args,
         save_config_kwargs={"overwrite": True},
-        parser_kwargs={"parser_mode": "yaml"},
+        parser_kwargs={
+            "parser_mode": "yaml",
+            "description": "Train a CLIP from scratch (open_clip + Lightning). --config NAME is looked up in "
+            "configs/ (default quickstart.yaml). Export a checkpoint to plain open_clip with "
+            "'python -m train export CKPT OUT.pt'.",
+        },
     )
