@@ -43,7 +43,7 @@ def collect(run_dirs: list[Path], n_objects: int = 3) -> dict[str, dict[int, dic
         if not m or not (run / "bias.jsonl").is_file():
             continue
         records = [r for r in read_records(run / "bias.jsonl") if r["n_objects"] == n_objects]
-        row = {}
+        row = {"samples": max((r["samples_seen"] for r in records), default=0)}
         for label, probe, path in INDICES:
             recs = sorted((r for r in records if r["probe"] == probe), key=lambda r: r["step"])
             if not recs:
@@ -64,13 +64,13 @@ def _fmt(x: float | None) -> str:
 
 def markdown(table: dict) -> str:
     labels = [lab for lab, _, _ in INDICES]
-    lines = ["| config | seed | " + " | ".join(f"{lab}: init → final" for lab in labels) + " |",
-             "|---|---|" + "---|" * len(labels)]
+    lines = ["| config | seed | samples seen | " + " | ".join(f"{lab}: init → final" for lab in labels) + " |",
+             "|---|---|---|" + "---|" * len(labels)]
     for config in table:
         for seed, row in sorted(table[config].items()):
             cells = [f"{_fmt(row[lab][0])} → {_fmt(row[lab][1])} ({row[lab][2]})" if lab in row else "–"
                      for lab in labels]
-            lines.append(f"| {config} | {seed} | " + " | ".join(cells) + " |")
+            lines.append(f"| {config} | {seed} | {row['samples']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -34,8 +34,8 @@ def test_summary_takes_first_and_last_record_per_seed(tmp_path):
     out = tmp_path / "out" / "summary"
     assert mod.main([str(r) for r in runs] + ["--out", str(out)]) == 0
     text = out.with_suffix(".md").read_text()
-    assert "| base | 0 | +0.100 → +0.300 (N=5) | -0.100 → -0.300 (N=5) |" in text
-    assert "| base | 1 | +0.200 → -0.100 (N=5)" in text
+    assert "| base | 0 | 160 | +0.100 → +0.300 (N=5) | -0.100 → -0.300 (N=5) |" in text
+    assert "| base | 1 | 160 | +0.200 → -0.100 (N=5)" in text
     assert "+0.000 → +0.400 (12 pairs)" in text
     assert "not-a-sweep" not in text and "+9.000" not in text
     assert out.with_suffix(".png").stat().st_size > 1000
