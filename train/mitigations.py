@@ -119,8 +119,7 @@ class CaptionShuffle(SampleTransform):
     def apply(
         self, image: Image.Image, caption: str, meta: dict, rng: random.Random
     ) -> tuple[Image.Image, str, dict]:
-        if rng.random() >= self.p:
-            self.counts["skipped"] += 1
+        if self.skip(rng, self.p):
             return image, caption, meta
         if _is_rendered(meta):
             caption, meta = self._shuffle_rendered(meta, rng)
@@ -242,8 +241,7 @@ class RandomResizedCrop(SampleTransform):
     def apply(
         self, image: Image.Image, caption: str, meta: dict, rng: random.Random
     ) -> tuple[Image.Image, str, dict]:
-        if rng.random() >= self.p:
-            self.counts["skipped"] += 1
+        if self.skip(rng, self.p):
             return image, caption, meta
         crop = tuple(float(v) for v in self.get_params(*image.size, rng))
         out = _resize_crop(image, crop)
@@ -320,8 +318,7 @@ class ObjectAwareCrop(SampleTransform):
         self, image: Image.Image, caption: str, meta: dict, rng: random.Random
     ) -> tuple[Image.Image, str, dict]:
         self.check_metadata(meta)  # every sample: missing boxes are an error, never a no-op
-        if rng.random() >= self.p:
-            self.counts["skipped"] += 1
+        if self.skip(rng, self.p):
             return image, caption, meta
         objects = meta["objects"]
         order = _mentioned(objects)

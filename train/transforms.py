@@ -28,6 +28,13 @@ class SampleTransform:
     ) -> tuple[Image.Image, str, dict]:
         raise NotImplementedError
 
+    def skip(self, rng: random.Random, p: float) -> bool:
+        """True, counted as ``skipped``, for the share ``1 - p`` of samples left untouched."""
+        if rng.random() >= p:
+            self.counts["skipped"] += 1
+            return True
+        return False
+
     def check_metadata(self, meta: dict) -> None:
         """Raise ``ValueError`` naming what is missing if this transform cannot work on ``meta``.
 
