@@ -5,12 +5,16 @@ import io
 import json
 import os
 import random
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")
+# Rendered default eval sets (BiasEvalCallback, `eval comco` without --data) go to a temporary
+# cache, never ~/.cache; set before any test module imports eval.cli.
+os.environ.setdefault("CLIP_BIAS_LAB_CACHE", tempfile.mkdtemp(prefix="clip-bias-lab-test-cache-"))
 
 COLORS = {"red": (220, 30, 30), "green": (30, 180, 40), "blue": (30, 60, 220), "yellow": (230, 220, 30),
           "purple": (140, 40, 170), "orange": (240, 140, 20), "black": (10, 10, 10), "white": (245, 245, 245)}
