@@ -189,3 +189,24 @@ def test_siglip_loss_option_builds_bias_and_trains():
     loss = contrastive_loss(module.model, torch.randn(4, 3, 32, 32), tok(["a", "b", "c", "d"]), build_loss("siglip"))
     loss.backward()
     assert torch.isfinite(loss) and module.model.logit_bias.grad is not None
+
+
+@pytest.mark.parametrize("loss", ["clip", "siglip"])
+def test_validation_loss_equals_full_forward_loss(loss, monkeypatch):
+    """validation_step reuses its normalised features; the loss must equal open_clip's full forward."""
+    from train.module import CLIPModule
+
+    torch.manual_seed(0)
+    module = CLIPModule(model_name="clip-micro", loss=loss)
+    module.eval()
+    logged = {}
+    monkeypatch.setattr(module, "log", lambda name, value, **kw: logged.__setitem__(name, value))
+    size = module.model.visual.image_size
+    size = size[0] if isinstance(size, tuple) else size
+    images = torch.randn(6, 3, size, size)
+    texts = module.tokenizer([f"a photo of object {i}" for i in range(6)])
+    with torch.no_grad():
+        module.on_validation_epoch_start()
+        module.validation_step((images, texts), 0)
+        expected = contrastive_loss(module.model, images, texts, build_loss(loss))
+    torch.testing.assert_close(logged["val/loss"], expected, rtol=1e-5, atol=1e-6)

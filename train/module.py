@@ -173,13 +173,17 @@ class CLIPModule(L.LightningModule):
     # ---------------------------------------------------------------- validation: retrieval R@k
     def on_validation_epoch_start(self) -> None:
         self._val_features = []
+        # per-rank loss on the rank's own batch (no gather): validation needs no gradients
+        self._val_loss = build_loss(self.hparams.loss)
 
     def validation_step(self, batch, batch_idx: int) -> None:
         images, texts = batch[0], batch[1]
         img = self.model.encode_image(images, normalize=True)
         txt = self.model.encode_text(texts, normalize=True)
         self._val_features.append((img.float().cpu(), txt.float().cpu()))
-        loss = contrastive_loss(self.model, images, texts, build_loss(self.hparams.loss))
+        # the features open_clip's forward would return: no second pass through the towers
+        bias = getattr(self.model, "logit_bias", None)
+        loss = self._val_loss(img, txt, self.model.logit_scale.exp(), *([] if bias is None else [bias]))
         self.log("val/loss", loss, batch_size=images.shape[0])
 
     def on_validation_epoch_end(self) -> None:
