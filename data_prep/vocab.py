@@ -102,7 +102,7 @@ MISSING: tuple[str, ...] = (
     "bench", "blender", "desk", "microwave", "oven", "refrigerator", "remote", "sink", "toaster",
 )
 
-#: SimCO shape names; drawn with Pillow primitives by :mod:`data_prep.shapes`.
+#: SimCO shape names; drawn with Pillow primitives by :mod:`data_prep.glyphs`.
 SHAPES: tuple[str, ...] = (
     "circle", "square", "triangle", "star", "heart", "cross", "diamond", "hexagon", "pentagon", "ring",
 )

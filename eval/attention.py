@@ -134,12 +134,13 @@ def attention_by_role(adapter: Any, eval_set: Any, n_objects: Sequence[int], ite
         items: about this many images per n, rounded up to whole balanced blocks (see
             ``eval.suite.select_images``); None = all.
     """
+    from eval.cli import model_image_size
     from eval.suite import select_images
 
     model = adapter.model
     vit_last_attention(model.visual)
     boxes = _bboxes(eval_set.root)
-    size = model.visual.image_size[0] if isinstance(model.visual.image_size, tuple) else model.visual.image_size
+    size = model_image_size(adapter)
     patch = size / model.visual.grid_size[0]
     eval_set.check_n(n_objects)
     was_training = model.training
@@ -200,7 +201,7 @@ def format_attention(results: dict[int, dict]) -> str:
 
 def run_attention(args: argparse.Namespace) -> int:
     """Entry point of the ``attention`` subcommand."""
-    from eval.cli import default_eval_set, load_adapter, write_json_atomic
+    from eval.cli import default_eval_set, load_adapter, model_image_size, write_json_atomic
     from eval.manifest import load_eval_set
 
     if (args.checkpoint is None) == (args.model is None):
@@ -210,7 +211,8 @@ def run_attention(args: argparse.Namespace) -> int:
         vit_last_attention(adapter.model.visual)
     except TypeError as e:
         raise SystemExit(f"error: {e}") from e
-    data = args.data or default_eval_set(args.cache_dir, args.seed, args.image_size, not args.no_progress)
+    data = args.data or default_eval_set(args.cache_dir, args.seed, args.image_size or model_image_size(adapter),
+                                         not args.no_progress)
     eval_set = load_eval_set(data)
     n_objects = args.n_objects or eval_set.n_values()
     results = attention_by_role(adapter, eval_set, n_objects, args.items, progress=not args.no_progress)
@@ -234,9 +236,10 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPa
     p.add_argument("--pretrained", help="open_clip pretrained tag (needs network) or weights file")
     p.add_argument("--data", type=Path, help="eval-set folder with manifest.jsonl incl. bboxes (default: render)")
     p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="cache for rendered eval sets")
-    p.add_argument("--image-size", type=int, default=64, help="side of rendered default eval images")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="side of rendered default eval images (default: the model's input size)")
     p.add_argument("--n-objects", type=int, nargs="+", default=None, help="objects per image (default: all)")
-    p.add_argument("--items", type=int, default=None, help="at most this many images per n (default: all)")
+    p.add_argument("--items", type=int, default=None, help="about this many images per n, rounded up to whole balanced blocks (default: all)")
     p.add_argument("--seed", type=int, default=0, help="seed of the rendered default eval set")
     p.add_argument("--device", default="cpu", help="torch device")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")

@@ -240,9 +240,9 @@ class BiasEvalCallback(L.Callback):
     def _default_set(self, pl_module: L.LightningModule) -> Path:
         """The default ComCO-style set at the model's input size, rendered once into the cache
         shared with ``python -m eval comco`` (``eval.cli.default_eval_set``)."""
-        from eval.cli import DEFAULT_CACHE, default_eval_set
+        from eval.cli import DEFAULT_CACHE, default_eval_set, model_image_size
 
-        size = self.image_size or _model_image_size(pl_module)
+        size = self.image_size or model_image_size(pl_module)
         return default_eval_set(self.cache_dir or DEFAULT_CACHE, self.seed, size, progress=False)
 
     def _samples_seen(self, trainer: L.Trainer, pl_module: L.LightningModule) -> int:
@@ -273,7 +273,3 @@ def _batch_len(batch: Any) -> int | None:
         return _batch_len(batch[0])
     return None
 
-
-def _model_image_size(pl_module: L.LightningModule) -> int:
-    size = getattr(getattr(pl_module.model, "visual", None), "image_size", None) or 64
-    return int(size[0] if isinstance(size, (tuple, list)) else size)

@@ -48,9 +48,9 @@ class SuiteConfig:
         probes: probe names from ``eval.probes.PROBE_NAMES``.
         n_objects: object counts to probe (each must be in the eval set).
         items_per_probe: TOR/Claim-1 captions per n (rounded up to whole Latin-square blocks of
-            the vocabulary size) and at most this many multi-object images per n, rounded up
-            the same way, for IOR, I2TOR, IOC and ITM (taken round-robin over settings, i.e.
-            large slots). ``PreparedSuite.balance()`` shows how evenly objects fill each role.
+            the vocabulary size) and about this many multi-object images per n for IOR, I2TOR, IOC
+            and ITM, rounded up to whole balanced blocks of every large-slot setting
+            (:func:`select_images`). ``PreparedSuite.balance()`` shows how evenly objects fill each role.
         templates: caption templates (``data_prep.captions.TEMPLATES`` ids); the first is the
             headline TOR/TOC/ITM/Claim-1 template, the others are reported as TOR variants.
         gallery_template: text gallery prompt per object name, ``"{}"`` = bare name.

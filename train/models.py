@@ -4,7 +4,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import open_clip
-import torch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODEL_CONFIG_DIR = REPO_ROOT / "configs" / "models"
@@ -49,9 +48,3 @@ def model_config(model_name: str) -> dict | None:
     """The open_clip JSON config of ``model_name`` (stored in checkpoints so exports are self-describing)."""
     register_model_configs()
     return open_clip.get_model_config(model_name)
-
-
-def load_open_clip(model_name: str, weights: str | Path, device: str | torch.device = "cpu"):
-    """Plain open_clip model with exported weights (``python -m train export``)."""
-    register_model_configs()
-    return open_clip.create_model(model_name, pretrained=str(weights), device=device)
