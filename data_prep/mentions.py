@@ -178,7 +178,7 @@ COMPOUND_HEADS: frozenset[str] = frozenset("""
     keys tags bag bags crate carrier kennel dealership dealer garage repair mechanic insurance accessories
     accessory parts part mounts shelter sheet sheets fur tail tails paw paws nose ear ears legs leg skin
     slice slices crust crumbs topper toppers pan icing frosting sauce salad chart market pole poles booth
-    wire wires number numbers clips owner owners lover lovers sill sills pane panes
+    wire wires number numbers clips owner owners lover lovers sill sills pane panes sleeve sleeves
 """.split())
 #: Nouns that are also verbs: modifier heads only in the singular and only after a singular name
 #: ("bus stop", "dog show"), never "a dog stands", "a man rides", "two dogs stand".
@@ -373,7 +373,21 @@ class Vocabulary:
 
     @property
     def max_len(self) -> int:
-        return max((len(p) for p in (*self.phrases, *self.blocked)), default=1)
+        """Words in the longest phrase (cached; vocabularies are not changed after building)."""
+        key = (len(self.phrases), len(self.blocked))
+        if getattr(self, "_max_len_key", None) != key:
+            self._max_len = max((len(p) for p in (*self.phrases, *self.blocked)), default=1)
+            self._max_len_key = key
+        return self._max_len
+
+    @property
+    def first_words(self) -> frozenset[str]:
+        """Words that start some phrase (cached like :attr:`max_len`)."""
+        key = (len(self.phrases), len(self.blocked))
+        if getattr(self, "_first_key", None) != key:
+            self._first = frozenset(p[0] for p in (*self.phrases, *self.blocked))
+            self._first_key = key
+        return self._first
 
 
 @lru_cache(maxsize=4)
@@ -476,7 +490,10 @@ def _punct(gap: str) -> bool:
 
 def _match_at(toks: list[_Tok], i: int, vocab: Vocabulary) -> tuple[int, str | None] | None:
     """Longest phrase starting at token ``i``: ``(length, name or None if blocked)``."""
-    for n in range(min(vocab.max_len, len(toks) - i), 0, -1):
+    if toks[i].word not in vocab.first_words:
+        return None
+    max_len = vocab.max_len
+    for n in range(min(max_len, len(toks) - i), 0, -1):
         if any(_punct(toks[j].gap) for j in range(i + 1, i + n)):
             continue
         if any(toks[j].possessive for j in range(i, i + n - 1)):
@@ -587,15 +604,17 @@ def _extend_left(toks: list[_Tok], i: int, floor: int) -> int:
 
 
 def _extend_right(toks: list[_Tok], j: int, ceil: int) -> int:
-    """Token end of the phrase whose head ends at token ``j``: "a cup of coffee" takes "of coffee"."""
+    """Token end of the phrase whose head ends at token ``j``: "a cup of (hot) coffee" takes
+    "of (hot) coffee" — determiners and adjectives, then one noun."""
     if j < ceil and toks[j].word == "of" and not _punct(toks[j].gap) and not toks[j - 1].possessive:
         k = j + 1
-        while k < ceil and k - j <= 3 and not _punct(toks[k].gap) and toks[k].word not in _FUNCTION:
-            if toks[k].word in _DETERMINERS and k > j + 1:
+        while k < ceil and k - j <= 4 and not _punct(toks[k].gap) and toks[k].word not in _FUNCTION:
+            w = toks[k].word
+            if w in _DETERMINERS and k > j + 1:
                 break
             k += 1
-        if k > j + 1 and toks[k - 1].word not in _DETERMINERS:
-            return k
+            if w not in _DETERMINERS and not (w in _ADJECTIVES or w in _NUMBERS):
+                return k  # the noun ends the phrase
     return j
 
 

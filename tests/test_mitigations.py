@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw
 from torchvision.transforms import RandomResizedCrop as TVRandomResizedCrop
 
 from data_prep.captions import TEMPLATES, make_caption
-from train.mitigations import CaptionShuffle, ObjectAwareCrop, RandomResizedCrop, split_list_caption
+from train.mitigations import CaptionShuffle, ObjectAwareCrop, RandomResizedCrop
 from train.transforms import SampleTransform
 
 NAMES = ["dog", "apple", "car", "pizza", "umbrella"]
@@ -100,60 +100,126 @@ def test_shuffle_probability():
         CaptionShuffle(p=1.5)
 
 
-@pytest.mark.parametrize(
-    "caption, expected",
-    [
-        ("a photo of a dog, a cat and a car.", ("a photo of ", ["a dog", "a cat", "a car"], [", ", " and "], ".")),
-        ("There are two dogs & a red ball", ("There are ", ["two dogs", "a red ball"], [" & "], "")),
-        ("bread, cheese, and wine", ("", ["bread", "cheese", "wine"], [", ", ", and "], "")),
-        ("a cat next to a dog with a hat", ("", ["a cat", "a dog", "a hat"], [" next to ", " with "], "")),
-        ("black and white photo of a man with a bike", ("black and white photo of ", ["a man", "a bike"], [" with "], "")),
-    ],
-)
-def test_split_list_caption(caption, expected):
-    parts = split_list_caption(caption)
-    assert parts == expected
-    lead, items, seps, tail = parts
-    assert lead + items[0] + "".join(s + i for s, i in zip(seps, items[1:])) + tail == caption
-
-
-NOT_LISTS = [
-    "A beautiful sunset over the ocean",
-    "a photo of a dog",
-    "Vintage 1950s chrome toaster for sale",
-    "a man sitting on a wooden bench in the park with his old dog",  # clauses, not items
-    "Population grew to 1,000",
-    "",
+# Free-form captions: the noun phrases naming objects (data_prep.mentions) are permuted in place.
+FREE_FORM = [
+    "Woman holding a cup of coffee while reading a book",
+    "Vintage red truck with a surfboard on the roof",
+    "a man sitting on a wooden bench in the park with his old dog",
+    "A photo of a dog, a cat and a car.",
+    "Two horses and a dog running in a meadow",
+    "Modern grey sofa with two wooden chairs and a coffee table",
+    "A kitchen with a refrigerator, an oven and a microwave.",
+    "Leather Backpack With Laptop Sleeve, Umbrella And Water Bottle",
+    "a dog chasing a cat and another dog near a car",
 ]
 
 
-@pytest.mark.parametrize("caption", NOT_LISTS)
-def test_free_form_non_lists_unchanged(caption):
-    assert split_list_caption(caption) is None
+def _skeleton(caption: str) -> str:
+    """The caption with every mention phrase cut out: what a shuffle must keep."""
+    from data_prep.mentions import find_mentions
+
+    out, pos = [], 0
+    for m in find_mentions(caption):
+        out.append(caption[pos:m.start].lower())
+        pos = m.end
+    return "|".join(out + [caption[pos:].lower()])
+
+
+@pytest.mark.parametrize("caption", FREE_FORM)
+def test_free_form_shuffle_permutes_mentions_and_keeps_other_words(caption):
+    from data_prep.mentions import find_mentions, mentioned_names
+
+    t = CaptionShuffle(p=1.0)
+    rng = random.Random(7)
+    before = sorted(m.name for m in find_mentions(caption))
+    phrases = sorted(caption[m.start:m.end].lower() for m in find_mentions(caption))
+    outs = set()
+    for _ in range(60):
+        _, out, meta = t(None, caption, {**laion_meta(), "caption": caption}, rng)
+        assert meta["caption"] == out
+        assert sorted(m.name for m in find_mentions(out)) == before  # a permutation of the mentions
+        assert sorted(out[m.start:m.end].lower() for m in find_mentions(out)) == phrases  # whole phrases move
+        assert _skeleton(out) == _skeleton(caption)  # every other word stays in place
+        outs.add(out)
+    k = len(mentioned_names(caption))
+    assert len(outs) == math.factorial(k) if k <= 3 else len(outs) > 6
+    assert t.counts["changed"] + t.counts["unchanged"] == 60
+
+
+def test_free_form_first_mention_is_uniform():
+    from data_prep.mentions import mentioned_names
+    from scipy.stats import chisquare
+
+    caption = "A man holding a cup of coffee next to a dog and a red car"
+    names = mentioned_names(caption)
+    assert names == ["person", "cup", "dog", "car"]
+    t = CaptionShuffle(p=1.0)
+    rng = random.Random(12)
+    trials = 4000
+    first = Counter(mentioned_names(t(None, caption, {}, rng)[1])[0] for _ in range(trials))
+    assert set(first) == set(names)
+    assert chisquare([first[n] for n in names]).pvalue > 0.001, first
+    # and the original first object keeps its place only 1/k of the time (not 60 % as list-splitting did)
+    assert abs(first["person"] / trials - 0.25) < 4 * math.sqrt(0.25 * 0.75 / trials)
+
+
+def test_free_form_shuffle_keeps_sentence_case():
+    t = CaptionShuffle(p=1.0)
+    outs = {t(None, "A man with a dog", {}, random.Random(s))[1] for s in range(20)}
+    assert outs == {"A man with a dog", "A dog with a man"}
+    outs = {t(None, "Vintage Truck With Surfboard And Dog", {}, random.Random(s))[1] for s in range(40)}
+    assert outs == {f"{a} With {b} And {c}" for a, b, c in itertools.permutations(["Vintage Truck", "Surfboard", "Dog"])}
+
+
+NOT_SHUFFLED = [
+    ("A beautiful sunset over the ocean", "no_mention"),
+    ("Population grew to 1,000", "no_mention"),
+    ("", "no_mention"),
+    ("a photo of a dog", "one_mention"),
+    ("Vintage 1950s chrome toaster for sale", "one_mention"),
+    ("a dog chasing another dog", "one_mention"),
+    ("people waiting at a bus stop", "one_mention"),
+]
+
+
+@pytest.mark.parametrize("caption, reason", NOT_SHUFFLED)
+def test_free_form_with_fewer_than_two_objects_unchanged_and_counted(caption, reason):
     t = CaptionShuffle(p=1.0)
     rng = random.Random(0)
     meta = {**laion_meta(), "caption": caption}
     for _ in range(10):
-        assert t(None, caption, meta, rng)[1] == caption
-    assert t.stats() == {"not_list": 10}
+        _, out, m = t(None, caption, meta, rng)
+        assert out == caption and m == meta
+    assert t.stats() == {reason: 10}
 
 
-def test_free_form_lists_permuted():
-    caption = "a photo of a dog, a cat and a car."
+def test_free_form_shuffle_updates_mention_index_of_boxed_objects():
+    caption = "A dog next to a bicycle"
+    meta = {"caption": caption, "objects": [
+        {"name": "bicycle", "bbox": [0, 0, 5, 5], "area": 25, "mention_index": 1},
+        {"name": "dog", "bbox": [5, 5, 2, 2], "area": 4, "mention_index": 0},
+        {"name": "car", "bbox": [1, 1, 2, 2], "area": 4, "mention_index": None}]}
+    before = copy.deepcopy(meta)
     t = CaptionShuffle(p=1.0)
-    rng = random.Random(3)
-    seen = Counter()
-    for _ in range(600):
-        _, out, meta = t(None, caption, {**laion_meta(), "caption": caption}, rng)
-        assert meta["caption"] == out
-        lead, items, seps, tail = split_list_caption(out)
-        assert (lead, seps, tail) == ("a photo of ", [", ", " and "], ".")
-        assert sorted(items) == ["a car", "a cat", "a dog"]
-        seen[tuple(items)] += 1
-    assert len(seen) == 6
-    assert abs(seen[("a dog", "a cat", "a car")] - 100) < 4 * math.sqrt(600 * 5 / 36)
-    assert t.counts["changed"] + t.counts["unchanged"] == 600
-    assert t.counts["unchanged"] == seen[("a dog", "a cat", "a car")]
+    seen = set()
+    for s in range(20):
+        _, out, m = t(None, caption, meta, random.Random(s))
+        idx = {o["name"]: o["mention_index"] for o in m["objects"]}
+        assert idx == ({"dog": 1, "bicycle": 0, "car": None} if out.startswith("A bicycle") else
+                       {"dog": 0, "bicycle": 1, "car": None})
+        seen.add(out)
+    assert seen == {"A dog next to a bicycle", "A bicycle next to a dog"}
+    assert meta == before, "the input meta must not be mutated"
+
+
+def test_free_form_vocabulary_option(tmp_path):
+    f = tmp_path / "v.tsv"
+    f.write_text("guitar\tukulele\nlamp\n", encoding="utf-8")
+    t = CaptionShuffle(vocabulary=str(f))
+    outs = {t(None, "a ukulele near a lamp and a dog", {}, random.Random(s))[1] for s in range(20)}
+    assert outs == {"a ukulele near a lamp and a dog", "a lamp near a ukulele and a dog"}
+    with pytest.raises(ValueError, match="vocabulary"):
+        CaptionShuffle(vocabulary=str(tmp_path / "missing.tsv"))
 
 
 def test_shuffle_is_deterministic_given_rng():

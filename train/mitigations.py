@@ -1,7 +1,8 @@
 """Training-time mitigations for the order and size biases, as ``SampleTransform``s.
 
 - ``CaptionShuffle``: mention the objects in a random order (rendered data: rebuilt from the
-  ground truth with the sample's template; free-form captions: permute the items of a list).
+  ground truth with the sample's template; free-form captions: permute the noun phrases that
+  name objects, found by ``data_prep.mentions``).
 - ``RandomResizedCrop``: the standard crop augmentation, image only, for any data.
 - ``ObjectAwareCrop``: crop around one object so it becomes large; drop from the caption the
   objects that fall mostly outside the crop (needs boxes).
@@ -15,15 +16,17 @@ from __future__ import annotations
 
 import math
 import random
-import re
+from typing import Sequence
 
 from PIL import Image
 
 # Rendered captions are rebuilt from the ground-truth objects with the sample's template id.
 from data_prep.captions import make_caption
+# Object mentions in free-form captions have one home: data_prep.mentions.
+from data_prep.mentions import Mention, Vocabulary, find_mentions, first_mentions, load_vocabulary
 from train.transforms import SampleTransform
 
-__all__ = ["CaptionShuffle", "RandomResizedCrop", "ObjectAwareCrop", "split_list_caption"]
+__all__ = ["CaptionShuffle", "RandomResizedCrop", "ObjectAwareCrop", "shuffle_mentions"]
 
 
 def _check_p(p: float) -> float:
@@ -43,54 +46,55 @@ def _mentioned(objects: list[dict]) -> list[int]:
     return sorted(idx, key=lambda i: objects[i]["mention_index"])
 
 
-# ----------------------------------------------------------------------------- free-form lists
-
-# Leading phrases kept in place ("a photo of", "there are", ...). Matched case-insensitively.
-_LEAD = re.compile(
-    r"^\s*(?:"
-    r"(?:(?:a|an|the|this|some)\s+)?"
-    r"(?:(?:close-?up|stock|color|colour|black and white|digital|cartoon|vintage)\s+)?"
-    r"(?:photo(?:graph)?s?|pictures?|images?|pics?|paintings?|drawings?|illustrations?|close-?ups?"
-    r"|renderings?|renders?|snapshots?|views?|sketch(?:es)?|shots?)\s+(?:of|showing)"
-    r"|there\s+(?:is|are)|this\s+is|these\s+are|here\s+(?:is|are)"
-    r")\s+",
-    re.IGNORECASE,
-)
-# Item separators; ", and" (Oxford comma) is one separator. Commas between digits ("1,000") are not.
-_SEP = re.compile(
-    r"\s*,(?!\d)\s*(?:and|&|with|plus)\s+"
-    r"|\s*(?<!\d),(?!\d)\s*"
-    r"|\s+(?:and|with|plus|beside|besides|alongside|along with|together with|next to)\s+"
-    r"|\s*&\s*",
-    re.IGNORECASE,
-)
-_TAIL = re.compile(r"[\s.!?;:]*$")
+# ----------------------------------------------------------------------------- free-form captions
 
 
-def split_list_caption(caption: str, max_item_words: int = 5) -> tuple[str, list[str], list[str], str] | None:
-    """Split a list-shaped caption into ``(lead, items, separators, tail)``; ``None`` if not a list.
+def _is_title_case(caption: str) -> bool:
+    words = [w for w in caption.split() if w[:1].isalpha()]
+    return len(words) > 1 and sum(w[0].isupper() for w in words) > len(words) / 2
 
-    ``"a photo of a dog, a cat and a car."`` → ``("a photo of ", ["a dog", "a cat", "a car"],
-    [", ", " and "], ".")``. A caption is a list if it has >= 2 non-empty items of at most
-    ``max_item_words`` words each (longer items are clauses, e.g. "a man sitting on a bench in
-    the park with ..."). ``lead + items[0] + seps[0] + items[1] + ... + tail == caption``.
+
+def _recase(piece: str, at_start: bool, was_at_start: bool, caption_capitalised: bool, title: bool) -> str:
+    """Keep sentence case when a phrase moves to or away from the caption's start."""
+    if title or not piece:
+        return piece
+    if at_start and caption_capitalised:
+        return piece[0].upper() + piece[1:]
+    first = piece.split()[0]
+    if was_at_start and not at_start and first[:1].isupper() and first[1:] == first[1:].lower():
+        return piece[0].lower() + piece[1:]
+    return piece
+
+
+def shuffle_mentions(caption: str, mentions: Sequence[Mention], rng: random.Random) -> tuple[str, list[str]]:
+    """Permute the noun phrases of the first mention of each distinct object uniformly at random,
+    keeping every other character in place (later repeats of a name stay where they are).
+
+    Returns the new caption and its distinct names in order of first mention.
+    ``"a red car and two dogs"`` → ``"two dogs and a red car"``.
     """
-    m = _LEAD.match(caption)
-    lead = m.group(0) if m else ""
-    rest = caption[len(lead):]
-    tail = _TAIL.search(rest).group(0)
-    body = rest[: len(rest) - len(tail)]
-    items: list[str] = []
-    seps: list[str] = []
-    pos = 0
-    for sm in _SEP.finditer(body):
-        items.append(body[pos: sm.start()])
-        seps.append(sm.group(0))
-        pos = sm.end()
-    items.append(body[pos:])
-    if len(items) < 2 or any(not it.strip() or len(it.split()) > max_item_words for it in items):
-        return None
-    return lead, items, seps, tail
+    firsts = first_mentions(mentions)
+    order = list(range(len(firsts)))
+    rng.shuffle(order)
+    capitalised = caption[:1].isupper()
+    title = _is_title_case(caption)
+    out, pos = [], 0
+    for slot, src in enumerate(order):
+        m, piece_m = firsts[slot], firsts[src]
+        piece = caption[piece_m.start:piece_m.end]
+        if src != slot:
+            piece = _recase(piece, m.start == 0, piece_m.start == 0, capitalised, title)
+        out.append(caption[pos:m.start])
+        out.append(piece)
+        pos = m.end
+    out.append(caption[pos:])
+    moved = {id(m): firsts[src].name for m, src in zip(firsts, order)}
+    names: list[str] = []
+    for m in mentions:  # repeats stay in place, so they may now precede their name's moved first phrase
+        name = moved.get(id(m), m.name)
+        if name not in names:
+            names.append(name)
+    return "".join(out), names
 
 
 class CaptionShuffle(SampleTransform):
@@ -98,23 +102,29 @@ class CaptionShuffle(SampleTransform):
 
     Rendered data (``meta`` has ``objects`` and ``template``): the caption is rebuilt from the
     ground-truth objects in a random order with the same template and ``mention_index`` is
-    updated. Free-form captions (LAION): items of a list-shaped caption (see
-    ``split_list_caption``) are permuted, the leading phrase, separators and trailing punctuation
-    stay in place; other captions pass unchanged. Counts: ``changed``, ``unchanged`` (the random
-    order equalled the old one), ``not_list``, ``skipped`` (not drawn with probability ``p``).
+    updated. Any other caption (LAION, COCO): the object mentions found by
+    :func:`data_prep.mentions.find_mentions` — whole noun phrases such as "a red car" or "two
+    dogs" — are permuted in place, every other word stays (see :func:`shuffle_mentions`); the
+    first-mentioned object is uniform over the caption's distinct objects. ``mention_index`` of
+    ``meta["objects"]`` (COCO conversion, detector sidecar) follows the new order.
+
+    Counts (logged as ``data/CaptionShuffle/<reason>``): ``changed``, ``unchanged`` (the random
+    order equalled the old one), ``no_mention`` and ``one_mention`` (free-form captions naming
+    fewer than two distinct objects, left as they are), ``skipped`` (not drawn with probability ``p``).
     """
 
-    def __init__(self, p: float = 1.0, max_item_words: int = 5) -> None:
+    def __init__(self, p: float = 1.0, vocabulary: str | None = None) -> None:
         """
         Args:
             p: probability of shuffling a sample.
-            max_item_words: free-form captions whose items are longer are not treated as lists.
+            vocabulary: object names for free-form captions: ``default`` (COCO categories with
+                synonyms + the rendered objects), ``coco``, ``rendered``, or a TSV file
+                (``name<TAB>synonym, synonym``; see ``data_prep.mentions``).
         """
         super().__init__()
         self.p = _check_p(p)
-        if max_item_words < 1:
-            raise ValueError(f"max_item_words={max_item_words!r} must be >= 1")
-        self.max_item_words = int(max_item_words)
+        self.vocabulary = vocabulary
+        self._vocab: Vocabulary = load_vocabulary(vocabulary)  # a bad path fails at config time
 
     def apply(
         self, image: Image.Image, caption: str, meta: dict, rng: random.Random
@@ -124,9 +134,7 @@ class CaptionShuffle(SampleTransform):
         if _is_rendered(meta):
             caption, meta = self._shuffle_rendered(meta, rng)
         else:
-            caption = self._shuffle_free(caption, rng)
-            if "caption" in meta:
-                meta = {**meta, "caption": caption}
+            caption, meta = self._shuffle_free(caption, meta, rng)
         return image, caption, meta
 
     def _shuffle_rendered(self, meta: dict, rng: random.Random) -> tuple[str, dict]:
@@ -141,20 +149,28 @@ class CaptionShuffle(SampleTransform):
         caption = make_caption(names, meta["template"])
         return caption, {**meta, "objects": objects, "caption": caption}
 
-    def _shuffle_free(self, caption: str, rng: random.Random) -> str:
-        parts = split_list_caption(caption, self.max_item_words)
-        if parts is None:
-            self.counts["not_list"] += 1
-            return caption
-        lead, items, seps, tail = parts
-        new = items[:]
-        rng.shuffle(new)
-        if new == items:
+    def _shuffle_free(self, caption: str, meta: dict, rng: random.Random) -> tuple[str, dict]:
+        mentions = find_mentions(caption, self._vocab)
+        n = len({m.name for m in mentions})
+        if n < 2:
+            self.counts["no_mention" if n == 0 else "one_mention"] += 1
+            return caption, meta
+        new, names = shuffle_mentions(caption, mentions, rng)
+        if new == caption:
             self.counts["unchanged"] += 1
-            return caption
+            return caption, meta
         self.counts["changed"] += 1
-        body = new[0] + "".join(s + it for s, it in zip(seps, new[1:]))
-        return lead + body + tail
+        meta = {**meta, "caption": new} if "caption" in meta else dict(meta)
+        if meta.get("objects"):
+            objects = []
+            for o in meta["objects"]:
+                o = dict(o)
+                name = self._vocab.canonical(o.get("name", ""))
+                if o.get("mention_index") is not None and name in names:
+                    o["mention_index"] = names.index(name)
+                objects.append(o)
+            meta["objects"] = objects
+        return new, meta
 
 
 # ----------------------------------------------------------------------------- crops
