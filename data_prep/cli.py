@@ -107,6 +107,14 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--grid", type=Path, default=None, help="write a contact sheet PNG here")
     for sp in (s, c, o, a, l, v):
         sp.set_defaults(parser=sp)
+
+    cs = sub.add_parser("caption-stats", help="share of captions naming 0/1/2/3+ objects; what CaptionShuffle can do")
+    cs.add_argument("shards", nargs="+", type=Path, help="tar shards or directories of shards")
+    cs.add_argument("--vocabulary", default="default",
+                    help="default (COCO + rendered objects), coco, rendered, or a TSV file name<TAB>synonyms")
+    cs.add_argument("--max-samples", type=_positive("--max-samples"), default=None, help="stop after this many")
+    cs.add_argument("--json", type=Path, default=None, help="also write the numbers to this JSON file")
+    cs.set_defaults(parser=cs)
     return p
 
 
@@ -198,13 +206,32 @@ def _run_vocab(p, args) -> None:
         print(f"wrote {args.grid}")
 
 
+def _run_caption_stats(p, args) -> None:
+    from .caption_stats import format_stats, shard_caption_stats
+    from .mentions import load_vocabulary
+    from .shards import write_json_atomic
+    try:
+        vocab = load_vocabulary(args.vocabulary)
+    except ValueError as e:
+        p.error(f"--vocabulary: {e}")
+    for f in args.shards:
+        if not f.exists():
+            p.error(f"shard path {f} does not exist")
+    stats = shard_caption_stats(args.shards, vocab, args.max_samples)
+    print(format_stats(stats))
+    if args.json:
+        write_json_atomic(args.json, stats)
+        print(f"wrote {args.json}")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``python -m data_prep``."""
     p = build_parser()
     args = p.parse_args(argv)
     sub = args.parser  # the sub-command's parser, so errors show its usage
     {"synth": _run_synth, "comco": _run_comco, "official": _run_official,
-     "caption-order": _run_caption_order, "laion": _run_laion, "vocab": _run_vocab}[args.command](sub, args)
+     "caption-order": _run_caption_order, "laion": _run_laion, "vocab": _run_vocab,
+     "caption-stats": _run_caption_stats}[args.command](sub, args)
 
 
 if __name__ == "__main__":  # pragma: no cover
