@@ -115,6 +115,20 @@ def build_parser() -> argparse.ArgumentParser:
     cs.add_argument("--max-samples", type=_positive("--max-samples"), default=None, help="stop after this many")
     cs.add_argument("--json", type=Path, default=None, help="also write the numbers to this JSON file")
     cs.set_defaults(parser=cs)
+
+    co = sub.add_parser("coco", help="COCO-format captions + instances -> shards with boxes per sample")
+    co.add_argument("--images", type=Path, nargs="+", required=True, help="folder(s) holding the images")
+    co.add_argument("--captions", type=Path, nargs="+", required=True, help="captions_*.json file(s)")
+    co.add_argument("--instances", type=Path, nargs="+", required=True, help="instances_*.json file(s)")
+    co.add_argument("--out", type=Path, required=True, help="output directory for 00000.tar, sizes.json, meta.json")
+    co.add_argument("--shard-size", type=_positive("--shard-size"), default=1000, help="samples per tar")
+    co.add_argument("--max-size", type=_positive("--max-size"), default=None,
+                    help="downscale images whose longer side exceeds this (boxes follow); default: keep bytes")
+    co.add_argument("--vocabulary", default=None,
+                    help="mention vocabulary: coco (default, plus the dataset's category names), or a TSV file")
+    co.add_argument("--overwrite", action="store_true", help="allow a non-empty --out")
+    co.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    co.set_defaults(parser=co)
     return p
 
 
@@ -224,6 +238,28 @@ def _run_caption_stats(p, args) -> None:
         print(f"wrote {args.json}")
 
 
+def _run_coco(p, args) -> None:
+    from . import coco
+    from .mentions import load_vocabulary
+    errs = coco.check_inputs(args.images, args.captions, args.instances)
+    vocab = None
+    if args.vocabulary is not None:
+        try:
+            vocab = load_vocabulary(args.vocabulary)
+        except ValueError as e:
+            errs.append(f"--vocabulary: {e}")
+    if errs:
+        p.error("; ".join(errs))
+    _check_out(p, args.out, args.overwrite)
+    try:
+        meta = coco.convert(args.images, args.captions, args.instances, args.out, args.shard_size, args.max_size,
+                            vocab, args.overwrite, not args.no_progress)
+    except ValueError as e:
+        p.error(str(e))
+    print(f"wrote {meta['num_samples']} samples in {meta['num_shards']} shards to {args.out} "
+          f"({json.dumps(meta['counts'])})")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``python -m data_prep``."""
     p = build_parser()
@@ -231,7 +267,7 @@ def main(argv: list[str] | None = None) -> None:
     sub = args.parser  # the sub-command's parser, so errors show its usage
     {"synth": _run_synth, "comco": _run_comco, "official": _run_official,
      "caption-order": _run_caption_order, "laion": _run_laion, "vocab": _run_vocab,
-     "caption-stats": _run_caption_stats}[args.command](sub, args)
+     "caption-stats": _run_caption_stats, "coco": _run_coco}[args.command](sub, args)
 
 
 if __name__ == "__main__":  # pragma: no cover
