@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from . import synth as synth_mod
+from .shards import OutDirError, check_writable
 
 
 def _positive(flag: str):
@@ -36,8 +37,13 @@ def _probability(text: str) -> float:
 
 
 def _check_out(parser: argparse.ArgumentParser, out: Path, overwrite: bool) -> None:
+    """Refuse a non-empty ``--out`` without ``--overwrite``, and one that cannot be written, before any work."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         parser.error(f"--out {out} exists and is not empty; pass --overwrite or choose an empty directory")
+    try:
+        check_writable(out, "--out", is_dir=True)
+    except OutDirError as e:
+        parser.error(str(e))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -139,9 +145,12 @@ def _run_synth(p, args) -> None:
     except ValueError as e:
         p.error(str(e))
     _check_out(p, args.out, args.overwrite)
-    meta = synth_mod.write_corpus(args.out, args.num_samples, args.seed, args.image_size, args.min_objects,
-                                  args.max_objects, args.size_mode, args.p_large_first, args.shard_size,
-                                  args.overwrite, not args.no_progress, args.workers, args.objects)
+    try:
+        meta = synth_mod.write_corpus(args.out, args.num_samples, args.seed, args.image_size, args.min_objects,
+                                      args.max_objects, args.size_mode, args.p_large_first, args.shard_size,
+                                      args.overwrite, not args.no_progress, args.workers, args.objects)
+    except OutDirError as e:  # --overwrite would replace a file data_prep did not write
+        p.error(str(e))
     print(f"wrote {meta['num_samples']} samples in {meta['num_shards']} shards to {args.out}")
 
 
@@ -154,8 +163,11 @@ def _run_comco(p, args) -> None:
     except ValueError as e:
         p.error(str(e))
     _check_out(p, args.out, args.overwrite)
-    path = comco.write_eval_set(args.out, args.seed, args.image_size, args.n_objects, args.items_per_setting,
-                                args.kind, args.overwrite, args.background, not args.no_progress, args.objects)
+    try:
+        path = comco.write_eval_set(args.out, args.seed, args.image_size, args.n_objects, args.items_per_setting,
+                                    args.kind, args.overwrite, args.background, not args.no_progress, args.objects)
+    except OutDirError as e:
+        p.error(str(e))
     print(f"wrote {path}")
 
 
@@ -203,9 +215,12 @@ def _run_laion(p, args) -> None:
     except ValueError as e:
         p.error(str(e))
     _check_out(p, args.out, args.overwrite)
-    meta = laion.download(args.parquet, args.out, num_samples=args.num_samples, image_size=args.image_size,
-                          url_col=args.url_col, caption_col=args.caption_col, processes=args.processes,
-                          threads=args.threads, shard_size=args.shard_size, overwrite=args.overwrite)
+    try:
+        meta = laion.download(args.parquet, args.out, num_samples=args.num_samples, image_size=args.image_size,
+                              url_col=args.url_col, caption_col=args.caption_col, processes=args.processes,
+                              threads=args.threads, shard_size=args.shard_size, overwrite=args.overwrite)
+    except OutDirError as e:
+        p.error(str(e))
     print(f"downloaded {meta['num_success']} of {meta['num_rows']} rows into {args.out}")
 
 

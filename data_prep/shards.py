@@ -6,6 +6,8 @@ import json
 import math
 import os
 import tarfile
+import tempfile
+import warnings
 from pathlib import Path
 from typing import Iterable
 
@@ -77,19 +79,139 @@ def write_json_atomic(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
-def prepare_out_dir(out_dir: Path, overwrite: bool, produced: tuple[str, ...] = ("*.tar", "*.tmp",
-                    "sizes.json", "meta.json", "manifest.jsonl")) -> Path:
-    """Create ``out_dir``; refuse a non-empty one unless ``overwrite`` (then clear what we produce)."""
+#: ``meta.json`` kinds that data_prep writes (synth, laion, comco ``objects``/``shapes``, official).
+#: A folder whose ``meta.json`` names one of them holds data_prep's record of what it wrote there.
+DATA_PREP_KINDS = ("synth", "laion", "objects", "shapes", "official_comco")
+RECORD_FILES = ("meta.json", "sizes.json", "manifest.jsonl")
+
+
+class OutDirError(ValueError):
+    """An output location that cannot be used (not writable, or would replace files we did not write)."""
+
+
+def check_writable(path: Path, flag: str = "--out", is_dir: bool = False) -> Path:
+    """Fail early, naming ``flag``, if ``path`` (a file, or a folder if ``is_dir``) cannot be written.
+
+    Leaves nothing behind: probes with a temp file in the folder the output goes to or, if that
+    does not exist yet, in its nearest existing ancestor (where the missing folders would be made).
+    """
+    path = Path(path)
+    if is_dir and path.exists() and not path.is_dir():
+        raise OutDirError(f"{flag} {path} exists and is not a directory")
+    if not is_dir and path.is_dir():
+        raise OutDirError(f"{flag} {path} is a directory; give a file path")
+    probe = path if is_dir else path.parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise OutDirError(f"{flag} {path} cannot be written: {probe} is not a directory")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".write-test-", dir=probe)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise OutDirError(f"{flag} {path} cannot be written: a test file in {probe} failed ({e.strerror or e})") from None
+    return path
+
+
+def _safe_rel(name) -> str | None:
+    """``name`` as a relative path inside the folder, or None if it is absolute or climbs out."""
+    if not isinstance(name, str) or not name:
+        return None
+    rel = Path(name)
+    if rel.is_absolute() or ".." in rel.parts:
+        return None
+    return rel.as_posix()
+
+
+def recorded_files(out_dir: Path) -> set[str]:
+    """Relative paths that a previous data_prep run recorded writing into ``out_dir``.
+
+    The record is a ``meta.json`` naming a data_prep kind (else: empty set, nothing is ours): its
+    ``files`` list (synth writes it before its shards, so a killed run is covered), the shards in
+    ``sizes.json`` with img2dataset's ``<shard>_stats.json`` / ``<shard>.parquet`` beside them
+    (laion), the images in ``manifest.jsonl`` (comco, official), and those record files themselves.
+    """
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f"--out {out_dir} exists and is not a directory")
+    try:
+        meta = json.loads((out_dir / "meta.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return set()
+    if not isinstance(meta, dict) or meta.get("kind") not in DATA_PREP_KINDS:
+        return set()
+    names: set = set(RECORD_FILES) | set(meta.get("files") or [])
+    try:
+        sizes = json.loads((out_dir / "sizes.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        sizes = {}
+    for shard in sizes if isinstance(sizes, dict) else ():
+        if isinstance(shard, str) and shard.endswith(".tar"):
+            names |= {shard, shard[:-4] + "_stats.json", shard[:-4] + ".parquet"}
+    try:
+        lines = (out_dir / "manifest.jsonl").read_text(encoding="utf-8").splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict):
+            names.add(rec.get("image"))
+    safe = {_safe_rel(n) for n in names}
+    return {n for n in safe if n is not None} | {n + ".tmp" for n in safe if n is not None}
+
+
+def _shown(names: list[str], limit: int = 5) -> str:
+    return ", ".join(names[:limit]) + (f" ... ({len(names)} in all)" if len(names) > limit else "")
+
+
+def prepare_out_dir(out_dir: Path, overwrite: bool, produced: tuple[str, ...] = ("*.tar", "*.tmp",
+                    "sizes.json", "meta.json", "manifest.jsonl"), planned: Iterable[str] = ()) -> Path:
+    """Create ``out_dir`` (checked writable); refuse a non-empty one unless ``overwrite``.
+
+    With ``overwrite``, delete only what a previous data_prep run recorded writing there
+    (:func:`recorded_files`); every other file is left alone and named in a warning. If one of
+    ``planned`` (the relative paths this run will write, when known) is such a foreign file, refuse
+    instead: replacing it would delete a file data_prep did not write.
+
+    ``produced`` is no longer used (deletion follows the record, not name patterns); it is kept
+    so that existing callers keep working.
+    """
+    del produced
+    out_dir = Path(out_dir)
+    check_writable(out_dir, "--out", is_dir=True)
     if out_dir.is_dir() and any(out_dir.iterdir()):
         if not overwrite:
-            raise ValueError(f"--out {out_dir} is not empty; pass --overwrite (overwrite=True) "
-                             "or choose an empty directory")
-        for pattern in produced:
-            for p in out_dir.glob(pattern):
-                if p.is_file():
-                    p.unlink()
-    out_dir.mkdir(parents=True, exist_ok=True)
+            raise OutDirError(f"--out {out_dir} is not empty; pass --overwrite (overwrite=True) "
+                              "or choose an empty directory")
+        ours = recorded_files(out_dir)
+        present = sorted(p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*") if not p.is_dir())
+        foreign = [f for f in present if f not in ours]
+        clash = sorted(set(foreign) & {_safe_rel(n) for n in planned})
+        if clash:
+            raise OutDirError(
+                f"--out {out_dir}: {_shown(clash)} would be replaced, but data_prep did not write "
+                f"{'it' if len(clash) == 1 else 'them'} (no data_prep meta.json there records "
+                f"{'it' if len(clash) == 1 else 'them'}); --overwrite only replaces files data_prep wrote. "
+                "Move them away or choose another --out")
+        removed_dirs = set()
+        for rel in sorted(ours):
+            p = out_dir / rel
+            if p.is_file() or p.is_symlink():
+                p.unlink()
+                removed_dirs.update(p.parents)
+        for d in sorted((d for d in removed_dirs if out_dir in d.parents), key=lambda d: -len(d.parts)):
+            if d.is_dir() and not any(d.iterdir()):
+                d.rmdir()
+        if foreign:
+            tars = [f for f in foreign if f.endswith(".tar")]
+            warnings.warn(
+                f"--out {out_dir}: left {len(foreign)} file(s) that data_prep did not write: {_shown(foreign)}"
+                + (f"; a '*.tar' glob over this folder would mix {_shown(tars)} with the new shards "
+                   "(sizes.json lists exactly the new ones)" if tars else ""), stacklevel=2)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutDirError(f"--out {out_dir} cannot be created: {e.strerror or e}") from None
     return out_dir

@@ -131,7 +131,9 @@ def write_corpus(out_dir, num_samples: int, seed: int = 0, image_size: int = 64,
         size_mode: ``one_large`` (one large + smaller ones) or ``mixed`` (all sizes drawn alike).
         p_large_first: probability that the caption names objects largest-first.
         shard_size: samples per tar.
-        overwrite: clear our files from a non-empty ``out_dir`` instead of refusing.
+        overwrite: in a non-empty ``out_dir``, delete the files a previous data_prep run recorded
+            writing there (its ``meta.json``) instead of refusing; other files are left alone (a
+            warning names them), and one that a new shard would replace makes it refuse.
         progress: show a tqdm bar.
         workers: processes rendering whole shards in parallel (output bytes are the same).
         objects: restrict the vocabulary to these names (default: all of ``vocab.OBJECTS``).
@@ -140,33 +142,43 @@ def write_corpus(out_dir, num_samples: int, seed: int = 0, image_size: int = 64,
     """
     validate_args(num_samples, image_size, min_objects, max_objects, size_mode, p_large_first, shard_size, workers,
                   objects)
-    out = prepare_out_dir(Path(out_dir), overwrite)
+    n_shards = math.ceil(num_samples / shard_size)
+    files = [shard_name(s) for s in range(n_shards)] + ["sizes.json", "meta.json"]
+    out = prepare_out_dir(Path(out_dir), overwrite, planned=files)
     kw = dict(seed=seed, image_size=image_size, min_objects=min_objects, max_objects=max_objects,
               size_mode=size_mode, p_large_first=p_large_first,
               objects=sorted(objects) if objects is not None else None)
-    n_shards = math.ceil(num_samples / shard_size)
-    jobs = [(s, s * shard_size, min((s + 1) * shard_size, num_samples)) for s in range(n_shards)]
-    sizes: dict[str, int] = {}
-    bar = tqdm(total=num_samples, desc="synth", unit="img", disable=not progress)
-    if workers == 1:
-        for shard, start, stop in jobs:
-            def counted(shard=shard, start=start, stop=stop):
-                for i in range(start, stop):
-                    yield make_sample(i, key=sample_key(shard, i - start, shard_size), **kw)
-                    bar.update(1)
-            sizes[shard_name(shard)] = write_tar_atomic(out / shard_name(shard), counted())
-    else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            futs = {pool.submit(_write_shard, str(out), s, a, b, shard_size, kw): s for s, a, b in jobs}
-            for fut, shard in futs.items():
-                sizes[shard_name(shard)] = fut.result()
-                bar.update(sizes[shard_name(shard)])
-    bar.close()
-    write_json_atomic(out / "sizes.json", sizes)
     meta = {"kind": "synth", "num_samples": num_samples, "num_shards": n_shards, **kw,
             "shard_size": shard_size, "templates": TEMPLATES, "vocabulary": kw["objects"] or list_objects(),
             "size_ranges": {"large": LARGE_RANGE, "small": SMALL_RANGE, "mixed": MIXED_RANGE},
             "caption_order_rule": "largest-first (by visible area) with p_large_first, else random order "
-                                  "whose first object is not the largest"}
+                                  "whose first object is not the largest",
+            "files": files}
+    # meta.json first: it records every file this run writes, so that after a kill (-9, OOM, power)
+    # `--overwrite` can remove the partial corpus, and only ours. An interruption this process sees
+    # (error, Ctrl-C) removes it again: then only complete shards remain, as a shard is whole or absent.
+    # sizes.json last: its presence marks a whole corpus.
     write_json_atomic(out / "meta.json", meta)
+    try:
+        jobs = [(s, s * shard_size, min((s + 1) * shard_size, num_samples)) for s in range(n_shards)]
+        sizes: dict[str, int] = {}
+        bar = tqdm(total=num_samples, desc="synth", unit="img", disable=not progress)
+        if workers == 1:
+            for shard, start, stop in jobs:
+                def counted(shard=shard, start=start, stop=stop):
+                    for i in range(start, stop):
+                        yield make_sample(i, key=sample_key(shard, i - start, shard_size), **kw)
+                        bar.update(1)
+                sizes[shard_name(shard)] = write_tar_atomic(out / shard_name(shard), counted())
+        else:
+            with ProcessPoolExecutor(max_workers=workers) as pool:
+                futs = {pool.submit(_write_shard, str(out), s, a, b, shard_size, kw): s for s, a, b in jobs}
+                for fut, shard in futs.items():
+                    sizes[shard_name(shard)] = fut.result()
+                    bar.update(sizes[shard_name(shard)])
+        bar.close()
+    except BaseException:
+        (out / "meta.json").unlink(missing_ok=True)
+        raise
+    write_json_atomic(out / "sizes.json", sizes)
     return meta
