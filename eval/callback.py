@@ -20,6 +20,7 @@ evaluation only runs the encoders and the probes (``eval.suite.run_suite``).
 from __future__ import annotations
 
 import logging
+import operator
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -78,21 +79,25 @@ class BiasEvalCallback(L.Callback):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        self.probes = [p.lower() for p in probes]
-        self.n_objects = [int(n) for n in n_objects]
-        self.items_per_probe = int(items_per_probe)
-        self.itm_distractors = itm_distractors
-        self.every_n_steps = int(every_n_steps)
+        v = self._checked(
+            probes=probes, n_objects=n_objects, items_per_probe=items_per_probe, itm_distractors=itm_distractors,
+            every_n_steps=every_n_steps, data_dir=data_dir, cache_dir=cache_dir, image_size=image_size,
+            templates=templates, text_encodings=text_encodings, run_dir=run_dir, eval_at_end=eval_at_end,
+            plots=plots, seed=seed)
+        self.probes: list[str] = v["probes"]
+        self.n_objects: list[int] = v["n_objects"]
+        self.items_per_probe: int = v["items_per_probe"]
+        self.itm_distractors: int | None = v["itm_distractors"]
+        self.every_n_steps: int = v["every_n_steps"]
         self.data_dir = data_dir
         self.cache_dir = Path(cache_dir) if cache_dir else None
-        self.image_size = image_size
-        self.templates = list(templates) if templates is not None else None
-        self.text_encodings = list(text_encodings) if text_encodings is not None else None
+        self.image_size: int | None = v["image_size"]
+        self.templates: list[str] | None = v["templates"]
+        self.text_encodings: list[str] | None = v["text_encodings"]
         self.run_dir = run_dir
         self.eval_at_end = eval_at_end
         self.plots = plots
-        self.seed = seed
-        self._validate()
+        self.seed: int = v["seed"]
         self._prepared: Any = None
         self._adapter: ClipAdapter | None = None
         self._last_step: int | None = None
@@ -104,30 +109,98 @@ class BiasEvalCallback(L.Callback):
 
     # ---------------------------------------------------------------- configuration
 
-    def _validate(self) -> None:
+    #: where the arguments live in a training config; every message names them under it
+    CONFIG_PATH = "trainer.callbacks[BiasEvalCallback].init_args"
+
+    @classmethod
+    def _checked(cls, **args: Any) -> dict[str, Any]:
+        """The arguments normalised (``probes`` lower-case, a ``"tor,ior"`` string split), or one
+        ``ValueError`` on one line that names every bad argument, what it must be and what it got."""
+        from data_prep.captions import TEMPLATES
+        from data_prep.shards import OutDirError, check_writable
+        from eval.cli import DEFAULT_CACHE, eval_set_cache_problem
         from eval.probes import PROBE_NAMES
         from eval.suite import TEXT_ENCODINGS
 
-        errs = []
-        bad = [p for p in self.probes if p not in PROBE_NAMES]
-        if bad or not self.probes:
-            errs.append(f"probes: unknown {bad or '(empty)'}; valid: {list(PROBE_NAMES)}")
-        bad_n = [n for n in self.n_objects if not 2 <= n <= 5]
-        if bad_n or not self.n_objects:
-            errs.append(f"n_objects: {bad_n or '(empty)'} outside 2..5")
-        if self.items_per_probe < 1:
-            errs.append(f"items_per_probe must be >= 1, got {self.items_per_probe}")
-        if self.itm_distractors is not None and self.itm_distractors < 1:
-            errs.append(f"itm_distractors must be >= 1 or None (all), got {self.itm_distractors}")
-        if self.every_n_steps < 1:
-            errs.append(f"every_n_steps must be >= 1, got {self.every_n_steps}")
-        if self.data_dir is not None and not (Path(self.data_dir) / "manifest.jsonl").is_file():
-            errs.append(f"data_dir: no manifest.jsonl in {self.data_dir}; omit data_dir to render the default set")
-        bad_enc = [e for e in self.text_encodings or () if e not in TEXT_ENCODINGS]
-        if bad_enc or self.text_encodings == []:
+        errs: list[str] = []
+        out: dict[str, Any] = {}
+
+        def names(key: str) -> list[str] | None:
+            value = args[key]
+            if value is None:
+                return None
+            if isinstance(value, str):
+                return [x.strip() for x in value.split(",") if x.strip()]
+            if isinstance(value, (list, tuple)) and all(isinstance(x, str) for x in value):
+                return list(value)
+            errs.append(f"{key} must be a list of names, got {value!r}")
+            return None
+
+        def integer(key: str, low: int, optional: bool = False, hint: str = "") -> int | None:
+            value = args[key]
+            if value is None and optional:
+                return None
+            try:  # 3, "3", 3.0 and numpy integers are fine; True, 2.5 and "x" are not
+                if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                    raise TypeError
+                value = int(value) if isinstance(value, (str, float)) else operator.index(value)
+            except (TypeError, ValueError):
+                errs.append(f"{key} must be an integer >= {low}{hint}, got {value!r}")
+                return None
+            if value < low:
+                errs.append(f"{key} must be an integer >= {low}{hint}, got {value!r}")
+                return None
+            return value
+
+        probes = names("probes")
+        out["probes"] = [p.lower() for p in probes or ()]
+        bad = [p for p in out["probes"] if p not in PROBE_NAMES]
+        if bad:
+            errs.append(f"probes: unknown {bad}; valid: {list(PROBE_NAMES)}")
+        elif probes == [] or args["probes"] is None:
+            errs.append(f"probes: none given; valid: {list(PROBE_NAMES)}")
+        n_objects = args["n_objects"]
+        n_objects = [n_objects] if isinstance(n_objects, int) else n_objects
+        if not isinstance(n_objects, (list, tuple)) or not all(
+                isinstance(n, int) and not isinstance(n, bool) for n in n_objects):
+            errs.append(f"n_objects must be a list of integers in 2..5, got {args['n_objects']!r}")
+            n_objects = []
+        else:
+            bad_n = [n for n in n_objects if not 2 <= n <= 5]
+            if bad_n or not n_objects:
+                errs.append(f"n_objects: {bad_n or '(empty)'} outside 2..5")
+        out["n_objects"] = [int(n) for n in n_objects]
+        out["items_per_probe"] = integer("items_per_probe", 1)
+        out["itm_distractors"] = integer("itm_distractors", 1, optional=True, hint=" or null (all)")
+        out["every_n_steps"] = integer("every_n_steps", 1)
+        out["image_size"] = integer("image_size", 16, optional=True, hint=" or null (the model's input size)")
+        out["seed"] = integer("seed", 0)
+        out["templates"] = names("templates")
+        bad_t = [t for t in out["templates"] or () if t not in TEMPLATES]
+        if bad_t or out["templates"] == []:
+            errs.append(f"templates: unknown {bad_t or '(empty)'}; valid: {list(TEMPLATES)}")
+        out["text_encodings"] = names("text_encodings")
+        bad_enc = [e for e in out["text_encodings"] or () if e not in TEXT_ENCODINGS]
+        if bad_enc or out["text_encodings"] == []:
             errs.append(f"text_encodings: {bad_enc or '(empty)'}; valid: {list(TEXT_ENCODINGS)}")
+        for key in ("eval_at_end", "plots"):
+            if not isinstance(args[key], bool):
+                errs.append(f"{key} must be true or false, got {args[key]!r}")
+        data_dir = args["data_dir"]
+        if data_dir is not None and not (Path(data_dir) / "manifest.jsonl").is_file():
+            errs.append(f"data_dir: no manifest.jsonl in {data_dir}; omit data_dir to render the default set")
+        elif data_dir is None and isinstance(out["seed"], int):
+            cache = Path(args["cache_dir"]) if args["cache_dir"] else DEFAULT_CACHE
+            if problem := eval_set_cache_problem(cache, out["seed"], out["image_size"], "cache_dir"):
+                errs.append(problem)
+        if args["run_dir"] is not None:
+            try:
+                check_writable(Path(args["run_dir"]), "run_dir", is_dir=True)
+            except OutDirError as e:
+                errs.append(str(e))
         if errs:
-            raise ValueError("BiasEvalCallback: " + "; ".join(errs))
+            raise ValueError(f"BiasEvalCallback ({cls.CONFIG_PATH}): " + "; ".join(errs))
+        return out
 
     def resolve_run_dir(self, trainer: L.Trainer) -> Path:
         """``run_dir`` if given, else ``trainer.default_root_dir`` (``runs/<name>`` in this toolkit)."""

@@ -83,8 +83,25 @@ def validate_args(args: argparse.Namespace) -> None:
         problems.append("--items and --batch-size must be >= 1, --itm-distractors >= 0")
     if args.n_objects and any(n < 2 or n > 5 for n in args.n_objects):
         problems.append(f"--n-objects {args.n_objects}: each must be in 2..5")
+    if args.data is None and (problem := eval_set_cache_problem(args.cache_dir, args.seed, args.image_size,
+                                                                "--cache-dir")):
+        problems.append(problem)
+    problems += output_problems(args)
     if problems:
         raise SystemExit("error: " + "\n  ".join(problems))
+
+
+def output_problems(args: argparse.Namespace) -> list[str]:
+    """``--out`` that cannot be written, found before the model is loaded or any probe runs."""
+    from data_prep.shards import OutDirError, check_writable
+
+    if getattr(args, "out", None) is None:
+        return []
+    try:
+        check_writable(args.out, "--out")
+    except OutDirError as e:
+        return [str(e)]
+    return []
 
 
 def default_eval_set(cache_dir: Path, seed: int, image_size: int, progress: bool = True) -> Path:
@@ -106,6 +123,25 @@ def default_eval_set(cache_dir: Path, seed: int, image_size: int, progress: bool
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def eval_set_cache_problem(cache_dir: Path, seed: int, image_size: int | None, flag: str) -> str | None:
+    """Why the default eval set cannot be rendered into ``cache_dir`` (checked before any work), or None.
+
+    Fine if the set is already there (a read-only shared cache is fine; with ``image_size`` unknown
+    until the model loads, any cached size for ``seed`` counts), else the cache must be writable.
+    """
+    from data_prep.shards import OutDirError, check_writable
+
+    sets = Path(cache_dir) / "eval_sets"
+    size = "*" if image_size is None else str(image_size)
+    if any((d / "manifest.jsonl").is_file() for d in sets.glob(f"comco-objects-seed{seed}-px{size}")):
+        return None
+    try:
+        check_writable(sets, flag, is_dir=True)
+    except OutDirError as e:
+        return f"{e} (the default eval set is rendered there; give a writable one, or an eval set folder)"
+    return None
 
 
 def load_adapter(args: argparse.Namespace) -> Any:
@@ -253,8 +289,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: subcommands whose optional ``--out`` is a results file, checked here before any work
+#: (``comco`` checks it in :func:`validate_args`, ``report`` writes a folder and checks it itself)
+_FILE_OUT_COMMANDS = ("attention",)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in _FILE_OUT_COMMANDS and (problems := output_problems(args)):
+        raise SystemExit("error: " + "\n  ".join(problems))
     return int(args.func(args) or 0)
 
 

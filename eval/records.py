@@ -7,6 +7,9 @@ unchanged. Readers flatten it:
 - :func:`flatten` -> scalars for loggers, ``tor/n3/unconditional/pos1`` (= share),
   ``.../pos1/count``, ``.../pos1/total``, ``.../pos1/ci_lo``, ``.../pos1/ci_hi``, ``tor/n3/order_bias``.
 - :func:`share_groups` -> ``{"unconditional": {"pos1": 0.4, ...}, ...}`` for curves.
+
+The file is append-only and survives a tear: an append first cuts a torn last line (a write cut
+short by a kill) back to the last newline, and readers skip any bad line with a warning.
 """
 from __future__ import annotations
 
@@ -99,45 +102,136 @@ def metric_key(record: Mapping) -> str:
     return f"{record['probe']}/n{record['n_objects']}"
 
 
+REQUIRED_KEYS = ("step", "samples_seen", "probe", "n_objects", "result")
+
+
+def _record_problem(line: str) -> str | None:
+    """Why ``line`` is not a bias.jsonl record, or None if it is one."""
+    try:
+        rec = json.loads(line)
+    except json.JSONDecodeError as e:
+        return f"not JSON ({e.msg})"
+    if not isinstance(rec, dict):
+        return f"not a JSON object ({type(rec).__name__})"
+    missing = [k for k in REQUIRED_KEYS if k not in rec]
+    return f"lacks {missing}" if missing else None
+
+
+def repair_torn_tail(path: str | Path) -> int:
+    """Make ``path`` end with a whole line before an append; return the bytes dropped.
+
+    A process killed mid-write leaves a last line without its newline. If that tail is still a
+    whole record (only the newline was lost) the newline is added; otherwise the tail is cut back to
+    the last newline, with a warning naming the file and the bytes dropped. Without this, the next
+    append would glue a record onto the torn line and the file could no longer be read.
+    """
+    path = Path(path)
+    if not path.is_file() or path.stat().st_size == 0:
+        return 0
+    with path.open("r+b") as fh:
+        size = fh.seek(0, os.SEEK_END)
+        fh.seek(size - 1)
+        if fh.read(1) == b"\n":
+            return 0
+        # find the last newline, reading backwards in blocks
+        end, block, cut = size, 1 << 16, 0
+        while end > 0:
+            start = max(0, end - block)
+            fh.seek(start)
+            chunk = fh.read(end - start)
+            i = chunk.rfind(b"\n")
+            if i >= 0:
+                cut = start + i + 1
+                break
+            end = start
+        fh.seek(cut)
+        tail = fh.read()
+        if _record_problem(tail.decode("utf-8", errors="replace")) is None:
+            fh.seek(size)
+            fh.write(b"\n")
+            log.warning("%s: last record had no newline (killed while writing?); added it", path)
+            dropped = 0
+        else:
+            fh.truncate(cut)
+            dropped = size - cut
+            log.warning("%s: dropped a torn last line (%d bytes, a write cut short by a crash or kill) "
+                        "before appending", path, dropped)
+        fh.flush()
+        os.fsync(fh.fileno())
+    return dropped
+
+
 def append_records(path: str | Path, records: Iterable[Mapping]) -> None:
-    """Append records as JSON lines in one write, flushed to disk (a crash leaves whole lines)."""
+    """Append records as JSON lines in one write, flushed to disk.
+
+    A crash leaves whole lines and at most one torn last line; :func:`repair_torn_tail` removes
+    that before the next append, so a resumed run never glues its records onto it.
+    """
     text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    repair_torn_tail(path)
     with path.open("a", encoding="utf-8") as fh:
         fh.write(text)
         fh.flush()
         os.fsync(fh.fileno())
 
 
-def read_records(path: str | Path) -> list[dict]:
-    """Records of a ``bias.jsonl`` (or a run dir holding one), sorted by step.
-
-    A torn last line (crash while writing) is skipped with a warning. If a resumed run
-    re-evaluated a step, the later record for that (step, probe, n) wins.
-    """
+def bias_path(path: str | Path) -> Path:
+    """``path`` itself, or the ``bias.jsonl`` in a run dir; FileNotFoundError if there is none."""
     path = Path(path)
     if path.is_dir():
         path = path / BIAS_FILE
     if not path.is_file():
         raise FileNotFoundError(f"no {BIAS_FILE} at {path}: was the run trained with BiasEvalCallback?")
+    return path
+
+
+def scan_records(path: str | Path) -> tuple[list[dict], list[tuple[int, str]]]:
+    """``(records, bad lines)`` of a ``bias.jsonl`` (or a run dir holding one).
+
+    Records are sorted by step; if a resumed run re-evaluated a step, the later record for that
+    (step, probe, n) wins. Bad lines are ``(line number, reason)``: a torn line (crash while
+    writing), or anything that is not a record; they are left out, never fatal.
+    """
+    path = bias_path(path)
     latest: dict[tuple, dict] = {}
-    lines = path.read_text(encoding="utf-8").splitlines()
+    bad: list[tuple[int, str]] = []
+    lines = path.read_text(encoding="utf-8", errors="replace").split("\n")
     for lineno, line in enumerate(lines, 1):
         if not line.strip():
             continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            if lineno == len(lines):
-                log.warning("%s: skipping torn last line %d", path, lineno)
-                continue
-            raise ValueError(f"{path}: line {lineno} is not JSON ({e.msg})") from e
-        missing = {"step", "samples_seen", "probe", "n_objects", "result"} - set(rec)
-        if missing:
-            raise ValueError(f"{path}: line {lineno} lacks {sorted(missing)}; not a bias.jsonl record")
+        problem = _record_problem(line)
+        if problem is not None:
+            torn = lineno == len(lines)  # no newline after it: the write was cut short
+            bad.append((lineno, ("torn last line, " if torn else "") + problem))
+            continue
+        rec = json.loads(line)
         latest[(rec["step"], rec["probe"], rec["n_objects"])] = rec
-    return sorted(latest.values(), key=lambda r: (r["step"], r["probe"], r["n_objects"]))
+    return sorted(latest.values(), key=lambda r: (r["step"], r["probe"], r["n_objects"])), bad
+
+
+def describe_bad_lines(path: str | Path, bad: list[tuple[int, str]], limit: int = 5) -> str:
+    """One line: how many lines of ``path`` were skipped, and which and why (the first ``limit``)."""
+    shown = "; ".join(f"line {n}: {why}" for n, why in bad[:limit])
+    more = f"; ... ({len(bad) - limit} more)" if len(bad) > limit else ""
+    return f"{path}: skipped {len(bad)} bad line(s) ({shown}{more})"
+
+
+def read_records(path: str | Path) -> list[dict]:
+    """Records of a ``bias.jsonl`` (or a run dir holding one), sorted by step.
+
+    A bad line (a torn line from a crash, or anything that is not a record) is skipped with a
+    warning giving its number and the count; a file with no record at all is refused. If a resumed
+    run re-evaluated a step, the later record for that (step, probe, n) wins.
+    """
+    records, bad = scan_records(path)
+    if bad and not records:
+        n, why = bad[0]
+        raise ValueError(f"{bias_path(path)}: no line is a bias.jsonl record (line {n} {why})")
+    if bad:
+        log.warning("%s", describe_bad_lines(bias_path(path), bad))
+    return records
 
 
 def by_probe(records: Iterable[Mapping]) -> Iterator[tuple[str, int, list[Mapping]]]:

@@ -8,11 +8,14 @@ at initialisation and at the last evaluation, with the denominators behind each.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from eval.records import by_probe, read_records
+from eval.records import bias_path, by_probe, describe_bad_lines, scan_records
+
+log = logging.getLogger(__name__)
 
 SUMMARY_FILE = "summary.md"
 
@@ -78,17 +81,23 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path) -> list[Pa
     from eval.plots import plot_runs
 
     run_dirs = [Path(d) for d in run_dirs]
-    runs = {label: read_records(d) for label, d in zip(run_labels(run_dirs), run_dirs)}
+    runs, skipped = {}, []
+    for label, d in zip(run_labels(run_dirs), run_dirs):
+        runs[label], bad = scan_records(d)
+        if bad:  # a torn or foreign line costs that line, not the report
+            skipped.append(describe_bad_lines(bias_path(d), bad))
+            log.warning("%s", skipped[-1])
     empty = [label for label, recs in runs.items() if not recs]
     if empty:
-        raise ValueError(f"no evaluation records in {empty}")
+        raise ValueError(f"no evaluation records in {empty}" + (f" ({'; '.join(skipped)})" if skipped else ""))
     out_dir = Path(out_dir)
     figures = plot_runs(runs, out_dir)
     table = summary_table(runs)
     text = (f"# Bias report\n\nRuns: {', '.join(f'`{d}`' for d in run_dirs)}\n\n"
             "Indices on unconditional shares unless marked `_conditional`; init = first evaluation "
             "(step 0), final = last one.\n\n" + table + "\n"
-            + "".join(f"![{p.stem}]({p.name})\n" for p in figures))
+            + "".join(f"![{p.stem}]({p.name})\n" for p in figures)
+            + ("\n## Skipped lines\n\n" + "".join(f"- {line}\n" for line in skipped) if skipped else ""))
     summary = out_dir / SUMMARY_FILE
     tmp = summary.with_name(summary.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
@@ -110,6 +119,12 @@ def run_report(args: argparse.Namespace) -> int:
         raise SystemExit(f"error: no bias.jsonl in {', '.join(missing)} (train with BiasEvalCallback "
                          "enabled, or pass the runs/<name> folder)")
     out = args.out or default_out(args.run_dirs)
+    from data_prep.shards import OutDirError, check_writable
+
+    try:  # before reading and plotting: fail on the output, not after the work
+        check_writable(out, "--out" if args.out else "--out (default)", is_dir=True)
+    except OutDirError as e:
+        raise SystemExit(f"error: {e}") from None
     paths = write_report(args.run_dirs, out)
     print((Path(out) / SUMMARY_FILE).read_text(encoding="utf-8"))
     print(f"wrote {len(paths)} files to {out}")
