@@ -1,91 +1,88 @@
-"""Caption-order analysis (paper Fig. 4b): where in a caption is the largest mentioned object?
+"""Caption-order analysis (paper Fig. 4b): does a caption name the largest object first?
 
-For every caption, find the vocabulary objects it mentions (word match with plurals and a few
-synonyms, first mention wins), keep those present in the image with a known area, and record the
-mention position (0-based) of the one with the largest area, grouped by the number k of mentioned
-objects. Without bias the position is uniform (share 1/k each); web captions favour position 0.
+For every caption, take the objects it names (:mod:`data_prep.mentions`: whole words, plurals,
+synonyms, multi-word names) that have a box in the image, and record the position (0-based,
+among those) of the one with the largest area, grouped by their number k. Without a bias the
+position is uniform: the chance of "largest first" is 1/k for each caption, averaged over the
+captions used. Web captions favour position 0.
 
-Sources:
-  * shards in img2dataset layout whose json has ``objects`` with ``name`` and ``area`` (rendered
-    corpora; LAION shards need a :class:`Detector`);
-  * COCO ``instances_*.json`` + ``captions_*.json`` (area of a category = its largest instance).
+Sources, all read as the sample json's ``objects`` list (``name``, ``area``, ``mention_index``):
+  * rendered corpora (``data_prep synth``) and COCO-converted shards (``data_prep coco``);
+  * shards without boxes (LAION) + a boxes sidecar (:mod:`data_prep.boxes`), or a :class:`Detector`;
+  * COCO ``instances_*.json`` + ``captions_*.json`` directly (area of a category = its largest
+    instance).
 """
 from __future__ import annotations
 
 import io
-import json
-import re
-import tarfile
+import math
 from collections import defaultdict
 from pathlib import Path
-from typing import Iterable, Iterator, Protocol, Sequence
+from typing import Protocol, Sequence
 
 from PIL import Image
 from tqdm.auto import tqdm
 
+from .boxes import BoxesSidecar
+from .mentions import Vocabulary, default_vocabulary, mentioned_names
+from .read_shards import iter_samples
 from .shards import write_json_atomic
-from .vocab import MISSING, OBJECTS
 
-#: extra words -> vocabulary name (COCO names not in the drawable vocabulary are matched too)
-SYNONYMS: dict[str, str] = {
-    "aeroplane": "airplane", "plane": "airplane", "jet": "airplane", "bike": "bicycle",
-    "motorbike": "motorcycle", "doughnut": "donut", "television": "tv", "sofa": "couch",
-    "man": "person", "men": "person", "woman": "person", "women": "person", "people": "person",
-    "boy": "person", "girl": "person", "child": "person", "children": "person", "kid": "person",
-    "puppy": "dog", "kitten": "cat", "ship": "boat", "automobile": "car", "fridge": "refrigerator",
-    "mice": "mouse", "knives": "knife", "skis": "ski", "teddy": "bear", "mug": "cup",
-}
-_IRREGULAR_PLURALS = {"sheep": "sheep", "people": "person", "mice": "mouse", "knives": "knife"}
-COCO_EXTRA = ("cat", "bench", "blender", "microwave", "oven", "refrigerator", "remote", "sink", "toaster")
+#: two-sided 95 % normal quantile (eval/stats.py has the same interval; data_prep may not import eval)
+_Z95 = 1.959963984540054
 
 
-def _lexicon(names: Iterable[str]) -> dict[str, str]:
-    lex: dict[str, str] = {}
-    for n in names:
-        lex[n] = n
-        lex[n + "s"] = n
-        lex[n + "es"] = n
-    for word, n in {**SYNONYMS, **_IRREGULAR_PLURALS}.items():
-        lex.setdefault(word, n)
-        lex.setdefault(word + "s", n)
-    return lex
-
-
-LEXICON = _lexicon([*OBJECTS, *MISSING, *COCO_EXTRA])
-_WORD = re.compile(r"[a-z]+")
-
-
-def mentioned_objects(caption: str, lexicon: dict[str, str] = LEXICON) -> list[str]:
-    """Vocabulary names mentioned in ``caption``, in order of first mention.
-
-    Single-word matching: "hot dog" counts as a dog and "orange" the colour as an orange.
-    """
-    seen: list[str] = []
-    for w in _WORD.findall(caption.lower()):
-        name = lexicon.get(w)
-        if name is not None and name not in seen:
-            seen.append(name)
-    return seen
+def wilson_interval(count: int, total: int, z: float = _Z95) -> tuple[float, float] | None:
+    """95 % Wilson score interval of ``count / total`` (``None`` when ``total == 0``)."""
+    if total == 0:
+        return None
+    p = count / total
+    z2 = z * z
+    denom = 1.0 + z2 / total
+    centre = (p + z2 / (2 * total)) / denom
+    half = z / denom * math.sqrt(p * (1 - p) / total + z2 / (4 * total * total))
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 class Detector(Protocol):
     """Interface for captions without ground truth (raw LAION): return ``(name, area_px)`` pairs.
 
-    ``name`` must be a vocabulary name (see :data:`LEXICON` values); ``area_px`` the object's
-    area in pixels (e.g. box or mask area from an open-vocabulary detector such as OWL-ViT or
-    Grounding DINO, which must be installed and loaded by the caller; none ships here).
+    ``name`` is mapped to the mention vocabulary's canonical name ("puppy" → dog); ``area_px`` is
+    the object's area in pixels (box or mask area from an open-vocabulary detector such as OWL-ViT
+    or Grounding DINO, loaded by the caller; none ships here). For runs over many shards, write
+    the detector's output once as a boxes sidecar (:mod:`data_prep.boxes`) instead.
     """
 
     def __call__(self, image: Image.Image) -> list[tuple[str, float]]: ...
 
 
-def largest_position(caption: str, areas: dict[str, float]) -> tuple[int, int] | None:
-    """``(k, position of the largest mentioned object)`` or ``None`` when fewer than 2 objects match."""
-    mentioned = [n for n in mentioned_objects(caption) if n in areas]
+def largest_position(caption: str, areas: dict[str, float], vocab: Vocabulary | None = None) -> tuple[int, int] | None:
+    """``(k, position of the largest named boxed object)`` or ``None`` when fewer than 2 are named.
+
+    ``areas`` maps canonical vocabulary names to the largest box area of that object.
+    """
+    mentioned = [n for n in mentioned_names(caption, vocab) if n in areas]
+    return _position(mentioned, areas)
+
+
+def _position(mentioned: list[str], areas: dict[str, float]) -> tuple[int, int] | None:
     if len(mentioned) < 2:
         return None
     largest = max(mentioned, key=lambda n: areas[n])
     return len(mentioned), mentioned.index(largest)
+
+
+def objects_position(objects: Sequence[dict]) -> tuple[int, int] | None:
+    """Like :func:`largest_position`, from a sample json's ``objects`` with ``mention_index``."""
+    areas: dict[int, float] = {}
+    for o in objects:
+        if o.get("mention_index") is not None and "area" in o:
+            areas[o["mention_index"]] = max(areas.get(o["mention_index"], 0.0), float(o["area"]))
+    order = sorted(areas)
+    if len(order) < 2:
+        return None
+    largest = max(order, key=lambda i: areas[i])
+    return len(order), order.index(largest)
 
 
 class Tally:
@@ -96,9 +93,13 @@ class Tally:
         self.n_captions = 0
         self.n_skipped = 0
 
-    def add(self, caption: str, areas: dict[str, float]) -> None:
+    def add(self, caption: str, areas: dict[str, float], vocab: Vocabulary | None = None) -> None:
+        """Count one caption given ``{canonical name: area}`` of the image's boxed objects."""
+        self.add_position(largest_position(caption, areas, vocab))
+
+    def add_position(self, res: tuple[int, int] | None) -> None:
+        """Count one caption from its ``(k, position)`` (``None``: fewer than 2 named boxed objects)."""
         self.n_captions += 1
-        res = largest_position(caption, areas)
         if res is None:
             self.n_skipped += 1
             return
@@ -108,110 +109,139 @@ class Tally:
         row[pos] += 1
 
 
-def _iter_shard_samples(paths: Sequence[Path], need_image: bool) -> Iterator[tuple[dict, bytes | None]]:
-    tars: list[Path] = []
-    for p in paths:
-        tars.extend(sorted(Path(p).glob("*.tar")) if Path(p).is_dir() else [Path(p)])
-    for tar_path in tars:
-        with tarfile.open(tar_path) as tar:
-            current, parts = None, {}
-            for member in tar:
-                if not member.isfile():
-                    continue
-                key, _, ext = member.name.partition(".")
-                if key != current:
-                    if current is not None and "json" in parts:
-                        yield json.loads(parts["json"]), parts.get("jpg")
-                    current, parts = key, {}
-                if ext == "json" or ext == "txt" or (need_image and ext in ("jpg", "png", "webp")):
-                    parts["jpg" if ext in ("jpg", "png", "webp") else ext] = tar.extractfile(member).read()
-            if current is not None and "json" in parts:
-                yield json.loads(parts["json"]), parts.get("jpg")
-
-
 def analyse_shards(paths: Sequence[Path], detector: Detector | None = None,
-                   max_samples: int | None = None, progress: bool = True) -> Tally:
-    """Tally over webdataset shards (files or directories of ``*.tar``)."""
+                   max_samples: int | None = None, progress: bool = True,
+                   sidecar: BoxesSidecar | str | Path | None = None, vocab: Vocabulary | None = None) -> Tally:
+    """Tally over webdataset shards (files or directories of ``*.tar``).
+
+    A sample's boxes come from its json ``objects`` (rendered, COCO-converted), else from
+    ``sidecar`` (a :class:`~data_prep.boxes.BoxesSidecar` or its jsonl path), else from
+    ``detector``; samples with none are counted as skipped.
+    """
+    vocab = vocab or default_vocabulary()
+    if sidecar is not None and not isinstance(sidecar, BoxesSidecar):
+        sidecar = BoxesSidecar(sidecar, min_score=0.0)
     tally = Tally()
-    for i, (meta, img) in enumerate(tqdm(_iter_shard_samples(paths, detector is not None),
+    for i, (meta, img) in enumerate(tqdm(iter_samples(paths, detector is not None),
                                          desc="caption-order", disable=not progress)):
         if max_samples is not None and i >= max_samples:
             break
+        if not meta.get("objects") and sidecar is not None:
+            meta = sidecar(meta)
         caption = meta.get("caption") or ""
-        if "objects" in meta:
+        if meta.get("objects"):
+            objects = meta["objects"]
+            if any("mention_index" in o for o in objects):
+                tally.add_position(objects_position(objects))
+                continue
             areas: dict[str, float] = {}
-            for o in meta["objects"]:
-                areas[o["name"]] = max(areas.get(o["name"], 0), o["area"])
+            for o in objects:
+                name = vocab.canonical(o["name"])
+                areas[name] = max(areas.get(name, 0), o["area"])
         elif detector is not None and img is not None:
             areas = {}
             for name, area in detector(Image.open(io.BytesIO(img)).convert("RGB")):
+                name = vocab.canonical(name)
                 areas[name] = max(areas.get(name, 0), area)
         else:
-            tally.n_captions += 1
-            tally.n_skipped += 1
+            tally.add_position(None)
             continue
-        tally.add(caption, areas)
+        tally.add(caption, areas, vocab)
     return tally
 
 
 def analyse_coco(instances_json: Path, captions_json: Path, max_samples: int | None = None,
                  progress: bool = True) -> Tally:
     """Tally over COCO captions using instance areas (largest instance per category)."""
-    inst = json.loads(Path(instances_json).read_text())
-    caps = json.loads(Path(captions_json).read_text())
-    cat_name = {c["id"]: c["name"] for c in inst["categories"]}
+    from .coco import load_coco, vocabulary_for
+
+    _, anns, caps = load_coco([instances_json], [captions_json])
+    vocab = vocabulary_for(sorted({a["name"] for lst in anns.values() for a in lst}))
     areas: dict[int, dict[str, float]] = defaultdict(dict)
-    for a in inst["annotations"]:
-        # multi-word COCO names ("hot dog", "teddy bear") stay as they are and are never matched
-        name = LEXICON.get(cat_name[a["category_id"]], cat_name[a["category_id"]])
-        img = areas[a["image_id"]]
-        img[name] = max(img.get(name, 0.0), float(a["area"]))
+    for image_id, lst in anns.items():
+        for a in lst:
+            name = vocab.canonical(a["name"])
+            img = areas[image_id]
+            img[name] = max(img.get(name, 0.0), float(a["area"]))
+    items = [(image_id, c) for image_id in sorted(caps) for c in caps[image_id]]
     tally = Tally()
-    for i, c in enumerate(tqdm(caps["annotations"], desc="caption-order", disable=not progress)):
+    for i, (image_id, c) in enumerate(tqdm(items, desc="caption-order", disable=not progress)):
         if max_samples is not None and i >= max_samples:
             break
-        tally.add(c["caption"], areas.get(c["image_id"], {}))
+        tally.add(c["caption"], areas.get(image_id, {}), vocab)
     return tally
 
 
 def write_report(tally: Tally, out_dir: Path) -> dict:
-    """Write ``caption_order.json`` and ``caption_order.png``; return the report dict."""
+    """Write ``caption_order.json`` and ``caption_order.png``; return the report dict.
+
+    ``summary``: ``n_largest_first`` of ``n_used`` captions naming >= 2 boxed objects,
+    ``share_largest_first`` with its 95 % Wilson interval ``ci95``, and ``chance_largest_first``
+    = mean of 1/k over the same captions (what an order unrelated to size gives).
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ks = sorted(tally.counts)
     shares = {str(k): [c / max(sum(tally.counts[k]), 1) for c in tally.counts[k]] for k in ks}
     used = sum(sum(v) for v in tally.counts.values())
     first = sum(v[0] for v in tally.counts.values())
+    ci = wilson_interval(first, used)
+    per_k = {str(k): {"n_largest_first": tally.counts[k][0], "n": sum(tally.counts[k]),
+                      "share_largest_first": tally.counts[k][0] / sum(tally.counts[k]),
+                      "ci95": list(wilson_interval(tally.counts[k][0], sum(tally.counts[k]))), "chance": 1 / k}
+             for k in ks}
     report = {
-        "counts": {str(k): tally.counts[k] for k in ks}, "shares": shares,
+        "counts": {str(k): tally.counts[k] for k in ks}, "shares": shares, "per_k": per_k,
         "summary": {"n_captions": tally.n_captions, "n_used": used, "n_skipped": tally.n_skipped,
+                    "n_largest_first": first,
                     "share_largest_first": first / used if used else None,
+                    "ci95": list(ci) if ci is not None else None,
                     "chance_largest_first": (sum(sum(tally.counts[k]) / k for k in ks) / used) if used else None},
     }
     write_json_atomic(out / "caption_order.json", report)
-    _plot(shares, out / "caption_order.png")
+    _plot(report, out / "caption_order.png")
     return report
 
 
-def _plot(shares: dict[str, list[float]], path: Path) -> None:
+def format_summary(report: dict) -> str:
+    """One line: share largest-first, count/denominator, 95 % CI, chance level."""
+    s = report["summary"]
+    if not s["n_used"]:
+        return f"no caption names 2+ boxed objects ({s['n_captions']} captions read)"
+    lo, hi = s["ci95"]
+    return (f"largest object named first: {s['share_largest_first']:.3f} ({s['n_largest_first']} / {s['n_used']} "
+            f"captions naming 2+ boxed objects; 95 % CI {lo:.3f}-{hi:.3f}); chance {s['chance_largest_first']:.3f}; "
+            f"{s['n_skipped']} of {s['n_captions']} captions skipped")
+
+
+def _plot(report: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, max(len(shares), 1), figsize=(3.2 * max(len(shares), 1), 3), squeeze=False)
-    for ax, (k, row) in zip(axes[0], shares.items()):
+    shares = report["shares"]
+    n = len(shares) + 1
+    fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3), squeeze=False)
+    s = report["summary"]
+    ax = axes[0][0]
+    if s["n_used"]:
+        lo, hi = s["ci95"]
+        share = s["share_largest_first"]
+        ax.bar(["observed", "chance"], [share, s["chance_largest_first"]], color=["tab:blue", "lightgray"],
+               yerr=[[share - lo, 0], [hi - share, 0]], capsize=4)
+        ax.set_title(f"largest named first (n={s['n_used']})")
+    else:
+        ax.text(0.5, 0.5, "no caption names 2+\nobjects with known areas", ha="center", transform=ax.transAxes)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("share of captions")
+    for ax, (k, row) in zip(axes[0][1:], shares.items()):
         ax.bar([str(i + 1) for i in range(len(row))], row, color="tab:blue")
         ax.axhline(1 / int(k), color="gray", ls="--", lw=1, label="chance")
-        ax.set_title(f"{k} objects mentioned")
+        ax.set_title(f"{k} objects named (n={report['per_k'][k]['n']})")
         ax.set_xlabel("position of largest object")
         ax.set_ylim(0, 1)
-    axes[0][0].set_ylabel("share of captions")
-    if shares:
-        axes[0][0].legend(loc="upper right")
-    else:
-        axes[0][0].text(0.5, 0.5, "no caption mentions 2+ objects with known areas", ha="center",
-                        transform=axes[0][0].transAxes)
+        ax.legend(loc="upper right")
     fig.tight_layout()
     tmp = path.with_name(path.stem + ".tmp.png")
     fig.savefig(tmp, dpi=100)

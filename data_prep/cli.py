@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--coco-captions", type=Path, help="COCO captions_*.json")
     a.add_argument("--out", type=Path, required=True, help="output directory for caption_order.json/.png")
     a.add_argument("--max-samples", type=_positive("--max-samples"), default=None, help="stop after this many")
+    a.add_argument("--sidecar", type=Path, default=None,
+                   help="boxes sidecar jsonl for shards without boxes (LAION): {key, objects: [{name, bbox, score}]}")
+    a.add_argument("--min-score", type=float, default=0.3, help="sidecar boxes below this detector score are ignored")
     a.add_argument("--overwrite", action="store_true", help="allow a non-empty --out")
 
     l = sub.add_parser("laion", help="download url+caption parquet rows with img2dataset")
@@ -197,15 +200,27 @@ def _run_caption_order(p, args) -> None:
         if f is not None and not f.exists():
             p.error(f"input {f} does not exist")
     _check_out(p, args.out, args.overwrite)
+    if args.sidecar is not None and not args.shards:
+        p.error("--sidecar goes with --shards")
+    if not 0.0 <= args.min_score <= 1.0:
+        p.error(f"--min-score must lie in [0, 1], got {args.min_score}")
+    sidecar = None
+    if args.sidecar is not None:
+        from .boxes import BoxesSidecar
+        try:
+            sidecar = BoxesSidecar(args.sidecar, min_score=args.min_score)
+        except (OSError, ValueError) as e:
+            p.error(f"--sidecar: {e}")
     if args.shards:
-        counts = caption_order.analyse_shards(args.shards, max_samples=args.max_samples)
+        counts = caption_order.analyse_shards(args.shards, max_samples=args.max_samples, sidecar=sidecar)
     else:
         counts = caption_order.analyse_coco(args.coco_instances, args.coco_captions, max_samples=args.max_samples)
     report = caption_order.write_report(counts, args.out)
     print(json.dumps(report["summary"], indent=2))
+    print(caption_order.format_summary(report))
     if report["summary"]["n_used"] == 0:
-        print("warning: no caption was usable; shards without ground-truth 'objects' (e.g. LAION) need a "
-              "detector (data_prep.caption_order.Detector, Python API only)", file=sys.stderr)
+        print("warning: no caption names 2+ objects with boxes; shards without 'objects' in their json "
+              "(e.g. LAION) need --sidecar with detector boxes (see data_prep.boxes)", file=sys.stderr)
 
 
 def _run_laion(p, args) -> None:

@@ -40,11 +40,11 @@ def load_coco(instances: Sequence[str | Path], captions: Sequence[str | Path]) -
     caps: dict[int, list[dict]] = defaultdict(list)
     for path in instances:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
-        for key in ("images", "annotations", "categories"):
+        for key in ("annotations", "categories"):
             if key not in data:
                 raise ValueError(f"{path}: not a COCO instances file (no {key!r} list)")
         cats.update({c["id"]: c["name"] for c in data["categories"]})
-        images.update({im["id"]: im for im in data["images"]})
+        images.update({im["id"]: im for im in data.get("images", [])})
         for a in data["annotations"]:
             anns[a["image_id"]].append({**a, "name": cats[a["category_id"]]})
     for path in captions:
@@ -129,6 +129,8 @@ def convert(images: Sequence[str | Path] | str | Path, captions: Sequence[str | 
         if not d.is_dir():
             raise ValueError(f"--images {d} is not a directory")
     imgs, anns, caps = load_coco(instances, captions)
+    if not imgs:
+        raise ValueError("no 'images' list in --instances or --captions: file names are unknown")
     cat_names = sorted({a["name"] for lst in anns.values() for a in lst})
     vocab = vocabulary_for(cat_names, vocabulary)
     out = prepare_out_dir(Path(out_dir), overwrite)
