@@ -3,6 +3,8 @@
 Every probe sees a model only through :class:`ClipAdapter`: ``encode_image``, ``encode_text``
 (both L2-normalised float32, on the model's ``device``; inputs are moved there and encoded in
 chunks), ``preprocess`` (PIL image -> tensor) and ``tokenizer`` (list of str -> LongTensor).
+Text goes through :func:`eval.text_encoding.encode_text` (length-trimmed where exact), each
+distinct token row once.
 
 ``eval`` never imports ``train``: a CLIPModule checkpoint is read as plain data
 (``hyper_parameters["model_name"]`` and the ``state_dict`` keys prefixed ``model.``), with the
@@ -16,6 +18,7 @@ import logging
 import pickle
 import tempfile
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -24,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
+
+from eval.text_encoding import encode_text, pooled_positions
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +60,8 @@ class ClipAdapter:
         tokenizer: list of captions -> LongTensor ``(N, context_length)``.
         name: a label for reports (model name, checkpoint path, ...).
         batch_size: inputs are encoded in chunks of this many items to bound memory.
+        trim_text: run the text tower only up to each chunk's last EOT token where that is exact
+            (:mod:`eval.text_encoding`; ``False``: open_clip's ``encode_text`` on every chunk).
     """
 
     model: nn.Module
@@ -62,6 +69,7 @@ class ClipAdapter:
     tokenizer: Callable[[list[str]], torch.Tensor]
     name: str = ""
     batch_size: int = 256
+    trim_text: bool = True
 
     def __post_init__(self) -> None:
         missing = [m for m in ("encode_image", "encode_text") if not callable(getattr(self.model, m, None))]
@@ -88,8 +96,22 @@ class ClipAdapter:
         return self._encode(self.model.encode_image, images)
 
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
-        """``(N, L)`` token ids -> ``(N, D)`` L2-normalised float32 embeddings."""
-        return self._encode(self.model.encode_text, tokens)
+        """``(N, L)`` token ids -> ``(N, D)`` L2-normalised float32 embeddings.
+
+        Each distinct row is encoded once and scattered back. With ``trim_text`` on a trimmable
+        model the distinct rows are sorted by EOT position before chunking, so every chunk runs
+        only as many positions as its longest caption needs.
+        """
+        if tokens.shape[0] == 0:
+            raise ValueError("nothing to encode: got an empty batch")
+        unique, inverse = torch.unique(tokens, dim=0, return_inverse=True)
+        if self.trim_text:
+            positions = pooled_positions(self.model, unique)
+            if positions is not None:
+                order = torch.sort(positions, stable=True).indices
+                unique, inverse = unique[order], torch.argsort(order)[inverse]
+        emb = self._encode(partial(encode_text, self.model, trim=self.trim_text), unique)
+        return emb[inverse.to(emb.device)]
 
     def _encode(self, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         device = self.device
@@ -106,7 +128,11 @@ class ClipAdapter:
 
     @classmethod
     def from_module(cls, pl_module: Any, batch_size: int = 256) -> "ClipAdapter":
-        """Adapter over a live LightningModule (``.model``, ``.tokenizer``, ``.preprocess_val``)."""
+        """Adapter over a live LightningModule (``.model``, ``.tokenizer``, ``.preprocess_val``).
+
+        ``trim_text`` follows the module's own switch (``.trim_text`` or ``hparams.trim_text``;
+        on when it has none), so training and its probes encode text the same way.
+        """
         missing = [a for a in ("model", "tokenizer", "preprocess_val") if getattr(pl_module, a, None) is None]
         if missing:
             raise AttributeError(
@@ -119,6 +145,7 @@ class ClipAdapter:
             tokenizer=pl_module.tokenizer,
             name=str(getattr(pl_module, "model_name", type(pl_module).__name__)),
             batch_size=batch_size,
+            trim_text=_module_switch(pl_module, "trim_text", True),
         )
 
     @classmethod
@@ -178,6 +205,14 @@ class ClipAdapter:
         model.eval()
         return cls(model, preprocess, open_clip.get_tokenizer(name), name=f"{name}:{pretrained}",
                    batch_size=batch_size)
+
+
+def _module_switch(pl_module: Any, name: str, default: bool) -> bool:
+    """``pl_module.<name>``, else ``pl_module.hparams[<name>]``, else ``default``."""
+    value = getattr(pl_module, name, None)
+    if value is None:
+        value = (getattr(pl_module, "hparams", None) or {}).get(name)
+    return default if value is None else bool(value)
 
 
 # ---------------------------------------------------------------------- checkpoint helpers
