@@ -103,7 +103,8 @@ class BoxesSidecar:
         path: the jsonl file.
         min_score: boxes below this score are dropped.
         vocabulary: mention vocabulary (``default``, ``coco``, ``rendered`` or a TSV path).
-    Counts ``merged`` and ``missing`` (samples whose key has no line) in ``counts``.
+    A sample whose key has no line gets ``objects: []`` (box-based transforms then pass it
+    unchanged and count it). Counts ``merged`` and ``missing`` in ``counts``.
     """
 
     def __init__(self, path: str | Path, min_score: float = 0.3, vocabulary: str | None = None) -> None:
@@ -124,4 +125,6 @@ class BoxesSidecar:
         key = Path(str(key)).name if key is not None else None
         record = self.records.get(key) if key is not None else None
         self.counts["merged" if record is not None else "missing"] += 1
+        if record is None and "objects" not in meta:
+            return {**meta, "objects": []}  # covered by the sidecar's data set, no boxes for this image
         return merge_boxes(meta, record, self.vocab, self.min_score)

@@ -37,7 +37,7 @@ def test_merge_recovers_the_true_objects(tmp_path):
                [(o["name"], [float(v) for v in o["bbox"]], o["mention_index"]) for o in truth["objects"]]
         assert all(o["area"] == o["bbox"][2] * o["bbox"][3] and o["score"] == 0.9 for o in merged["objects"])
     assert side.counts == {"merged": len(samples)}
-    assert side({"key": "nope", "caption": "a dog"}) == {"key": "nope", "caption": "a dog"}
+    assert side({"key": "nope", "caption": "a dog"}) == {"key": "nope", "caption": "a dog", "objects": []}
     assert side.counts["missing"] == 1
 
 
@@ -79,11 +79,12 @@ def test_merged_metas_feed_caption_shuffle_and_crop(tmp_path):
 
     from PIL import Image
 
-    from train.mitigations import CaptionShuffle, RandomResizedCrop
+    from train.mitigations import CaptionShuffle, ObjectAwareCrop, RandomResizedCrop
 
     laion_like(tmp_path)
     side = BoxesSidecar(tmp_path / "boxes.jsonl")
     shuffle, crop = CaptionShuffle(), RandomResizedCrop(scale=(0.5, 0.5))
+    ocrop = ObjectAwareCrop(p=1.0, context=(1.0, 1.2))
     rng = random.Random(0)
     for m, img in iter_samples([tmp_path / "laion"], need_image=True):
         meta = side(m)
@@ -95,4 +96,10 @@ def test_merged_metas_feed_caption_shuffle_and_crop(tmp_path):
         assert [n for n in mentioned_names(cap) if n in names] == list(dict.fromkeys(names))
         _, _, cropped = crop(image, cap, new, rng)
         assert all(o["bbox"][2] <= image.size[0] for o in cropped["objects"])
+        _, cap2, boxed = ocrop(image, cap, new, rng)
+        assert cap2 == cap
+        if "crop" in boxed:  # every named object is inside the crop
+            assert {o["name"] for o in boxed["objects"] if o["mention_index"] is not None} == \
+                   {o["name"] for o in new["objects"] if o["mention_index"] is not None}
+    assert ocrop.counts["applied"] > 0
     json.dumps(new)  # the merged meta stays JSON-serialisable

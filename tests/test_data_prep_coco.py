@@ -58,12 +58,12 @@ def test_resize_scales_boxes_and_missing_images_are_counted(tmp_path):
 
 
 def test_caption_shuffle_and_boxes_on_converted_shards(tmp_path):
-    from train.mitigations import CaptionShuffle, RandomResizedCrop
+    from train.mitigations import CaptionShuffle, ObjectAwareCrop, RandomResizedCrop
 
     make_coco(tmp_path / "coco")
     convert(tmp_path / "coco" / "images", [tmp_path / "coco" / "captions.json"],
             [tmp_path / "coco" / "instances.json"], tmp_path / "out", progress=False)
-    shuffle, crop = CaptionShuffle(), RandomResizedCrop()
+    shuffle, crop, ocrop = CaptionShuffle(), RandomResizedCrop(), ObjectAwareCrop(p=1.0, context=(1.0, 1.2))
     rng = random.Random(0)
     for m, img in _read(tmp_path / "out"):
         image = Image.open(io.BytesIO(img)).convert("RGB")
@@ -72,7 +72,16 @@ def test_caption_shuffle_and_boxes_on_converted_shards(tmp_path):
         assert named == sorted(o["mention_index"] for o in m["objects"] if o["mention_index"] is not None)
         out, _, cropped = crop(image, cap, new, rng)
         assert len(cropped["objects"]) == len(m["objects"])
+        out, cap2, boxed = ocrop(image, cap, new, rng)
+        assert cap2 == cap and out.size == image.size
+        named = [o for o in new["objects"] if o["mention_index"] is not None]
+        if "crop" in boxed:
+            left, top, cw, ch = boxed["crop"]
+            for o in named:  # every object the caption names stays whole in the crop
+                x, y, w, h = o["bbox"]
+                assert left <= x + 1e-6 and top <= y + 1e-6 and x + w <= left + cw + 1e-6 and y + h <= top + ch + 1e-6
     assert shuffle.counts["changed"] > 0 and shuffle.counts["no_mention"] == 1
+    assert ocrop.counts["applied"] > 0 and ocrop.counts["no_named_boxes"] == 1
 
 
 def test_cli(tmp_path, capsys):

@@ -364,11 +364,41 @@ def test_object_crop_rejects_data_without_boxes():
         t.check_metadata(laion_meta())
     with pytest.raises(ValueError, match="needs per-object boxes"):
         t(Image.new("RGB", (8, 8)), "a dog and a cat", laion_meta(), random.Random(0))
+    with pytest.raises(ValueError, match="bbox"):
+        t.check_metadata({**laion_meta(), "objects": [{"name": "dog"}]})
     no_template = rendered_meta(NAMES[:2])
     del no_template["template"]
-    with pytest.raises(ValueError, match="template"):
-        t.check_metadata(no_template)
+    t.check_metadata(no_template)  # boxed free-form data (COCO, sidecar) is fine
     t.check_metadata(rendered_meta(NAMES[:2]))  # fine
+    t.check_metadata({**laion_meta(), "objects": []})  # no boxes for this sample: passes, counted
+
+
+def test_object_crop_free_form_keeps_named_objects_and_caption():
+    # COCO-like sample: caption names the dog and the car; the pizza is boxed but not named
+    boxes = [[10, 10, 20, 20], [40, 30, 20, 20], [100, 100, 20, 20]]
+    caption = "A dog next to a car"
+    meta = {**laion_meta(), "caption": caption, "objects": [
+        {"name": n, "bbox": b, "area": 400, "mention_index": k} for n, b, k in zip(["dog", "car", "pizza"], boxes,
+                                                                                 [0, 1, None])]}
+    img = scene(boxes)
+    t = ObjectAwareCrop(p=1.0, context=(1.1, 1.5))
+    rng = random.Random(0)
+    for _ in range(50):
+        out, new_caption, m = t(img, caption, meta, rng)
+        assert new_caption == caption and out.size == img.size
+        left, top, cw, ch = m["crop"]
+        assert left <= 10 and top <= 10 and left + cw >= 60 and top + ch >= 50  # named objects inside
+        assert [o["name"] for o in m["objects"]][:2] == ["dog", "car"]
+        assert m["dropped"] == ["pizza"]
+    assert t.counts["applied"] == 50
+    # nothing named, no boxes, or named objects filling the image: unchanged and counted
+    t = ObjectAwareCrop(p=1.0)
+    unnamed = {**meta, "objects": [{**o, "mention_index": None} for o in meta["objects"]]}
+    assert t(img, caption, unnamed, rng)[1:] == (caption, unnamed)
+    assert t(img, caption, {**laion_meta(), "objects": []}, rng)[2] == {**laion_meta(), "objects": []}
+    full = {**meta, "objects": [{"name": "dog", "bbox": [0, 0, 128, 128], "area": 1, "mention_index": 0}]}
+    assert t(img, caption, full, rng)[0] is img
+    assert t.stats() == {"no_named_boxes": 1, "no_boxes": 1, "no_room": 1}
 
 
 def test_object_crop_probability_and_counts():

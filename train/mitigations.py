@@ -280,9 +280,19 @@ class ObjectAwareCrop(SampleTransform):
     Objects with less than ``min_visible`` of their box inside the crop are removed from
     ``meta["objects"]`` (their names go to ``meta["dropped"]``) and the caption is rebuilt with the
     sample's template over the remaining mentioned objects in their old mention order. Boxes are
-    clipped and mapped to the output; areas are scaled approximately. Needs rendered metadata
-    (``objects`` with boxes and ``template``): other data raises ``ValueError``.
-    Counts ``applied`` / ``skipped`` and the total ``objects_dropped``.
+    clipped and mapped to the output; areas are scaled approximately.
+
+    Boxed free-form data (COCO-converted shards, LAION + boxes sidecar: ``objects`` with boxes and
+    ``mention_index`` but no ``template``): a free-form caption cannot be rebuilt, so the crop is
+    placed around *all* the objects the caption names (their union box, side × U(context)) and the
+    caption stays as it is; unnamed objects that fall out are dropped from ``meta["objects"]``. A
+    caption naming one object gets that object large; one naming several gets the group large.
+
+    Data without an ``objects`` list raises ``ValueError``; a sample whose list is empty (a
+    sidecar without its key, a detector that found nothing) passes unchanged, counted
+    ``no_boxes``. Counts ``applied`` / ``skipped``, the total ``objects_dropped``, and for
+    free-form captions ``no_named_boxes`` (caption names none of the boxed objects) and
+    ``no_room`` (the named objects already fill the image).
     """
 
     def __init__(
@@ -310,18 +320,14 @@ class ObjectAwareCrop(SampleTransform):
 
     def check_metadata(self, meta: dict) -> None:
         objects = meta.get("objects")
-        if not objects:
+        if objects is None:
             raise ValueError(
                 "ObjectAwareCrop needs per-object boxes in the sample json (meta['objects'] = "
                 "[{name, bbox, mention_index}, ...]) but this sample "
                 f"(key={meta.get('key')!r}) has none — e.g. LAION shards. Use "
                 "train.mitigations.RandomResizedCrop (configs/mitigation/crop.yaml) for data "
-                "without boxes, or a corpus rendered by data_prep.synth."
-            )
-        if "template" not in meta:
-            raise ValueError(
-                "ObjectAwareCrop rebuilds the caption from meta['template'], which this sample "
-                f"(key={meta.get('key')!r}) lacks; use shards written by data_prep.synth."
+                "without boxes, a corpus rendered by data_prep.synth, shards converted by "
+                "`python -m data_prep coco`, or a boxes sidecar (data_prep.boxes)."
             )
         for o in objects:
             if "name" not in o or len(o.get("bbox") or ()) != 4:
@@ -336,6 +342,11 @@ class ObjectAwareCrop(SampleTransform):
         self.check_metadata(meta)  # every sample: missing boxes are an error, never a no-op
         if self.skip(rng, self.p):
             return image, caption, meta
+        if not meta["objects"]:
+            self.counts["no_boxes"] += 1
+            return image, caption, meta
+        if "template" not in meta:
+            return self._apply_free_form(image, caption, meta, rng)
         objects = meta["objects"]
         order = _mentioned(objects)
         candidates = [i for i in order if objects[i]["bbox"][2] > 0 and objects[i]["bbox"][3] > 0]
@@ -354,6 +365,32 @@ class ObjectAwareCrop(SampleTransform):
         dropped = [objects[i]["name"] for i in range(len(objects)) if i not in kept_set]
         caption = make_caption([objects[i]["name"] for i in mentioned_kept], meta["template"])
         meta = {**meta, "objects": new_objects, "caption": caption, "crop": list(crop), "dropped": dropped}
+        self.counts["applied"] += 1
+        self.counts["objects_dropped"] += len(dropped)
+        return _resize_crop(image, crop), caption, meta
+
+    def _apply_free_form(
+        self, image: Image.Image, caption: str, meta: dict, rng: random.Random
+    ) -> tuple[Image.Image, str, dict]:
+        objects = meta["objects"]
+        named = [i for i, o in enumerate(objects)
+                 if o.get("mention_index") is not None and o["bbox"][2] > 0 and o["bbox"][3] > 0]
+        if not named:
+            self.counts["no_named_boxes"] += 1
+            return image, caption, meta
+        x0 = min(objects[i]["bbox"][0] for i in named)
+        y0 = min(objects[i]["bbox"][1] for i in named)
+        x1 = max(objects[i]["bbox"][0] + objects[i]["bbox"][2] for i in named)
+        y1 = max(objects[i]["bbox"][1] + objects[i]["bbox"][3] for i in named)
+        crop = self._crop_box([x0, y0, x1 - x0, y1 - y0], image.size, rng)
+        if crop[2] >= image.size[0] - 0.5 and crop[3] >= image.size[1] - 0.5:
+            self.counts["no_room"] += 1
+            return image, caption, meta
+        named_set = set(named)
+        cropped = _crop_objects(objects, crop, image.size)
+        keep = [i for i, (_, vis) in enumerate(cropped) if vis >= self.min_visible or i in named_set]
+        dropped = [objects[i]["name"] for i in range(len(objects)) if i not in set(keep)]
+        meta = {**meta, "objects": [cropped[i][0] for i in keep], "crop": list(crop), "dropped": dropped}
         self.counts["applied"] += 1
         self.counts["objects_dropped"] += len(dropped)
         return _resize_crop(image, crop), caption, meta
