@@ -228,8 +228,8 @@ def _plot(report: dict, path: Path) -> None:
     if s["n_used"]:
         lo, hi = s["ci95"]
         share = s["share_largest_first"]
-        ax.bar(["observed", "chance"], [share, s["chance_largest_first"]], color=["tab:blue", "lightgray"],
-               yerr=[[share - lo, 0], [hi - share, 0]], capsize=4)
+        ax.bar(["observed", "chance"], [share, s["chance_largest_first"]], color=["tab:blue", "lightgray"])
+        ax.errorbar([0], [share], yerr=[[share - lo], [hi - share]], color="black", capsize=4)  # 95 % Wilson
         ax.set_title(f"largest named first (n={s['n_used']})")
     else:
         ax.text(0.5, 0.5, "no caption names 2+\nobjects with known areas", ha="center", transform=ax.transAxes)
