@@ -95,8 +95,7 @@ def download(parquet, out_dir, num_samples: int | None = None, image_size: int =
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations would phone home on import
     img2dataset = _require("img2dataset")
     pq = _require("pyarrow.parquet")
-    out = prepare_out_dir(Path(out_dir), overwrite, produced=("*.tar", "*.tmp", "*.parquet", "*_stats.json",
-                                                             "sizes.json", "meta.json"))
+    out = prepare_out_dir(Path(out_dir), overwrite)
     used = min(n_rows, num_samples) if num_samples else n_rows
     tmp_dir = Path(tempfile.mkdtemp(prefix=".input_", dir=out))  # removed below
     try:

@@ -79,9 +79,9 @@ def write_json_atomic(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
-#: ``meta.json`` kinds that data_prep writes (synth, laion, comco ``objects``/``shapes``, official).
+#: ``meta.json`` kinds that data_prep writes (synth, laion, comco ``objects``/``shapes``, official, coco).
 #: A folder whose ``meta.json`` names one of them holds data_prep's record of what it wrote there.
-DATA_PREP_KINDS = ("synth", "laion", "objects", "shapes", "official_comco")
+DATA_PREP_KINDS = ("synth", "laion", "objects", "shapes", "official_comco", "coco")
 RECORD_FILES = ("meta.json", "sizes.json", "manifest.jsonl")
 
 
@@ -166,19 +166,14 @@ def _shown(names: list[str], limit: int = 5) -> str:
     return ", ".join(names[:limit]) + (f" ... ({len(names)} in all)" if len(names) > limit else "")
 
 
-def prepare_out_dir(out_dir: Path, overwrite: bool, produced: tuple[str, ...] = ("*.tar", "*.tmp",
-                    "sizes.json", "meta.json", "manifest.jsonl"), planned: Iterable[str] = ()) -> Path:
+def prepare_out_dir(out_dir: Path, overwrite: bool, planned: Iterable[str] = ()) -> Path:
     """Create ``out_dir`` (checked writable); refuse a non-empty one unless ``overwrite``.
 
     With ``overwrite``, delete only what a previous data_prep run recorded writing there
     (:func:`recorded_files`); every other file is left alone and named in a warning. If one of
     ``planned`` (the relative paths this run will write, when known) is such a foreign file, refuse
     instead: replacing it would delete a file data_prep did not write.
-
-    ``produced`` is no longer used (deletion follows the record, not name patterns); it is kept
-    so that existing callers keep working.
     """
-    del produced
     out_dir = Path(out_dir)
     check_writable(out_dir, "--out", is_dir=True)
     if out_dir.is_dir() and any(out_dir.iterdir()):
