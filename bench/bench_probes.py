@@ -1,16 +1,24 @@
 """Benchmark the probe suite: total cost, and how it splits into encoder forwards vs probe math.
 
     python bench/bench_probes.py --threads 2 [--out bench_probes.json]
+    python bench/bench_probes.py --compare --threads 2   # text trimming off vs on
+
 
 (a) the whole default suite on a tiny open_clip model (``clip-tiny``, random init) on the
 default rendered eval set; (b) cost as n and the vocabulary grow. Each run of ``run_suite`` is
 split into time inside ``encode_text`` / ``encode_image`` and the rest (probe arithmetic,
 indexing, linear-probe training): the rest should stay a small share as the inputs grow.
+
+``--compare`` instead runs the whole default suite with length-trimmed text encoding off and on
+(``ClipAdapter.trim_text``, :mod:`eval.text_encoding`), alternating in one process on the same
+prepared inputs, prints both times and their ratio, and exits 1 unless every probe result and
+every caption embedding agrees to 1e-5.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from dataclasses import replace
@@ -76,6 +84,52 @@ def timed_run(adapter, eval_set: EvalSet, config: SuiteConfig, repeats: int = 3)
     }
 
 
+def result_diffs(a, b, tol: float = 1e-5, path: str = "") -> list[str]:
+    """Where two ``run_suite`` results differ: floats by more than ``tol``, anything else at all."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        if a.keys() != b.keys():
+            return [f"{path}: keys {sorted(map(str, a))} != {sorted(map(str, b))}"]
+        return [d for k in a for d in result_diffs(a[k], b[k], tol, f"{path}/{k}")]
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and len(a) == len(b):
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in result_diffs(x, y, tol, f"{path}[{i}]")]
+    if isinstance(a, float) and isinstance(b, float):
+        same = math.isclose(a, b, rel_tol=0, abs_tol=tol) or (math.isnan(a) and math.isnan(b))
+        return [] if same else [f"{path}: {a} vs {b}"]
+    return [] if a == b else [f"{path}: {a!r} vs {b!r}"]
+
+
+def compare_trimming(adapter, eval_set: EvalSet, config: SuiteConfig, repeats: int = 1) -> dict:
+    """The suite with ``adapter.trim_text`` off and on, alternating; fastest run of each, and equality."""
+    timed = TimedAdapter(adapter)
+    prepared = prepare_suite(timed, eval_set, config, progress=False)
+    runs: dict[bool, list] = {False: [], True: []}
+    results, embeddings = {}, {}
+    for _ in range(repeats):
+        for trim in (False, True):
+            adapter.trim_text = trim
+            timed.seconds = dict.fromkeys(timed.seconds, 0.0)
+            t0 = time.perf_counter()
+            results[trim] = run_suite(timed, prepared)
+            runs[trim].append((time.perf_counter() - t0, timed.seconds["encode_text"]))
+    for trim in (False, True):
+        adapter.trim_text = trim
+        embeddings[trim] = adapter.encode_text(prepared.tokens)
+    best = {trim: min(r, key=lambda x: x[0]) for trim, r in runs.items()}
+    diffs = result_diffs(results[False], results[True])
+    return {
+        "texts": len(prepared.texts), "context_length": int(prepared.tokens.shape[1]),
+        "max_caption_tokens": int(prepared.tokens.argmax(-1).max()) + 1,
+        "untrimmed_s": round(best[False][0], 3), "trimmed_s": round(best[True][0], 3),
+        "untrimmed_encode_text_s": round(best[False][1], 3), "trimmed_encode_text_s": round(best[True][1], 3),
+        "speedup": round(best[False][0] / best[True][0], 2),
+        "encode_text_speedup": round(best[False][1] / max(best[True][1], 1e-9), 2),
+        "runs_s": {"untrimmed": [round(r[0], 3) for r in runs[False]],
+                   "trimmed": [round(r[0], 3) for r in runs[True]]},
+        "max_embedding_diff": float((embeddings[False] - embeddings[True]).abs().max()),
+        "results_equal_1e-5": not diffs, "result_diffs": diffs[:10],
+    }
+
+
 def restrict(eval_set: EvalSet, k: int) -> EvalSet:
     """The eval set limited to its first ``k`` vocabulary objects (items naming others dropped)."""
     keep = set(eval_set.vocabulary[:k])
@@ -90,6 +144,8 @@ def main(argv=None) -> int:
     p.add_argument("--items", type=int, default=256, help="items_per_probe of the default suite")
     p.add_argument("--skip-full", action="store_true", help="skip (a), the whole default suite")
     p.add_argument("--full-repeats", type=int, default=2, help="runs of (a); the fastest is reported")
+    p.add_argument("--compare", action="store_true",
+                   help="only run the whole default suite with text trimming off and on; print times, ratio, equality")
     p.add_argument("--out", type=Path, default=None, help="also write the numbers as JSON here")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -100,6 +156,17 @@ def main(argv=None) -> int:
     eval_set = load_eval_set(args.data or default_eval_set(DEFAULT_CACHE, 0, 64))
     results: dict = {"model": args.model, "threads": args.threads, "torch": torch.__version__}
     base = SuiteConfig(n_objects=tuple(eval_set.n_values()), items_per_probe=args.items)
+    if args.compare:
+        results["compare_trimming"] = cmp = compare_trimming(adapter, eval_set, base, repeats=args.full_repeats)
+        print(json.dumps(cmp, indent=1))
+        print(f"whole default suite ({cmp['texts']} distinct texts, <= {cmp['max_caption_tokens']} of "
+              f"{cmp['context_length']} tokens): untrimmed {cmp['untrimmed_s']:.2f} s, trimmed {cmp['trimmed_s']:.2f} s, "
+              f"ratio {cmp['speedup']:.2f}x (encode_text {cmp['encode_text_speedup']:.2f}x); "
+              f"results equal to 1e-5: {cmp['results_equal_1e-5']} (max embedding diff {cmp['max_embedding_diff']:.1e})")
+        if args.out is not None:
+            write_json_atomic(args.out, results)
+            print(f"wrote {args.out}")
+        return 0 if cmp["results_equal_1e-5"] else 1
     if not args.skip_full:
         results["full_default_suite"] = full = timed_run(adapter, eval_set, base, repeats=args.full_repeats)
         print("(a) whole default suite:", json.dumps(full))

@@ -169,6 +169,11 @@ def _fallback(model: nn.Module, reason: str) -> None:
         log.info("text encoding of %s is not length-trimmed: %s; using open_clip's encode_text", key[0], reason)
 
 
+def _open_clip_path(model: nn.Module, text: torch.Tensor, normalize: bool) -> torch.Tensor:
+    # normalize=False is open_clip's default; not passing it keeps custom encode_text(text) working
+    return model.encode_text(text, normalize=True) if normalize else model.encode_text(text)
+
+
 def encode_text(model: nn.Module, text: torch.Tensor, normalize: bool = False, trim: bool = True) -> torch.Tensor:
     """``model.encode_text(text, normalize)``, run on ``text[:, :L]`` where that is exact.
 
@@ -183,11 +188,11 @@ def encode_text(model: nn.Module, text: torch.Tensor, normalize: bool = False, t
     (:func:`trim_ineligibility`, logged once) or no token can be dropped, the call is open_clip's.
     """
     if not trim:
-        return model.encode_text(text, normalize=normalize)
+        return _open_clip_path(model, text, normalize)
     tower = _tower(model)
     if isinstance(tower, str):
         _fallback(model, tower)
-        return model.encode_text(text, normalize=normalize)
+        return _open_clip_path(model, text, normalize)
     # the class's own method (= open_clip's, checked by _tower): bypasses trimmed_forward's shadow
     untrimmed = type(model).encode_text
     if text.ndim != 2 or text.shape[0] == 0 or text.shape[1] != tower.positional_embedding.shape[0]:

@@ -154,6 +154,25 @@ def test_ineligible_tower_is_bit_identical_and_says_why(kind, match, caplog):
         assert "encode_text" not in vars(model)  # nothing shadowed for an ineligible tower
 
 
+def test_custom_text_model_through_the_adapter():
+    """A model that is not open_clip's (encode_text(tokens) without a normalize flag) keeps working."""
+    class Bag(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = torch.nn.EmbeddingBag(49408, 8)
+
+        def encode_text(self, tokens):
+            return self.emb(tokens)
+
+        def encode_image(self, images):
+            return images.flatten(1)
+
+    model, text = Bag(), _tokens()
+    assert "not an open_clip CLIP" in trim_ineligibility(model)
+    got = ClipAdapter(model, preprocess=None, tokenizer=None).encode_text(text)
+    assert torch.equal(got, torch.nn.functional.normalize(model.encode_text(text), dim=-1).detach())
+
+
 def test_switch_off_and_full_length_batch_are_open_clips_path():
     model = _small()
     text = _tokens()
@@ -229,15 +248,25 @@ def _assert_close_tree(a, b, path="") -> None:
         assert a == b, (path, a, b)
 
 
-def test_probe_suite_same_results_with_and_without_trimming(tmp_path):
-    from test_probes_suite import SIZES, write_fake_eval_set
+@pytest.fixture(scope="module")
+def micro_suite(tmp_path_factory):
+    """A random-init clip-micro adapter and the fake eval set of tests/test_probes_suite.py."""
+    from test_probes_suite import write_fake_eval_set
 
     from eval.manifest import load_eval_set
+
+    eval_set = load_eval_set(write_fake_eval_set(tmp_path_factory.mktemp("es")))
+    torch.manual_seed(0)
+    model, _, preprocess = open_clip.create_model_and_transforms("clip-micro")
+    return ClipAdapter(model.eval(), preprocess, open_clip.get_tokenizer("clip-micro")), eval_set
+
+
+def test_probe_suite_same_results_with_and_without_trimming(micro_suite):
+    from test_probes_suite import SIZES
+
     from eval.suite import prepare_suite, run_suite
 
-    eval_set = load_eval_set(write_fake_eval_set(tmp_path / "es"))
-    model, _, preprocess = open_clip.create_model_and_transforms("clip-micro")
-    adapter = ClipAdapter(model.eval(), preprocess, open_clip.get_tokenizer("clip-micro"))
+    adapter, eval_set = micro_suite
     prepared = prepare_suite(adapter, eval_set, n_objects=(2, 3), items_per_probe=24, linear_items=96,
                              itm_distractors=3, size_classes=SIZES, progress=False,
                              text_encodings=("plain",))
@@ -254,3 +283,23 @@ def test_probe_suite_same_results_with_and_without_trimming(tmp_path):
 
     lists = prepared.tasks["tor"][3]["lists"]
     torch.testing.assert_close(encode_split(adapter, lists), encode_split(untrimmed, lists), **TOL)
+
+
+def test_bench_compare_smoke(micro_suite):
+    """bench/bench_probes.py --compare: both runs timed, results checked equal."""
+    import importlib.util
+    from pathlib import Path
+
+    from eval.suite import SuiteConfig
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "bench_probes.py"
+    spec = importlib.util.spec_from_file_location("bench_probes", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    adapter, eval_set = micro_suite
+    cfg = SuiteConfig(probes=("tor", "itm"), n_objects=(2,), items_per_probe=12, templates=("and_chain",))
+    row = bench.compare_trimming(dataclasses.replace(adapter), eval_set, cfg, repeats=1)
+    assert row["results_equal_1e-5"] and row["result_diffs"] == [] and row["max_embedding_diff"] < 1e-5
+    assert row["untrimmed_s"] > 0 and row["trimmed_s"] > 0 and row["speedup"] > 0
+    assert row["max_caption_tokens"] < row["context_length"]
+    assert bench.result_diffs({"a": [1.0, 2]}, {"a": [1.0 + 1e-4, 2]}) == ["/a[0]: 1.0 vs 1.0001"]
