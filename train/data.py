@@ -1,9 +1,12 @@
 """WebDataModule: img2dataset-layout webdataset shards → (image tensor, token tensor) batches.
 
 Training uses resampled shards and a fixed number of batches per rank (``with_epoch``), so every DDP
-rank sees the same number of steps and none waits forever at a collective. Bad samples (decode
-errors, missing captions, unreadable tars) are skipped, warned about and counted; the counts travel
-with each batch so the LightningModule can log them.
+rank sees the same number of steps and none waits forever at a collective. Bad data is skipped,
+warned about and counted by reason (shards: empty, corrupt, truncated, unreadable; samples: no
+image, undecodable image, bad json, non-UTF-8 or empty caption), never passed on; the counts
+travel with each batch so the LightningModule can log them. Data of which nothing is usable stops
+the run with ``NoUsableSamplesError`` (``data.max_bad_shards`` / ``data.max_bad_samples``) instead
+of being resampled forever. Every data value is checked when the module is built.
 """
 from __future__ import annotations
 
@@ -11,7 +14,9 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -21,7 +26,8 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader
 
-from train.data_samples import CountingHandler, SampleProcessor
+from data_prep.synth import validate_args as validate_synth_args
+from train.data_samples import CountingHandler, SampleProcessor, StallGuard
 from train.transforms import SampleTransform
 
 
@@ -51,6 +57,33 @@ class SyntheticCorpus:
     size_mode: str = "one_large"
     shard_size: int = 1000
     val_num_samples: int = 0
+
+    def problems(self, prefix: str = "data.synthetic") -> list[str]:
+        """Every problem with these values, named by their config path (``data.synthetic.seed``).
+
+        The rules are ``data_prep.synth.validate_args``'s (one home); its flag names are translated.
+        """
+        errs = []
+        for name, kind in (("num_samples", int), ("seed", int), ("image_size", int), ("min_objects", int),
+                           ("max_objects", int), ("shard_size", int), ("val_num_samples", int),
+                           ("p_large_first", (int, float)), ("size_mode", str)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, kind):
+                errs.append(f"{prefix}.{name} must be {'a number' if name == 'p_large_first' else kind.__name__}, "
+                            f"got {value!r}")
+        if errs:
+            return errs  # the range checks below assume the types
+        if self.seed < 0:
+            errs.append(f"{prefix}.seed must be >= 0, got {self.seed}")
+        if self.val_num_samples < 0:
+            errs.append(f"{prefix}.val_num_samples must be >= 0, got {self.val_num_samples}")
+        try:
+            validate_synth_args(self.num_samples, self.image_size, self.min_objects, self.max_objects,
+                                self.size_mode, self.p_large_first, self.shard_size)
+        except ValueError as e:
+            flag = lambda m: f"{prefix}.{m.group(1).replace('-', '_')}"  # noqa: E731
+            errs.extend(re.sub(r"--([a-z][a-z0-9-]*)", flag, part) for part in str(e).split("; "))
+        return errs
 
     def corpus_kwargs(self, split: str) -> dict[str, Any]:
         kw = asdict(self)
@@ -123,6 +156,59 @@ def _read_json_cached(path: str) -> dict:
     return _json_cache[path]
 
 
+def _synthetic_splits(synthetic: SyntheticCorpus) -> list[str]:
+    return ["train"] + (["val"] if synthetic.val_num_samples > 0 else [])
+
+
+def _cache_dir_problems(synthetic: SyntheticCorpus, cache_dir: str | Path) -> list[str]:
+    """A corpus still to be rendered needs a writable cache dir; found out before any work, not after it."""
+    if all((synthetic.cache_path(cache_dir, s) / "sizes.json").exists() for s in _synthetic_splits(synthetic)):
+        return []  # already cached: a read-only cache is fine
+    existing = Path(cache_dir).absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return [f"data.cache_dir {str(cache_dir)!r} cannot be created: {existing} is not a directory"]
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return [f"data.cache_dir {str(cache_dir)!r} is not writable ({existing}); the synthetic corpus is rendered "
+                f"there on first use: set data.cache_dir to a writable folder"]
+    return []
+
+
+#: ``prepare_data``'s build folders: ``synth-<10 hex digits>.tmp-<pid of the building process>``.
+_BUILD_DIR = re.compile(r"^synth-[0-9a-f]{10}\.tmp-(\d+)$")
+
+
+def _pid_alive(pid: int) -> bool:
+    """True if a process with this id exists on this machine (or we cannot tell)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (OverflowError, ValueError):
+        return False  # no such pid can exist
+    except OSError:
+        return True  # e.g. EPERM: it exists, owned by someone else
+    return True
+
+
+def clean_stale_builds(cache_dir: str | Path) -> list[Path]:
+    """Remove the build folders of corpus renders whose process is gone (killed, crashed); return them.
+
+    Only folders named like ``prepare_data``'s own (``synth-<hash>.tmp-<pid>``) whose pid no longer
+    runs are removed: a build still in progress, or anything else in the cache, is left alone.
+    """
+    removed = []
+    for path in sorted(Path(cache_dir).glob("synth-*.tmp-*")):
+        m = _BUILD_DIR.match(path.name)
+        if m and path.is_dir() and not path.is_symlink() and not _pid_alive(int(m.group(1))):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
 class WebDataModule(L.LightningDataModule):
     """Webdataset shards in img2dataset layout (``{key}.jpg``, ``{key}.txt``, ``{key}.json``)."""
 
@@ -140,6 +226,8 @@ class WebDataModule(L.LightningDataModule):
         sample_transforms: list[SampleTransform] | None = None,
         seed: int = 0,
         max_warnings: int = 5,
+        max_bad_shards: int = 1000,
+        max_bad_samples: int = 20_000,
     ) -> None:
         """
         Args:
@@ -156,6 +244,10 @@ class WebDataModule(L.LightningDataModule):
             sample_transforms: Image/caption transforms (mitigations) applied before preprocess/tokenize.
             seed: Seed for shuffling and sample transforms.
             max_warnings: Warnings printed per worker per kind of skipped sample (all are counted).
+            max_bad_shards: Stop with an error naming the shards and skip counts when this many shards in a
+                row gave no sample (empty, corrupt, unreadable), instead of resampling them forever.
+            max_bad_samples: Likewise when this many samples in a row were skipped (undecodable image, bad
+                json, non-UTF-8 or empty caption). Both bounds are far beyond what a usable dataset reaches.
         """
         super().__init__()
         problems = []
@@ -167,8 +259,22 @@ class WebDataModule(L.LightningDataModule):
             problems.append(f"data.num_workers must be >= 0, got {num_workers}")
         if samples_per_epoch is not None and samples_per_epoch <= 0:
             problems.append(f"data.samples_per_epoch must be > 0, got {samples_per_epoch}")
+        if isinstance(shuffle_buffer, bool) or not isinstance(shuffle_buffer, int) or shuffle_buffer < 0:
+            problems.append(f"data.shuffle_buffer must be an int >= 0 (0: no shuffling), got {shuffle_buffer!r}")
+        if isinstance(max_warnings, bool) or not isinstance(max_warnings, int) or max_warnings < 0:
+            problems.append(f"data.max_warnings must be an int >= 0, got {max_warnings!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            problems.append(f"data.seed must be an int, got {seed!r}")
+        for name, value in (("max_bad_shards", max_bad_shards), ("max_bad_samples", max_bad_samples)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                problems.append(f"data.{name} must be an int >= 1, got {value!r}")
         if (train_shards is None) == (synthetic is None):
             problems.append("set exactly one of data.train_shards and data.synthetic")
+        if synthetic is not None:
+            synth_problems = synthetic.problems("data.synthetic")
+            problems.extend(synth_problems)
+            if not synth_problems:
+                problems.extend(_cache_dir_problems(synthetic, cache_dir))
         if problems:
             raise ValueError("Invalid data config: " + "; ".join(problems))
         self.train_shards = train_shards
@@ -183,6 +289,8 @@ class WebDataModule(L.LightningDataModule):
         self.sample_transforms = list(sample_transforms or [])
         self.seed = seed
         self.max_warnings = max_warnings
+        self.max_bad_shards = max_bad_shards
+        self.max_bad_samples = max_bad_samples
         self.preprocess_train: Callable | None = None
         self.preprocess_val: Callable | None = None
         self.tokenizer: Callable | None = None
@@ -196,8 +304,10 @@ class WebDataModule(L.LightningDataModule):
         """Render the synthetic corpus into its cache directory if it is not there yet (rank 0 only)."""
         if self.synthetic is None:
             return
-        splits = ["train"] + (["val"] if self.synthetic.val_num_samples > 0 else [])
-        for split in splits:
+        if Path(self.cache_dir).is_dir():
+            for stale in clean_stale_builds(self.cache_dir):
+                warnings.warn(f"removed {stale}: a partial corpus left by a render that was killed", stacklevel=2)
+        for split in _synthetic_splits(self.synthetic):
             path = self.synthetic.cache_path(self.cache_dir, split)
             if (path / "sizes.json").exists():
                 continue
@@ -206,8 +316,15 @@ class WebDataModule(L.LightningDataModule):
             tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.parent.mkdir(parents=True, exist_ok=True)
-            write_corpus(tmp, **self.synthetic.corpus_kwargs(split))
-            os.replace(tmp, path)  # atomic: a half-written corpus is never mistaken for a cached one
+            try:
+                write_corpus(tmp, **self.synthetic.corpus_kwargs(split))
+                os.replace(tmp, path)  # atomic: a half-written corpus is never mistaken for a cached one
+            except OSError:
+                if not (path / "sizes.json").exists():
+                    raise
+                # another process finished the same corpus first: use theirs
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)  # a failed or interrupted build leaves nothing behind
 
     def _train_urls(self) -> list[str]:
         if self.synthetic is not None:
@@ -252,8 +369,9 @@ class WebDataModule(L.LightningDataModule):
         return per_worker, per_worker * workers
 
     # ---------------------------------------------------------------- loaders
-    def _processor(self, train: bool) -> tuple[SampleProcessor, CountingHandler]:
+    def _processor(self, train: bool) -> tuple[SampleProcessor, CountingHandler, StallGuard]:
         handler = CountingHandler(self.max_warnings)
+        guard = StallGuard(handler, max_bad_shards=self.max_bad_shards, max_bad_samples=self.max_bad_samples)
         proc = SampleProcessor(
             preprocess=self.preprocess_train if train else self.preprocess_val,
             tokenizer=self.tokenizer,
@@ -261,28 +379,27 @@ class WebDataModule(L.LightningDataModule):
             handler=handler,
             seed=self.seed,
             max_warnings=self.max_warnings,
+            guard=guard,
         )
-        return proc, handler
+        return proc, handler, guard
 
     def train_dataloader(self) -> DataLoader:
         per_worker, per_rank = self.batches_per_rank()
-        proc, handler = self._processor(train=True)
-        dataset = (
-            wds.WebDataset(
-                self._train_urls(),
-                resampled=True,
-                shardshuffle=False,  # resampling already draws shards at random
-                nodesplitter=wds.split_by_node,
-                workersplitter=wds.split_by_worker,
-                handler=handler,
-                seed=self.seed,
-            )
-            .shuffle(self.shuffle_buffer)
-            .compose(proc.samples)
-            .batched(self.batch_size, collation_fn=proc.collate, partial=False)
-            .with_epoch(per_worker)
-            .with_length(per_rank, silent=True)
-        )
+        proc, handler, guard = self._processor(train=True)
+        # What wds.WebDataset(resampled=True, shardshuffle=False, nodesplitter=split_by_node,
+        # workersplitter=split_by_worker, handler=...) builds, spelled out so that StallGuard can see
+        # each shard open and its raw samples: with resampling, data no sample of which is usable
+        # would otherwise be read forever.
+        stages = [
+            wds.ResampledShards(self._train_urls()),
+            wds.split_by_node,
+            wds.split_by_worker,
+            guard.read,  # = wds.tarfile_to_samples(handler=handler), watched by the guard
+        ]
+        if self.shuffle_buffer > 0:
+            stages.append(wds.shuffle(self.shuffle_buffer))
+        stages += [proc.samples, wds.batched(self.batch_size, collation_fn=proc.collate, partial=False)]
+        dataset = wds.DataPipeline(*stages).with_epoch(per_worker).with_length(per_rank, silent=True)
         return DataLoader(
             dataset, batch_size=None, num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
@@ -292,14 +409,13 @@ class WebDataModule(L.LightningDataModule):
         urls = self._val_urls()
         if not urls:
             return []
-        proc, handler = self._processor(train=False)
+        proc, handler, guard = self._processor(train=False)
         # Every rank reads the whole (small) validation set, so R@k is exact on every rank.
-        dataset = (
-            wds.WebDataset(
-                urls, shardshuffle=False, nodesplitter=None, workersplitter=wds.split_by_worker,
-                handler=handler, empty_check=False,
-            )
-            .compose(proc.samples)
-            .batched(self.val_batch_size, collation_fn=proc.collate, partial=True)
+        dataset = wds.DataPipeline(
+            wds.SimpleShardList(urls),
+            wds.split_by_worker,
+            guard.read,
+            proc.samples,
+            wds.batched(self.val_batch_size, collation_fn=proc.collate, partial=True),
         )
         return DataLoader(dataset, batch_size=None, num_workers=min(self.num_workers, len(urls)))
