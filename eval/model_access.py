@@ -59,7 +59,8 @@ class ClipAdapter:
         preprocess: PIL image -> float tensor ``(3, H, W)`` (open_clip's eval transform).
         tokenizer: list of captions -> LongTensor ``(N, context_length)``.
         name: a label for reports (model name, checkpoint path, ...).
-        batch_size: inputs are encoded in chunks of this many items to bound memory.
+        batch_size: inputs are encoded in chunks of this many items to bound memory (trimmed text:
+            chunks of at most as many tokens as this many full-context rows).
         trim_text: run the text tower only up to each chunk's last EOT token where that is exact
             (:mod:`eval.text_encoding`; ``False``: open_clip's ``encode_text`` on every chunk).
     """
@@ -99,26 +100,31 @@ class ClipAdapter:
         """``(N, L)`` token ids -> ``(N, D)`` L2-normalised float32 embeddings.
 
         Each distinct row is encoded once and scattered back. With ``trim_text`` on a trimmable
-        model the distinct rows are sorted by EOT position before chunking, so every chunk runs
-        only as many positions as its longest caption needs.
+        model the distinct rows are sorted by EOT position and chunked by a token budget, so every
+        chunk runs only as many positions as its longest caption needs (fewer, larger chunks of
+        short captions: less per-call overhead on a busy CPU).
         """
         if tokens.shape[0] == 0:
             raise ValueError("nothing to encode: got an empty batch")
         unique, inverse = torch.unique(tokens, dim=0, return_inverse=True)
+        sizes = None
         if self.trim_text:
             positions = pooled_positions(self.model, unique)
             if positions is not None:
-                order = torch.sort(positions, stable=True).indices
+                positions, order = torch.sort(positions, stable=True)
                 unique, inverse = unique[order], torch.argsort(order)[inverse]
-        emb = self._encode(partial(encode_text, self.model, trim=self.trim_text), unique)
+                sizes = _token_budget_chunks((positions + 1).tolist(), self.batch_size * unique.shape[1])
+        emb = self._encode(partial(encode_text, self.model, trim=self.trim_text), unique, sizes)
         return emb[inverse.to(emb.device)]
 
-    def _encode(self, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    def _encode(
+        self, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, sizes: list[int] | None = None
+    ) -> torch.Tensor:
         device = self.device
         dtype = self.dtype if x.is_floating_point() else x.dtype  # e.g. a bf16-true model; tokens stay long
         outs = []
         with torch.no_grad():
-            for chunk in torch.split(x, self.batch_size):
+            for chunk in torch.split(x, sizes or self.batch_size):
                 outs.append(F.normalize(fn(chunk.to(device, dtype)).float(), dim=-1))
         if not outs:
             raise ValueError("nothing to encode: got an empty batch")
@@ -205,6 +211,18 @@ class ClipAdapter:
         model.eval()
         return cls(model, preprocess, open_clip.get_tokenizer(name), name=f"{name}:{pretrained}",
                    batch_size=batch_size)
+
+
+def _token_budget_chunks(lengths: list[int], budget: int) -> list[int]:
+    """Sizes of consecutive chunks of rows with ascending ``lengths``: rows x longest <= budget."""
+    sizes, start = [], 0
+    while start < len(lengths):
+        end = start + 1
+        while end < len(lengths) and (end + 1 - start) * lengths[end] <= budget:
+            end += 1
+        sizes.append(end - start)
+        start = end
+    return sizes
 
 
 def _module_switch(pl_module: Any, name: str, default: bool) -> bool:
