@@ -228,6 +228,9 @@ class WebDataModule(L.LightningDataModule):
         max_warnings: int = 5,
         max_bad_shards: int = 1000,
         max_bad_samples: int = 20_000,
+        boxes_sidecar: str | None = None,
+        boxes_min_score: float = 0.3,
+        boxes_vocabulary: str | None = None,
     ) -> None:
         """
         Args:
@@ -248,6 +251,12 @@ class WebDataModule(L.LightningDataModule):
                 row gave no sample (empty, corrupt, unreadable), instead of resampling them forever.
             max_bad_samples: Likewise when this many samples in a row were skipped (undecodable image, bad
                 json, non-UTF-8 or empty caption). Both bounds are far beyond what a usable dataset reaches.
+            boxes_sidecar: Detector boxes for shards that have none (LAION): a jsonl of ``{"key", "objects":
+                [{name, bbox, score}]}`` lines (format: ``data_prep/boxes.py``), merged into each training
+                sample's json ``objects`` so box-based mitigations (``ObjectAwareCrop``) work on it.
+            boxes_min_score: Sidecar boxes scored below this are dropped.
+            boxes_vocabulary: Vocabulary that maps sidecar labels and caption words to object names
+                (``coco``, ``rendered`` or a TSV path; default: the mentions module's default).
         """
         super().__init__()
         problems = []
@@ -270,6 +279,10 @@ class WebDataModule(L.LightningDataModule):
                 problems.append(f"data.{name} must be an int >= 1, got {value!r}")
         if (train_shards is None) == (synthetic is None):
             problems.append("set exactly one of data.train_shards and data.synthetic")
+        if boxes_sidecar is not None and not Path(boxes_sidecar).is_file():
+            problems.append(f"data.boxes_sidecar {boxes_sidecar!r} is not a file")
+        if not 0.0 <= boxes_min_score <= 1.0:
+            problems.append(f"data.boxes_min_score must lie in [0, 1], got {boxes_min_score!r}")
         if synthetic is not None:
             synth_problems = synthetic.problems("data.synthetic")
             problems.extend(synth_problems)
@@ -291,6 +304,10 @@ class WebDataModule(L.LightningDataModule):
         self.max_warnings = max_warnings
         self.max_bad_shards = max_bad_shards
         self.max_bad_samples = max_bad_samples
+        self.boxes_sidecar = boxes_sidecar
+        self.boxes_min_score = boxes_min_score
+        self.boxes_vocabulary = boxes_vocabulary
+        self._boxes: Callable | None = None
         self.preprocess_train: Callable | None = None
         self.preprocess_val: Callable | None = None
         self.tokenizer: Callable | None = None
@@ -380,8 +397,17 @@ class WebDataModule(L.LightningDataModule):
             seed=self.seed,
             max_warnings=self.max_warnings,
             guard=guard,
+            boxes=self._sidecar() if train else None,
         )
         return proc, handler, guard
+
+    def _sidecar(self) -> Callable | None:
+        """The boxes sidecar, loaded once in this process (before the DataLoader starts its workers)."""
+        if self.boxes_sidecar is not None and self._boxes is None:
+            from data_prep.boxes import BoxesSidecar
+
+            self._boxes = BoxesSidecar(self.boxes_sidecar, self.boxes_min_score, self.boxes_vocabulary)
+        return self._boxes
 
     def train_dataloader(self) -> DataLoader:
         per_worker, per_rank = self.batches_per_rank()

@@ -241,8 +241,10 @@ class SampleProcessor:
         seed: int = 0,
         max_warnings: int = 5,
         guard: StallGuard | None = None,
+        boxes: Callable[..., dict] | None = None,
     ) -> None:
         self.preprocess = preprocess
+        self.boxes = boxes
         self.tokenizer = tokenizer
         self.transforms = transforms
         self.handler = handler
@@ -278,6 +280,8 @@ class SampleProcessor:
             except Exception as exn:  # never trained on with its metadata missing
                 self._skip("bad_json", key, repr(exn))
                 return None
+        if self.boxes is not None:  # detector boxes for shards that have none (data_prep.boxes)
+            meta = self.boxes(meta, key=key)
         if "txt" in sample:
             try:
                 caption = sample["txt"].decode("utf-8").strip()
@@ -317,6 +321,8 @@ class SampleProcessor:
 
     def stats(self) -> dict:
         counts = dict(self.counts)
+        if self.boxes is not None:
+            counts |= {f"boxes/{k}": v for k, v in self.boxes.counts.items()}
         for t in self.transforms:
             for k, v in t.stats().items():
                 counts[f"{type(t).__name__}/{k}"] = v
