@@ -1,15 +1,24 @@
-"""Run directory ``runs/<name>/``: loggers (CSV + W&B, offline without a key), checkpoints, W&B run id."""
+"""Run directory ``runs/<name>/``: one run per directory (refuse / resume / move aside), a lock held for
+the run's life, atomic checkpoint writes, loggers (CSV + W&B, offline without a key), W&B run id."""
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import netrc
 import os
+import re
+import socket
+import sys
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlparse
 
+import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.loggers import CSVLogger, Logger
 from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
@@ -29,6 +38,9 @@ class RunConfig:
         wandb_project: W&B project.
         wandb_mode: ``auto`` = online if an API key is configured, else offline (never prompts);
             the ``WANDB_MODE`` environment variable overrides ``auto``.
+        overwrite: ``fit`` on a run directory that already holds a run: move the old run aside to
+            ``<root>/<name>.old-<UTC time>`` (nothing is deleted) and start afresh. Without it such a
+            ``fit`` refuses unless it resumes (``--ckpt_path last``).
     """
 
     name: str = "default"
@@ -36,16 +48,27 @@ class RunConfig:
     checkpoint_every_n_steps: int = 500
     wandb_project: str = "clip-bias-lab"
     wandb_mode: WandbMode = "auto"
+    overwrite: bool = False
 
     def __post_init__(self) -> None:
         if self.checkpoint_every_n_steps <= 0:
             raise ValueError(f"run.checkpoint_every_n_steps must be > 0, got {self.checkpoint_every_n_steps}")
-        if not self.name or "/" in self.name:
-            raise ValueError(f"run.name must be a non-empty directory name, got {self.name!r}")
+        validate_run_name(self.name)
 
     @property
     def dir(self) -> Path:
         return Path(self.root) / self.name
+
+
+def validate_run_name(name: str) -> None:
+    """A run name is one plain directory name under ``run.root``: never a path, never hidden."""
+    bad = (not name or name.startswith(".") or "/" in name or "\\" in name or "\0" in name
+           or (os.altsep is not None and os.altsep in name))
+    if bad:
+        raise ValueError(
+            f"run.name must be a plain directory name (not empty, no '/' or '\\', not starting with '.'; "
+            f"so not '.' or '..'), got {name!r}"
+        )
 
 
 def wandb_api_key_configured() -> bool:
@@ -97,7 +120,12 @@ class _AppendingWriter(ExperimentWriter):
 
 
 class ResumableCSVLogger(CSVLogger):
-    """CSVLogger that appends to the run's ``metrics.csv`` when resuming instead of deleting it."""
+    """CSVLogger that appends to the run's ``metrics.csv`` instead of deleting it.
+
+    Lightning's writer deletes ``metrics.csv`` (and warns) whenever the log dir is not empty; here the
+    run-dir rule already keeps a fresh fit out of an old run's directory, and the only other entry at
+    start is ``run.lock``, so nothing is ever deleted.
+    """
 
     def __init__(self, *args, resume: bool = False, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -106,7 +134,7 @@ class ResumableCSVLogger(CSVLogger):
     @property
     @rank_zero_experiment
     def experiment(self) -> ExperimentWriter:
-        if self._experiment is None and self._resume:
+        if self._experiment is None:
             self._experiment = _AppendingWriter(log_dir=self.log_dir)
         return CSVLogger.experiment.fget.__wrapped__(self)
 
@@ -128,9 +156,23 @@ def build_loggers(run: RunConfig, resume: bool) -> list[Logger]:
     return loggers
 
 
+class RunCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint whose ``last.ckpt`` is always the run's own, so a resumed run overwrites it
+    (atomically) instead of writing ``last-v1.ckpt`` beside it. Lightning only knows ``last.ckpt`` is
+    its own from the callback state saved in the checkpoint, which is missing when resuming from the
+    first step checkpoint or with another ``run.checkpoint_every_n_steps``; the run-dir rule (one run
+    per directory) makes the answer always yes. Step checkpoints keep Lightning's ``-v1`` versioning:
+    resuming from an older step never overwrites the abandoned branch's files."""
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        super().on_train_start(trainer, pl_module)
+        if not self.last_model_path and self.dirpath:
+            self.last_model_path = os.path.join(self.dirpath, self.CHECKPOINT_NAME_LAST + self.FILE_EXTENSION)
+
+
 def build_checkpoint_callback(run: RunConfig) -> Callback:
     """``last.ckpt`` plus one checkpoint every ``run.checkpoint_every_n_steps`` steps, all kept."""
-    return ModelCheckpoint(
+    return RunCheckpoint(
         dirpath=run.dir / "checkpoints",
         filename="step{step:07d}",
         auto_insert_metric_name=False,
@@ -138,3 +180,346 @@ def build_checkpoint_callback(run: RunConfig) -> Callback:
         save_top_k=-1,
         save_last=True,
     )
+
+
+# ------------------------------------------------------------------ one run, one directory
+
+LOCK_FILE = "run.lock"
+TMP_MARK = ".tmp-"  # atomic writes go to ``.<name>.tmp-<pid>`` beside their target
+_LAST_RE = re.compile(r"^last(-v?\d+)?\.ckpt$")
+_STEP_RE = re.compile(r"step(\d+)")
+_RANK_VARS = ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")  # Lightning's order
+
+
+class RunDirError(RuntimeError):
+    """``fit`` refused before doing any work; the message says why and how to go on."""
+
+
+class RunLockedError(RunDirError):
+    """Another live process holds the run directory's lock."""
+
+
+def is_launching_process() -> bool:
+    """True in the process the user started (global rank 0), False in the ranks a launcher spawned.
+
+    Lightning's DDP launcher re-runs the CLI with ``LOCAL_RANK=1..`` (and ``NODE_RANK`` on other
+    nodes); torchrun / SLURM set ``RANK`` / ``SLURM_PROCID``. Only the launching process may refuse,
+    lock or move run directories: the others would see its lock and its fresh files.
+    """
+    for key in ("NODE_RANK", "GROUP_RANK"):
+        if os.environ.get(key, "0").strip() not in ("", "0"):
+            return False
+    for key in _RANK_VARS:
+        value = os.environ.get(key)
+        if value is not None and value.strip() != "":
+            return value.strip() == "0"
+    return True
+
+
+def run_contents(run_dir: Path) -> list[str]:
+    """What makes ``run_dir`` hold a run: every entry but the lock file (``checkpoints/`` with a slash)."""
+    if not run_dir.is_dir():
+        return []
+    return sorted(p.name + ("/" if p.is_dir() else "") for p in run_dir.iterdir() if p.name != LOCK_FILE)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class RunLock:
+    """An exclusive ``flock`` on ``<run dir>/run.lock`` with the holder's pid, host and start time inside.
+
+    The kernel drops the lock when the holder exits, however it exits (kill -9 included), so a lock
+    file left behind never blocks a later run; only a live holder does.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / LOCK_FILE
+        self._fd: int | None = None
+
+    def acquire(self) -> RunLock:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RunLockedError(_locked_message(self.run_dir, self.path)) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        info = (f"pid {os.getpid()}\nhost {socket.gethostname()}\n"
+                f"started {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n"
+                f"command {' '.join(sys.argv)}\n")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, info.encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            with contextlib.suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def __del__(self) -> None:
+        self.release()
+
+    @staticmethod
+    def holder(run_dir: Path) -> str | None:
+        """The holder's description if a live process holds the lock, else None (takes nothing)."""
+        path = Path(run_dir) / LOCK_FILE
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return _describe_holder(path)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+        finally:
+            os.close(fd)
+
+
+def _describe_holder(path: Path) -> str:
+    try:
+        fields = dict(line.split(" ", 1) for line in path.read_text().splitlines() if " " in line)
+    except OSError:
+        fields = {}
+    if "pid" not in fields:
+        return "a process that has not yet written its pid"
+    return f"pid {fields['pid']} on {fields.get('host', '?')}, started {fields.get('started', '?')}"
+
+
+def _locked_message(run_dir: Path, path: Path) -> str:
+    return (f"{run_dir} is in use by another fit ({_describe_holder(path)}; lock file {path}). Two runs in one "
+            f"directory would interleave their files: wait for that run to end, or choose another --run.name.")
+
+
+def _ways_on(run: RunConfig) -> str:
+    return (f"Ways on:\n"
+            f"  --ckpt_path last       resume that run from {run.dir / 'checkpoints' / 'last.ckpt'}\n"
+            f"  --run.name NEW_NAME    start a new run in {Path(run.root) / 'NEW_NAME'}\n"
+            f"  --run.overwrite true   move the old run aside to {Path(run.root) / (run.name + '.old-<UTC time>')} "
+            f"(nothing is deleted) and start afresh")
+
+
+def _check_writable(run: RunConfig) -> None:
+    target = run.dir if run.dir.exists() else Path(run.root)
+    while not target.exists() and target != target.parent:
+        target = target.parent
+    where = f"run.root {run.root}: cannot create the run directory {run.dir}"
+    if not target.is_dir():
+        raise RunDirError(f"{where}, {target} is not a directory")
+    if not os.access(target, os.W_OK | os.X_OK):
+        raise RunDirError(f"{where}, {target} is not writable")
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """None if ``path`` loads as a checkpoint, else why not (one line). Cheap: tensors are mmapped, not read."""
+    try:
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        except RuntimeError as err:
+            if "mmap" not in str(err):  # a legacy (non-zip) file cannot be mmapped; read it whole
+                raise
+            ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001 - any failure means "not usable"; say which
+        return f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else 'no detail'}"
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        return "not a Lightning checkpoint (no state_dict)"
+    return None
+
+
+def newest_readable_checkpoint(ckpt_dir: Path, exclude: tuple[Path, ...] = ()) -> tuple[Path, int] | None:
+    """The readable checkpoint in ``ckpt_dir`` with the highest global step (``last*.ckpt`` excluded)."""
+    if not ckpt_dir.is_dir():
+        return None
+    skip = {p.resolve() for p in exclude}
+    candidates = [p for p in ckpt_dir.glob("*.ckpt")
+                  if p.is_file() and not _LAST_RE.match(p.name) and p.resolve() not in skip]
+
+    def order(p: Path) -> tuple[int, float]:
+        m = _STEP_RE.search(p.stem)
+        return (int(m.group(1)) if m else -1, p.stat().st_mtime)
+
+    for path in sorted(candidates, key=order, reverse=True):
+        if checkpoint_problem(path) is None:
+            ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+            return path, int(ckpt.get("global_step", order(path)[0]))
+    return None
+
+
+def _instead(ckpt_dir: Path, exclude: tuple[Path, ...]) -> str:
+    found = newest_readable_checkpoint(ckpt_dir, exclude)
+    if found is None:
+        return (f"No other readable checkpoint in {ckpt_dir}: start afresh with --run.overwrite true "
+                f"(the old run is moved aside) or another --run.name.")
+    path, step = found
+    return f"The newest readable checkpoint is {path} (global step {step}): pass --ckpt_path {path}"
+
+
+def last_checkpoint(run: RunConfig) -> Path | None:
+    """What Lightning's ``--ckpt_path last`` picks: the newest ``last*.ckpt`` in the run's checkpoints."""
+    ckpt_dir = run.dir / "checkpoints"
+    found = [p for p in ckpt_dir.glob("last*.ckpt") if _LAST_RE.match(p.name)] if ckpt_dir.is_dir() else []
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
+def check_resume_checkpoint(run: RunConfig, ckpt_path: str | None) -> None:
+    """Refuse a ``--ckpt_path`` that cannot be loaded, naming the newest readable checkpoint instead."""
+    if not ckpt_path or ckpt_path in ("best", "hpc", "registry") or "://" in str(ckpt_path):
+        return
+    ckpt_dir = run.dir / "checkpoints"
+    if ckpt_path == "last":
+        path = last_checkpoint(run)
+        if path is None:
+            if run_contents(run.dir):  # Lightning would warn and start from scratch inside the old run
+                raise RunDirError(f"--ckpt_path last: {run.dir} holds a run ({', '.join(run_contents(run.dir))}) "
+                                  f"but {ckpt_dir / 'last.ckpt'} does not exist. " + _instead(ckpt_dir, ()))
+            return  # nothing to resume yet: Lightning starts afresh ("set and forget")
+        problem = checkpoint_problem(path)
+        if problem:
+            raise RunDirError(f"--ckpt_path last: {path} is unreadable ({problem}). " + _instead(ckpt_dir, (path,)))
+        return
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise RunDirError(f"--ckpt_path {ckpt_path}: no such file")
+    problem = checkpoint_problem(path)
+    if problem:
+        raise RunDirError(f"--ckpt_path {path} is unreadable ({problem}). " + _instead(path.parent, (path,)))
+
+
+def check_before_fit(run: RunConfig, ckpt_path: str | None) -> None:
+    """Everything ``fit`` refuses before any work: run root not writable, run dir in use by a live
+    process, run dir already holding a run (unless resuming or ``run.overwrite``), an unreadable
+    ``--ckpt_path``. Changes nothing on disk."""
+    _check_writable(run)
+    holder = RunLock.holder(run.dir)
+    if holder is not None:
+        raise RunLockedError(_locked_message(run.dir, run.dir / LOCK_FILE))
+    contents = run_contents(run.dir)
+    if run.overwrite and ckpt_path:
+        inside = ckpt_path == "last" or run.dir.resolve() in Path(ckpt_path).resolve().parents
+        if inside and contents:
+            raise RunDirError(f"--run.overwrite true moves {run.dir} aside and starts afresh, --ckpt_path "
+                              f"{ckpt_path} resumes from that run: pass one of them, not both.")
+    if contents and not ckpt_path and not run.overwrite:
+        shown = ", ".join(contents[:6]) + (", ..." if len(contents) > 6 else "")
+        raise RunDirError(f"{run.dir} already holds a run ({shown}); fit will not mix a second run into it. "
+                          + _ways_on(run))
+    check_resume_checkpoint(run, ckpt_path)
+
+
+def move_aside(run_dir: Path) -> Path:
+    """Rename ``run_dir`` to ``<run_dir>.old-<UTC time>`` (a free name) and return the new path."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    aside = run_dir.with_name(f"{run_dir.name}.old-{stamp}")
+    n = 1
+    while aside.exists():
+        aside = run_dir.with_name(f"{run_dir.name}.old-{stamp}-{n}")
+        n += 1
+    os.rename(run_dir, aside)
+    return aside
+
+
+def start_run(run: RunConfig, ckpt_path: str | None) -> RunLock:
+    """Take the run directory for this process: move an old run aside if ``run.overwrite``, lock the
+    directory for the run's life, check again that no other run slipped in since
+    :func:`check_before_fit`, and remove temp files that dead writers left behind."""
+    resume = bool(ckpt_path)
+    if run.overwrite and run_contents(run.dir):  # check_before_fit refused resuming from inside it
+        old = RunLock(run.dir).acquire()  # nobody may be writing the run we move
+        try:
+            aside = move_aside(run.dir)
+        finally:
+            old.release()
+        print(f"run.overwrite: moved the old run {run.dir} aside to {aside} (nothing deleted)", file=sys.stderr)
+    lock = RunLock(run.dir).acquire()
+    contents = run_contents(run.dir)
+    if contents and not resume:
+        lock.release()
+        raise RunDirError(f"{run.dir} already holds a run ({', '.join(contents)}), written since this fit "
+                          f"started; fit will not mix a second run into it. " + _ways_on(run))
+    clean_stale_temps(run.dir / "checkpoints")
+    return lock
+
+
+# ------------------------------------------------------------------ atomic checkpoints
+
+
+def _fsync_dir(directory: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` to ``.<name>.tmp-<pid>`` in the target's own directory, fsync, then ``os.replace``.
+
+    The rename never crosses a filesystem, so a kill or a full disk leaves either the previous file or
+    the new one under ``path``, never a partial one; the temp file is removed on any error (a kill -9
+    leaves it for :func:`clean_stale_temps` at the next start).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    _fsync_dir(path.parent)
+
+
+def clean_stale_temps(directory: Path) -> list[Path]:
+    """Remove ``.<name>.tmp-<pid>`` files in ``directory`` whose writer is dead; return what went."""
+    removed = []
+    if not Path(directory).is_dir():
+        return removed
+    for p in Path(directory).glob(f".*{TMP_MARK}*"):
+        pid = p.name.rsplit(TMP_MARK, 1)[1]
+        if not pid.isdigit() or int(pid) == os.getpid() or _pid_alive(int(pid)):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+            removed.append(p)
+    return removed
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's ``TorchCheckpointIO`` with :func:`atomic_torch_save` for local paths.
+
+    Lightning's own save streams through fsspec, whose temp file lives in ``$TMPDIR``: when the run
+    directory is on another filesystem the final step is a copy, and a kill or full disk during it
+    leaves a partial file under the checkpoint's name (and the temp file in ``$TMPDIR``).
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        if storage_options is not None or "://" in str(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        atomic_torch_save(checkpoint, path)
