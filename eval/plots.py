@@ -2,7 +2,7 @@
 
 Figure layout: one column per n, one row per share group of the probe (``conditional`` and
 ``unconditional`` for TOR/IOR/I2TOR, ``accuracy`` for TOC/IOC, ...) plus a row of summary
-indices (``order_bias``, ``size_bias``, ``gap``). Colour = position/role, line style = run,
+indices (the result's ``summary``: ``order_bias``, ``size_bias``, ``gap``, ...). Colour = position/role, line style = run,
 x = samples seen; the value at initialisation is a large marker with a dotted level line.
 """
 from __future__ import annotations
@@ -18,17 +18,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
-from eval.records import by_probe, read_records, share_groups  # noqa: E402
+from eval.records import by_probe, read_records, share_groups, summary_of  # noqa: E402
 
 INDEX_GROUP = "index"
 _STYLES = ("-", "--", ":", "-.")
 
 
 def index_terms(result: Mapping) -> dict[str, float | None]:
-    """Top-level summary indices of a probe result (``*_bias``, ``*gap``, possibly None)."""
-    return {k: v for k, v in result.items()
-            if (k.endswith("bias") or k.endswith("bias_conditional") or k.endswith("gap")
-                or k.endswith("gap_conditional")) and (v is None or isinstance(v, (int, float)))}
+    """Summary indices of a probe result (its ``summary``), index name -> value (possibly None)."""
+    return {k: entry.get("value") for k, entry in summary_of(result).items()}
 
 
 def series(records: Sequence[Mapping]) -> dict[str, dict[str, tuple[list[float], list[float]]]]:

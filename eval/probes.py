@@ -2,8 +2,24 @@
 
 Every probe is a small function on L2-normalised embedding tensors plus item metadata (gallery
 indices of each item's objects in position or role order); none of them calls a model. They
-return dicts of named terms: shares with counts, denominators and 95 % Wilson intervals, and a
-summary index. The caption/item builders below turn an eval set into that metadata.
+return dicts of named terms: shares with counts, denominators and 95 % Wilson intervals, and
+their summary indices. The caption/item builders below turn an eval set into that metadata.
+
+Summary indices live under one key, ``result["summary"]`` (:data:`SUMMARY_KEY`), in every probe
+result (nested ones too: TOR ``variants``, Claim-1 ``large_first``/``small_first``)::
+
+    {"<index>": {"value": float | None, "denominator": "<text, e.g. N=62>"}, ...}
+
+- TOR: ``order_bias`` (unconditional shares, ``N=<n_items>``) and ``order_bias_conditional``
+  (``N_cond=<n_conditional>/<n_items>``); IOR, I2TOR: ``size_bias``, ``size_bias_conditional``.
+- ITM: ``gap`` (S1 − S2, ``pairs S1=<P>, S2=<P>``).
+- Claim 1: ``first_share_gap``, ``first_share_gap_conditional`` (``N=<large-first>/<small-first>``).
+- TOC, IOC: ``{}`` (accuracies only).
+
+``value`` is ``None`` where a denominator is 0. Plots, reports, the experiment summary and the
+logged scalars (``bias/<probe>/n<k>/<index>``, see ``eval.records.flatten``) read this key and
+nothing else. The same values also stay as top-level terms (``result["order_bias"]``, ...) for
+readers not yet moved to ``summary`` (``eval.cli``'s printed tables); new readers use ``summary``.
 
 - TOR  (text-based object retrieval): caption -> gallery of object-name embeddings.
 - TOC  (text-based object classification): linear probe per mention position.
@@ -25,6 +41,8 @@ import torch.nn.functional as F
 from eval.stats import proportion
 
 PROBE_NAMES: tuple[str, ...] = ("tor", "toc", "ior", "ioc", "i2tor", "itm", "claim1")
+#: key of a probe result's summary indices (module docstring)
+SUMMARY_KEY = "summary"
 
 
 def position_labels(n: int) -> list[str]:
@@ -63,7 +81,8 @@ def retrieval_shares(
         (the paper's number, denominator ``n_conditional``), the share whose top-1 is the object
         at each position. ``unconditional``: top-1 = object at each position over all ``n_items``
         queries, plus ``none``. The index is computed on unconditional shares (always defined);
-        ``<index_name>_conditional`` on conditional ones (``None`` if the denominator is 0).
+        ``<index_name>_conditional`` on conditional ones (``None`` if the denominator is 0); both
+        under ``summary`` (:func:`retrieval_summary`).
     """
     n_items, n = targets.shape
     if len(labels) != n:
@@ -92,6 +111,55 @@ def retrieval_shares(
     out["unconditional"]["none"] = proportion(n_none, n_items)
     out[index_name] = _lead_index(out["unconditional"], labels)
     out[f"{index_name}_conditional"] = _lead_index(out["conditional"], labels)
+    out[SUMMARY_KEY] = retrieval_summary(out, index_name)
+    return out
+
+
+def _entry(value: float | None, denominator: str) -> dict:
+    return {"value": value, "denominator": denominator}
+
+
+def retrieval_summary(res: Mapping, index_name: str) -> dict:
+    """``summary`` of a TOR/IOR/I2TOR result from its top-level terms (missing ones read as None)."""
+    n_items, n_cond = res.get("n_items"), res.get("n_conditional")
+    return {index_name: _entry(res.get(index_name), f"N={n_items}"),
+            f"{index_name}_conditional": _entry(res.get(f"{index_name}_conditional"), f"N_cond={n_cond}/{n_items}")}
+
+
+def itm_summary(res: Mapping) -> dict:
+    """``summary`` of an ITM result: the gap with the pair counts of both scenarios."""
+    totals = [res[s].get("total") if isinstance(res.get(s), Mapping) else None for s in ("s1", "s2")]
+    return {"gap": _entry(res.get("gap"), "pairs S1={}, S2={}".format(*totals))}
+
+
+def claim1_summary(res: Mapping) -> dict:
+    """``summary`` of a Claim-1 result: both gaps with the large-first/small-first denominators."""
+    def dens(key: str) -> str:
+        return "N=" + "/".join(str(res[g].get(key)) for g in ("large_first", "small_first")
+                               if isinstance(res.get(g), Mapping))
+
+    return {"first_share_gap": _entry(res.get("first_share_gap"), dens("n_items")),
+            "first_share_gap_conditional": _entry(res.get("first_share_gap_conditional"), dens("n_conditional"))}
+
+
+#: top-level index names of results written before ``summary`` existed -> the builder of their summary
+_LEGACY_INDICES = {
+    "order_bias": lambda r: retrieval_summary(r, "order_bias"),
+    "size_bias": lambda r: retrieval_summary(r, "size_bias"),
+    "gap": itm_summary,
+    "first_share_gap": claim1_summary,
+}
+
+
+def legacy_summary(res: Mapping) -> dict:
+    """``summary`` rebuilt from a result that has only top-level indices (``bias.jsonl`` of older runs).
+
+    Keeps only the entries whose top-level term is present; ``{}`` if the result has none.
+    """
+    out: dict = {}
+    for name, build in _LEGACY_INDICES.items():
+        if name in res or f"{name}_conditional" in res:
+            out.update({k: v for k, v in build(res).items() if k in res})
     return out
 
 
@@ -207,6 +275,7 @@ def linear_probe(
         "chance": 1.0 / n_classes,
         "accuracy": {lab: proportion(c, n_test) for lab, c in zip(labels, correct)},
         **extra,
+        SUMMARY_KEY: {},  # accuracies only: no summary index
     }
 
 
@@ -286,7 +355,9 @@ def itm_accuracy(images: torch.Tensor, correct: torch.Tensor, wrong: torch.Tenso
 def itm(s1: dict, s2: dict) -> dict:
     """ITM summary: both scenarios and the fragility gap S1 − S2 (accuracies)."""
     gap = None if s1["share"] is None or s2["share"] is None else s1["share"] - s2["share"]
-    return {"probe": "itm", "s1": s1, "s2": s2, "gap": gap}
+    out = {"probe": "itm", "s1": s1, "s2": s2, "gap": gap}
+    out[SUMMARY_KEY] = itm_summary(out)
+    return out
 
 
 def claim1(large_first: dict, small_first: dict) -> dict:
@@ -300,13 +371,15 @@ def claim1(large_first: dict, small_first: dict) -> dict:
         a, b = large_first[kind]["pos1"]["share"], small_first[kind]["pos1"]["share"]
         return None if a is None or b is None else a - b
 
-    return {
+    out = {
         "probe": "claim1",
         "large_first": large_first,
         "small_first": small_first,
         "first_share_gap": gap("unconditional"),
         "first_share_gap_conditional": gap("conditional"),
     }
+    out[SUMMARY_KEY] = claim1_summary(out)
+    return out
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,12 +1,18 @@
 """``bias.jsonl``: one JSON record per (evaluation, probe, n), and the flat views of a record.
 
 A record is ``{"step", "samples_seen", "probe", "n_objects", "eval_seconds", "result"}`` where ``result``
-is the probe's own dict (shares as ``{"share", "count", "total", "ci"}``, denominators, indices),
-unchanged. Readers flatten it:
+is the probe's own dict (shares as ``{"share", "count", "total", "ci"}``, denominators, and the
+summary indices under ``result["summary"]``, see ``eval.probes``), unchanged. Readers flatten it:
 
 - :func:`flatten` -> scalars for loggers, ``tor/n3/unconditional/pos1`` (= share),
-  ``.../pos1/count``, ``.../pos1/total``, ``.../pos1/ci_lo``, ``.../pos1/ci_hi``, ``tor/n3/order_bias``.
+  ``.../pos1/count``, ``.../pos1/total``, ``.../pos1/ci_lo``, ``.../pos1/ci_hi``, and each summary
+  index as ``tor/n3/order_bias`` (its ``value``; the name has no ``summary/`` in it).
 - :func:`share_groups` -> ``{"unconditional": {"pos1": 0.4, ...}, ...}`` for curves.
+- :func:`summary_of` -> ``{"order_bias": {"value", "denominator"}, ...}`` for tables and index curves.
+
+Records of older runs, written before results had ``summary``, stay readable: :func:`scan_records`
+rebuilds their ``summary`` from the top-level index terms they carry (``order_bias``, ``size_bias``,
+``gap``, ``first_share_gap`` and the ``_conditional`` ones) with ``eval.probes.legacy_summary``.
 
 The file is append-only and survives a tear: an append first cuts a torn last line (a write cut
 short by a kill) back to the last newline, and readers skip any bad line with a warning.
@@ -24,6 +30,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 BIAS_FILE = "bias.jsonl"
+SUMMARY_KEY = "summary"  # = eval.probes.SUMMARY_KEY (not imported: this module stays free of torch)
 _PROPORTION_KEYS = {"share", "count", "total", "ci"}
 _SKIP_KEYS = {"probe", "labels"}
 
@@ -43,8 +50,15 @@ def flatten(obj: Any, prefix: str) -> dict[str, float]:
     """Every finite number in ``obj`` as ``{"<prefix>/<path>": value}``; strings and None dropped.
 
     A proportion dict becomes ``<path>`` (its share) plus ``/count``, ``/total``, ``/ci_lo``, ``/ci_hi``.
+    A ``summary`` dict becomes ``<prefix>/<index>`` = its ``value`` for each index (so the names
+    stay ``bias/tor/n3/order_bias`` as before ``summary`` existed).
     """
     out: dict[str, float] = {}
+    if isinstance(obj, Mapping) and isinstance(obj.get(SUMMARY_KEY), Mapping):
+        for index, entry in obj[SUMMARY_KEY].items():
+            if isinstance(entry, Mapping) and (value := _number(entry.get("value"))) is not None:
+                out[f"{prefix}/{index}"] = value
+        obj = {k: v for k, v in obj.items() if k != SUMMARY_KEY}
     if is_proportion(obj):
         if _number(obj["share"]) is not None:
             out[prefix] = float(obj["share"])
@@ -80,6 +94,29 @@ def share_groups(result: Mapping, path: str = "") -> dict[str, dict[str, float |
             for g, shares in share_groups(value, sub).items():
                 groups.setdefault(g, {}).update(shares)
     return groups
+
+
+def summary_of(result: Mapping) -> dict[str, dict]:
+    """The summary indices of a probe result: ``{index: {"value": float | None, "denominator": str}}``.
+
+    ``{}`` for a result without any (TOC, IOC). Readers of records use this, never key suffixes.
+    """
+    summary = result.get(SUMMARY_KEY)
+    return dict(summary) if isinstance(summary, Mapping) else {}
+
+
+def add_legacy_summaries(result: Any) -> Any:
+    """Give every result dict inside ``result`` that lacks ``summary`` one rebuilt from its
+    top-level index terms (records written before ``summary`` existed); in place, returns ``result``."""
+    if isinstance(result, dict):
+        for value in result.values():
+            add_legacy_summaries(value)
+        if SUMMARY_KEY not in result:
+            from eval.probes import legacy_summary  # only for old files: keeps torch out of new reads
+
+            if summary := legacy_summary(result):
+                result[SUMMARY_KEY] = summary
+    return result
 
 
 def make_records(suite_out: Mapping, step: int, samples_seen: int, eval_seconds: float | None = None) -> list[dict]:
@@ -207,6 +244,8 @@ def scan_records(path: str | Path) -> tuple[list[dict], list[tuple[int, str]]]:
             bad.append((lineno, ("torn last line, " if torn else "") + problem))
             continue
         rec = json.loads(line)
+        if isinstance(rec["result"], dict) and SUMMARY_KEY not in rec["result"]:  # an older run's record
+            add_legacy_summaries(rec["result"])
         latest[(rec["step"], rec["probe"], rec["n_objects"])] = rec
     return sorted(latest.values(), key=lambda r: (r["step"], r["probe"], r["n_objects"])), bad
 

@@ -4,6 +4,9 @@ Reads each run's ``bias.jsonl`` (written by ``BiasEvalCallback``), writes one ``
 probe with the runs overlaid (labels = run folder names), and ``summary.md``: per run, probe and
 n, every summary index (order bias on TOR, size bias on IOR/I2TOR, the ITM gap, the Claim-1 gap)
 at initialisation and at the last evaluation, with the denominators behind each.
+
+The indices are read from each result's ``summary`` (``eval.probes``); :func:`init_final_rows`
+is the one init → final table, which ``experiments/summarize.py`` pivots per configuration and seed.
 """
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from eval.records import bias_path, by_probe, describe_bad_lines, scan_records
+from eval.records import bias_path, by_probe, describe_bad_lines, scan_records, summary_of
 
 log = logging.getLogger(__name__)
 
@@ -30,23 +33,40 @@ def run_labels(run_dirs: Sequence[Path]) -> list[str]:
     raise ValueError(f"the same run directory is given twice: {[str(d) for d in run_dirs]}")
 
 
-def _index_rows(result: Mapping) -> list[tuple[str, float | None, str]]:
-    """(index name, value, denominator text) for each summary index of one probe result."""
+def index_entries(result: Mapping, variants: bool = False) -> dict[str, dict]:
+    """``{index: {"value", "denominator"}}`` of one probe result, from its ``summary``.
+
+    With ``variants``, the summaries of ``result["variants"]`` (TOR's other templates, the "split"
+    encoding) follow as ``<variant>/<index>``.
+    """
+    out = summary_of(result)
+    if variants and isinstance(result.get("variants"), Mapping):
+        for name, var in result["variants"].items():
+            if isinstance(var, Mapping):
+                out.update({f"{name}/{k}": e for k, e in summary_of(var).items()})
+    return out
+
+
+def init_final_rows(runs: Mapping[str, Sequence[Mapping]], variants: bool = False) -> list[dict]:
+    """The init → final table: one row per (run, probe, n, summary index).
+
+    Each row: ``run``, ``probe``, ``n``, ``index``, ``init`` and ``final`` (values, None if
+    undefined or absent at the end), ``init_samples``, ``final_samples``, ``init_denominator``,
+    ``final_denominator`` (``"-"`` if absent). Init = first evaluation, final = last one (by
+    ``samples_seen``); the indices are those of the first evaluation. ``variants`` as in
+    :func:`index_entries`.
+    """
     rows = []
-    for key, value in result.items():
-        if not (isinstance(value, (int, float)) or value is None) or isinstance(value, bool):
-            continue
-        if key.endswith("bias"):
-            rows.append((key, value, f"N={result.get('n_items')}"))
-        elif key.endswith("bias_conditional"):
-            rows.append((key, value, f"N_cond={result.get('n_conditional')}/{result.get('n_items')}"))
-        elif key.endswith("gap") and "s1" in result:
-            rows.append((key, value, f"pairs S1={result['s1']['total']}, S2={result['s2']['total']}"))
-        elif key.endswith("gap") or key.endswith("gap_conditional"):
-            kind = "conditional" if key.endswith("conditional") else "unconditional"
-            dens = [result[g].get("n_conditional" if kind == "conditional" else "n_items")
-                    for g in ("large_first", "small_first") if isinstance(result.get(g), Mapping)]
-            rows.append((key, value, "N=" + "/".join(map(str, dens))))
+    for name, records in runs.items():
+        for probe, n, recs in by_probe(records):
+            first, last = recs[0], recs[-1]
+            final = index_entries(last["result"], variants)
+            for key, e0 in index_entries(first["result"], variants).items():
+                e1 = final.get(key, {"value": None, "denominator": "-"})
+                rows.append({"run": name, "probe": probe, "n": n, "index": key,
+                             "init": e0.get("value"), "final": e1.get("value"),
+                             "init_samples": first["samples_seen"], "final_samples": last["samples_seen"],
+                             "init_denominator": e0.get("denominator"), "final_denominator": e1.get("denominator")})
     return rows
 
 
@@ -60,17 +80,14 @@ def summary_table(runs: Mapping[str, Sequence[Mapping]]) -> str:
         "| run | probe | n | index | init (samples) | final (samples) | change | denominators init → final |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for name, records in runs.items():
-        for probe, n, recs in by_probe(records):
-            first, last = recs[0], recs[-1]
-            final_rows = {k: (v, d) for k, v, d in _index_rows(last["result"])}
-            for key, v0, d0 in _index_rows(first["result"]):
-                v1, d1 = final_rows.get(key, (None, "-"))
-                change = None if v0 is None or v1 is None else v1 - v0
-                lines.append(
-                    f"| {name} | {probe} | {n} | {key} | {_fmt(v0, True)} ({first['samples_seen']}) "
-                    f"| {_fmt(v1, True)} ({last['samples_seen']}) | {_fmt(change, True)} | {d0} → {d1} |"
-                )
+    for r in init_final_rows(runs):
+        v0, v1 = r["init"], r["final"]
+        change = None if v0 is None or v1 is None else v1 - v0
+        lines.append(
+            f"| {r['run']} | {r['probe']} | {r['n']} | {r['index']} | {_fmt(v0, True)} ({r['init_samples']}) "
+            f"| {_fmt(v1, True)} ({r['final_samples']}) | {_fmt(change, True)} "
+            f"| {r['init_denominator']} → {r['final_denominator']} |"
+        )
     if len(lines) == 2:
         lines.append("| (no summary indices: run tor, ior, i2tor, itm or claim1) | | | | | | | |")
     return "\n".join(lines) + "\n"

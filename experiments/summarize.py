@@ -5,6 +5,10 @@
 Reads ``bias.jsonl`` of runs named ``exp-<config>-s<seed>`` (as written by
 ``experiments/bias_mitigation.sh``) and writes ``<out>.md`` (a markdown table) and ``<out>.png``
 (one panel per index: hollow = step 0, filled = end of training, one marker per seed).
+
+A thin caller of ``python -m eval report``'s table (``eval.report.init_final_rows``): the same
+init → final values and denominators, read from each result's ``summary``, pivoted to one row per
+configuration and seed with the indices below as columns.
 """
 from __future__ import annotations
 
@@ -14,46 +18,33 @@ from collections import defaultdict
 from pathlib import Path
 
 from eval.records import read_records
+from eval.report import init_final_rows
 
-# (label, probe, path into the probe result) — the issue's three indices plus the photo-template TOR
+# (label, probe, summary index; "<variant>/<index>" for a TOR variant) — the issue's three indices
+# plus the photo-template TOR
 INDICES = (
-    ("TOR order bias", "tor", ("order_bias",)),
-    ("TOR order bias (photo template)", "tor", ("variants", "photo", "order_bias")),
-    ("IOR size bias", "ior", ("size_bias",)),
-    ("I2TOR size bias", "i2tor", ("size_bias",)),
-    ("ITM gap S1-S2", "itm", ("gap",)),
+    ("TOR order bias", "tor", "order_bias"),
+    ("TOR order bias (photo template)", "tor", "photo/order_bias"),
+    ("IOR size bias", "ior", "size_bias"),
+    ("I2TOR size bias", "i2tor", "size_bias"),
+    ("ITM gap S1-S2", "itm", "gap"),
 )
-DENOMINATOR = {"tor": "n_items", "ior": "n_items", "i2tor": "n_items"}
 RUN_NAME = re.compile(r"exp-(?P<config>.+)-s(?P<seed>\d+)$")
 
 
-def _get(result: dict, path: tuple[str, ...]) -> float | None:
-    for key in path:
-        if not isinstance(result, dict) or key not in result:
-            return None
-        result = result[key]
-    return result
-
-
 def collect(run_dirs: list[Path], n_objects: int = 3) -> dict[str, dict[int, dict[str, tuple]]]:
-    """config -> seed -> index label -> (init, final, denominator text)."""
+    """config -> seed -> index label -> (init, final, final denominator text)."""
     table: dict[str, dict[int, dict[str, tuple]]] = defaultdict(dict)
     for run in run_dirs:
         m = RUN_NAME.match(run.name)
         if not m or not (run / "bias.jsonl").is_file():
             continue
         records = [r for r in read_records(run / "bias.jsonl") if r["n_objects"] == n_objects]
-        row = {"samples": max((r["samples_seen"] for r in records), default=0)}
-        for label, probe, path in INDICES:
-            recs = sorted((r for r in records if r["probe"] == probe), key=lambda r: r["step"])
-            if not recs:
-                continue
-            first, last = recs[0]["result"], recs[-1]["result"]
-            if probe == "itm":
-                denom = f"{last['s1']['total']} pairs"
-            else:
-                denom = f"N={last[DENOMINATOR[probe]]}"
-            row[label] = (_get(first, path), _get(last, path), denom)
+        rows = {(r["probe"], r["index"]): r for r in init_final_rows({run.name: records}, variants=True)}
+        row: dict = {"samples": max((r["samples_seen"] for r in records), default=0)}
+        for label, probe, index in INDICES:
+            if (r := rows.get((probe, index))) is not None:
+                row[label] = (r["init"], r["final"], r["final_denominator"])
         table[m["config"]][int(m["seed"])] = row
     return table
 

@@ -260,6 +260,29 @@ def test_claim1_lists_and_gap():
         probes.claim1_lists(vocab, {"bus": "large", "cup": "small"}, 3, 6)
 
 
+# ---------------------------------------------------------------- summary indices: one key
+def test_every_probe_returns_its_summary_indices_under_one_key():
+    g = name_vectors(len(VOCAB))
+    t = targets_of(probes.latin_square_lists(VOCAB, 3, 24))
+    tor = probes.tor(g[t[:, 0]], g, t)  # top-3 never exact: conditional index undefined
+    assert tor[probes.SUMMARY_KEY] == {
+        "order_bias": {"value": 1.0, "denominator": "N=24"},
+        "order_bias_conditional": {"value": None, "denominator": "N_cond=0/24"},
+    }
+    assert set(probes.ior(g[t[:, 0]], g, t)["summary"]) == {"size_bias", "size_bias_conditional"}
+    assert set(probes.i2tor(g[t[:, 0]], g, t)["summary"]) == {"size_bias", "size_bias_conditional"}
+    assert probes.toc(g[t[:, 0]], t, len(VOCAB))["summary"] == {}
+    itm = probes.itm(proportion(9, 10), proportion(2, 10))
+    assert itm["summary"] == {"gap": {"value": pytest.approx(0.7), "denominator": "pairs S1=10, S2=10"}}
+    c1 = probes.claim1(tor, probes.tor(g[t[:, 1]], g, t))
+    assert c1["summary"] == {"first_share_gap": {"value": 1.0, "denominator": "N=24/24"},
+                             "first_share_gap_conditional": {"value": None, "denominator": "N=0/0"}}
+    # results written before "summary" existed: the same summary is rebuilt from the top-level terms
+    for res in (tor, itm, c1):
+        old = {k: v for k, v in res.items() if k != "summary"}
+        assert probes.legacy_summary(old) == res["summary"]
+
+
 # ---------------------------------------------------------------- manifest
 def _write_set(root, lines, images=True):
     root.mkdir(parents=True, exist_ok=True)

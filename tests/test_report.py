@@ -1,6 +1,7 @@
 """``python -m eval report``: records on disk -> figures + markdown summary with known numbers."""
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -108,3 +109,44 @@ def test_bad_input_is_named(tmp_path):
         read_records(tmp_path)
     assert run_labels([tmp_path / "a" / "run", tmp_path / "b" / "run"]) == ["a/run", "b/run"]
     assert "no summary indices" in summary_table({"r": []})
+
+
+def _without_top_level_indices(result: dict) -> dict:
+    """A probe result whose indices live only under ``summary`` (no ``order_bias``/``gap`` at the top)."""
+    return {k: v for k, v in result.items() if k not in ("order_bias", "order_bias_conditional", "gap")}
+
+
+def test_plots_report_and_loggers_read_the_summary_key_only(tmp_path):
+    run = tmp_path / "runs" / "summary_only"
+    for step, wins, (s1, s2) in ((0, 2, (5, 5)), (20, 4, (9, 2))):
+        tor = _without_top_level_indices(_tor(wins))
+        tor["decoy_bias"] = 0.99  # a suffix-named number outside "summary" is not an index
+        itm = _without_top_level_indices(_itm(s1, s2))
+        assert "order_bias" not in tor and "gap" not in itm and "order_bias" in tor["summary"]
+        append_records(run / "bias.jsonl", make_records({"tor": {2: tor}, "itm": {3: itm}}, step, step * 64))
+    recs = read_records(run)
+    summary = summary_table({"summary_only": recs})
+    assert "| summary_only | tor | 2 | order_bias | +0.000 (0) | +1.000 (1280) | +1.000 | N=4 → N=4 |" in summary
+    assert "| summary_only | itm | 3 | gap | +0.000 (0) | +0.700 (1280) | +0.700 | pairs S1=10, S2=10 → " in summary
+    assert "decoy" not in summary
+    s = series([r for r in recs if r["probe"] == "tor"])
+    assert s["index"]["order_bias"][1] == [0.0, 1.0] and "decoy_bias" not in s["index"]
+    flat = flatten([r for r in recs if r["probe"] == "tor"][-1]["result"], "bias/tor/n2")
+    assert flat["bias/tor/n2/order_bias"] == 1.0  # the logged name has no "summary/" in it
+    assert not any("/summary" in k for k in flat)
+
+
+def test_old_bias_jsonl_without_summary_reads_as_before(tmp_path):
+    """Records written before results had ``summary`` (indices only at the top) still report."""
+    new, old = tmp_path / "new", tmp_path / "old"
+    _write_run(new, [(0, 2, (5, 5)), (20, 4, (9, 2))])
+    old.mkdir()
+    with open(old / "bias.jsonl", "w") as fh:
+        for line in (new / "bias.jsonl").read_text().splitlines():
+            rec = json.loads(line)
+            rec["result"].pop("summary")
+            fh.write(json.dumps(rec) + "\n")
+    assert "summary" not in (old / "bias.jsonl").read_text()
+    table = {name: summary_table({"r": read_records(d)}) for name, d in (("new", new), ("old", old))}
+    assert table["old"] == table["new"] and "order_bias_conditional" in table["old"]
+    assert read_records(old)[0]["result"]["summary"] == read_records(new)[0]["result"]["summary"]
