@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import os
 import time
 from typing import Any, Literal
 
@@ -10,16 +11,89 @@ import open_clip
 import torch
 import torch.distributed as dist
 
+from lightning.pytorch.trainer.states import TrainerFn
+
+from train import resume
 from train.loss import LossKind, build_loss, contrastive_loss
-from train.models import build_model_and_transforms, model_config
+from train.models import build_model_and_transforms, check_model_name, model_config
 from train.optim import param_groups, warmup_cosine
 from train.retrieval import retrieval_recall
 
 LOGIT_SCALE_MAX = math.log(100.0)
+NAN_POLICIES = ("raise", "skip")
+LOSSES = ("clip", "siglip")
+
+
+def _show(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else repr(value) if isinstance(value, str) else str(value)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_model_args(
+    model_name: str, pretrained: str | None, loss: str, lr: float, weight_decay: float, betas, eps: float,
+    warmup_steps: int, total_steps: int | None, min_lr_ratio: float, nan_policy: str, max_consecutive_skips: int,
+) -> list[str]:
+    """Every problem with :class:`CLIPModule`'s arguments, each naming its config path (empty: all valid).
+
+    Cheap (no model is built), so a bad value is refused before any slow work.
+    """
+    problems = []
+    try:
+        check_model_name(model_name)
+    except ValueError as e:
+        problems.append(f"model.model_name: {e}")
+    if pretrained is not None and (os.sep in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors"))):
+        if not os.path.isfile(pretrained):
+            problems.append(f"model.pretrained must be an open_clip tag or an existing weights file, got {pretrained!r}")
+    if loss not in LOSSES:
+        problems.append(f"model.loss must be one of {', '.join(LOSSES)}, got {_show(loss)}")
+    if not _is_real(lr) or lr <= 0:
+        problems.append(f"model.lr must be > 0, got {_show(lr)}")
+    if not _is_real(weight_decay) or weight_decay < 0:
+        problems.append(f"model.weight_decay must be >= 0, got {_show(weight_decay)}")
+    if not isinstance(betas, (list, tuple)) or len(betas) != 2:
+        problems.append(f"model.betas must be two numbers (beta1, beta2), got {betas!r}")
+    else:
+        for i, beta in enumerate(betas):
+            if not _is_real(beta) or not 0 <= beta < 1:
+                problems.append(f"model.betas[{i}] must be in [0, 1), got {_show(beta)}")
+    if not _is_real(eps) or eps <= 0:
+        problems.append(f"model.eps must be > 0, got {_show(eps)}")
+    if not _is_int(warmup_steps) or warmup_steps < 0:
+        problems.append(f"model.warmup_steps must be an integer >= 0, got {_show(warmup_steps)}")
+    if total_steps is not None and (not _is_int(total_steps) or total_steps <= 0):
+        problems.append(f"model.total_steps must be an integer > 0 (or null: trainer.max_steps), got {_show(total_steps)}")
+    elif total_steps is not None and _is_int(warmup_steps) and warmup_steps > total_steps:
+        problems.append(f"model.warmup_steps ({warmup_steps}) must be <= model.total_steps ({total_steps}): "
+                        "the schedule would never reach the peak LR")
+    if not _is_real(min_lr_ratio) or not 0 <= min_lr_ratio <= 1:
+        problems.append(f"model.min_lr_ratio must be in [0, 1], got {_show(min_lr_ratio)}")
+    if nan_policy not in NAN_POLICIES:
+        problems.append(f"model.nan_policy must be one of {', '.join(NAN_POLICIES)}, got {_show(nan_policy)}")
+    if not _is_int(max_consecutive_skips) or max_consecutive_skips < 0:
+        problems.append(f"model.max_consecutive_skips must be an integer >= 0, got {_show(max_consecutive_skips)}")
+    return problems
 
 
 class CLIPModule(L.LightningModule):
-    """open_clip CLIP + ClipLoss + AdamW with warmup/cosine, logit-scale clamp and exact resume."""
+    """open_clip CLIP + ClipLoss + AdamW with warmup/cosine, logit-scale clamp and exact resume.
+
+    Resume (``--ckpt_path``) is exact or refuses, see :mod:`train.resume`: values that define the
+    run's history (model, loss, per-device batch, world size, accumulation, LR schedule shape) must
+    match the checkpoint, else the run stops before its first step with a diff; a changed peak
+    ``lr`` (or ``weight_decay``, ``betas``, ``eps``) is applied from the resume step on and printed;
+    ``samples_seen`` continues from the value stored in the checkpoint. When ``total_steps`` is
+    unset, the cosine length resolved from ``trainer.max_steps`` at the run's start is stored and
+    kept: a resume with another ``max_steps`` only moves the end of training (steps past the
+    schedule run at ``min_lr_ratio × lr``).
+    """
 
     def __init__(
         self,
@@ -34,6 +108,7 @@ class CLIPModule(L.LightningModule):
         total_steps: int | None = None,
         min_lr_ratio: float = 0.0,
         nan_policy: Literal["raise", "skip"] = "raise",
+        max_consecutive_skips: int = 3,
     ) -> None:
         """
         Args:
@@ -46,19 +121,17 @@ class CLIPModule(L.LightningModule):
             eps: AdamW epsilon.
             warmup_steps: Linear warmup length in optimizer steps.
             total_steps: Length of the cosine schedule (default: the trainer's ``max_steps`` /
-                estimated stepping batches).
-            min_lr_ratio: Final LR as a fraction of ``lr``.
-            nan_policy: On a non-finite loss, ``raise`` (stop naming the step) or ``skip`` the step.
+                estimated stepping batches, resolved when the run starts and kept on resume).
+            min_lr_ratio: Final LR as a fraction of ``lr``, in [0, 1].
+            nan_policy: On a non-finite loss, ``raise`` (stop naming the step) or ``skip`` the step
+                (no update; counted as ``train/skipped_steps``, no loss logged for it).
+            max_consecutive_skips: With ``nan_policy=skip``, stop the run when more than this many
+                steps in a row had a non-finite loss (0: stop at the first, like ``raise``).
         """
         super().__init__()
-        problems = []
-        if lr <= 0:
-            problems.append(f"model.lr must be > 0, got {lr}")
-        if warmup_steps < 0:
-            problems.append(f"model.warmup_steps must be >= 0, got {warmup_steps}")
-        if total_steps is not None and total_steps <= 0:
-            problems.append(f"model.total_steps must be > 0, got {total_steps}")
-        if problems:
+        problems = check_model_args(model_name, pretrained, loss, lr, weight_decay, betas, eps, warmup_steps,
+                                    total_steps, min_lr_ratio, nan_policy, max_consecutive_skips)
+        if problems:  # before building the model: that is slow for the larger architectures
             raise ValueError("Invalid model config: " + "; ".join(problems))
         self.save_hyperparameters()
         self.model_name = model_name
@@ -73,6 +146,15 @@ class CLIPModule(L.LightningModule):
         self._last_step_time: float | None = None
         self._worker_stats: dict[Any, dict[str, int]] = {}
         self._val_features: list[tuple[torch.Tensor, torch.Tensor]] = []
+        # run record (see train.resume): counters continued from a checkpoint, resolved cosine length
+        self._resumed = False
+        self._resume_history: dict | None = None
+        self._samples_at_resume = 0
+        self._step_at_resume = 0
+        self._skipped_steps = 0
+        self._consecutive_skips = 0
+        self._total_steps: int | None = None
+        self._step_lr: float | None = None
 
     # ---------------------------------------------------------------- bookkeeping
     def setup(self, stage: str) -> None:
@@ -84,15 +166,95 @@ class CLIPModule(L.LightningModule):
 
     @property
     def samples_seen(self) -> int:
-        """global_step × per-device batch × world size × gradient accumulation."""
+        """Samples at the last resume (stored in the checkpoint) + steps since × per-device batch × world
+        size × gradient accumulation; without a resume, global_step × that product."""
         if self._trainer is None or self._per_device_batch is None:
-            return 0
+            return self._samples_at_resume
         t = self.trainer
-        return self.global_step * self._per_device_batch * t.world_size * t.accumulate_grad_batches
+        per_step = self._per_device_batch * t.world_size * t.accumulate_grad_batches
+        return self._samples_at_resume + (self.global_step - self._step_at_resume) * per_step
+
+    def run_history(self, *, batch_size: int | None, world_size: int, accumulate_grad_batches: int,
+                    total_steps: int | None = None) -> dict[str, Any]:
+        """This run's history-defining values (:func:`train.resume.run_history`); ``total_steps``
+        defaults to an explicit ``model.total_steps`` (None: not compared)."""
+        hp = self.hparams
+        return resume.run_history(
+            model_name=self.model_name, model_cfg=model_config(self.model_name), pretrained=hp.pretrained,
+            loss=hp.loss, batch_size=batch_size, world_size=world_size, accumulate_grad_batches=accumulate_grad_batches,
+            warmup_steps=hp.warmup_steps, total_steps=total_steps or hp.total_steps, min_lr_ratio=hp.min_lr_ratio,
+        )
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Self-describing checkpoints: `python -m train export` needs no registry lookups.
         checkpoint["open_clip"] = {"model_name": self.model_name, "model_cfg": model_config(self.model_name)}
+        t = self.trainer
+        checkpoint[resume.HISTORY_KEY] = {
+            "history": self.run_history(batch_size=self._per_device_batch, world_size=t.world_size,
+                                        accumulate_grad_batches=t.accumulate_grad_batches, total_steps=self._total_steps),
+            "samples_seen": int(self.samples_seen),
+            "global_step": int(self.global_step),
+            "skipped_steps": self._skipped_steps,
+            "consecutive_skips": self._consecutive_skips,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """On ``fit`` resume: refuse a changed history (before any step), take over the run's counters.
+
+        Lightning calls this after ``setup`` (batch size, world size known) and before
+        ``configure_optimizers`` and the optimizer/scheduler restore (see ``on_train_start``).
+        """
+        if self._trainer is None or self.trainer.state.fn != TrainerFn.FITTING:
+            return  # load_from_checkpoint / validate: nothing is continued
+        self._resumed = True
+        record = checkpoint.get(resume.HISTORY_KEY)
+        if record is None:
+            self.print("Resuming from a checkpoint without a run record (older version): its history is not "
+                       "checked and samples_seen is recounted from today's batch size.")
+            return
+        t = self.trainer
+        now = self.run_history(batch_size=self._per_device_batch, world_size=t.world_size,
+                               accumulate_grad_batches=t.accumulate_grad_batches)
+        lines = resume.history_diff(record["history"], now)
+        if lines:
+            raise resume.ResumeMismatchError(resume.refusal_message(t.ckpt_path, lines))
+        self._resume_history = record["history"]
+        self._samples_at_resume = int(record["samples_seen"])
+        self._step_at_resume = int(record["global_step"])
+        self._skipped_steps = int(record.get("skipped_steps", 0))
+        self._consecutive_skips = int(record.get("consecutive_skips", 0))
+        self._total_steps = record["history"].get("model.total_steps (cosine schedule length)")
+
+    def _check_batch_size_on_resume(self) -> None:
+        """Without a datamodule the batch size is first known at the first batch: check it there."""
+        stored = (self._resume_history or {}).get("data.batch_size")
+        if stored is not None and stored != self._per_device_batch:
+            lines = [f"data.batch_size: checkpoint {stored}, now {self._per_device_batch}"]
+            raise resume.ResumeMismatchError(resume.refusal_message(self.trainer.ckpt_path, lines))
+
+    def _apply_optimizer_settings_on_resume(self) -> None:
+        """Lightning restored the optimizer's lr/betas/... from the checkpoint: today's config wins."""
+        hp = self.hparams
+        opt = self.trainer.optimizers[0]
+        # the groups of train.optim.param_groups, in order: decayed weights, exempt parameters
+        want = [{"initial_lr": hp.lr, "weight_decay": wd, "betas": tuple(hp.betas), "eps": hp.eps}
+                for wd in (hp.weight_decay, 0.0)]
+        first = opt.param_groups[0]  # the decayed group: its values are the config's
+        before = {"lr": first["initial_lr"], "weight_decay": first["weight_decay"], "betas": list(first["betas"]),
+                  "eps": first["eps"]}
+        after = {"lr": hp.lr, "weight_decay": hp.weight_decay, "betas": list(hp.betas), "eps": hp.eps}
+        changes = [f"model.{k} {_show(before[k])} -> {_show(after[k])}" for k in after if before[k] != after[k]]
+        if not changes:
+            return
+        for group, values in zip(opt.param_groups, want):
+            group.update(values)
+        sched = self.trainer.lr_scheduler_configs[0].scheduler if self.trainer.lr_scheduler_configs else None
+        if sched is not None:
+            sched.base_lrs = [hp.lr] * len(opt.param_groups)
+            for group, fn in zip(opt.param_groups, sched.lr_lambdas):
+                group["lr"] = hp.lr * fn(sched.last_epoch)
+            sched._last_lr = [group["lr"] for group in opt.param_groups]
+        self.print(f"Resuming at step {self.global_step}: applying changed {', '.join(changes)} from this step on.")
 
     # ---------------------------------------------------------------- training
     def training_step(self, batch, batch_idx: int):
@@ -101,19 +263,42 @@ class CLIPModule(L.LightningModule):
             self._worker_stats[batch[2]["source"]] = batch[2]["counts"]
         if self._per_device_batch is None:
             self._per_device_batch = images.shape[0]
+            self._check_batch_size_on_resume()
         loss = contrastive_loss(self.model, images, texts, self.loss_fn)
-        if not self._all_finite(loss):
-            step = self.global_step
-            if self.hparams.nan_policy == "skip":
-                self.print(f"non-finite loss {loss.item()} at global step {step}: step skipped (model.nan_policy=skip)")
-                self.log("train/skipped_steps", 1.0, reduce_fx="sum", on_step=False, on_epoch=True)
+        if not self._all_finite(loss):  # every rank takes the same branch, so all skip or all raise together
+            step, hp = self.global_step, self.hparams
+            advice = "Lower model.lr, raise model.warmup_steps, enable trainer.gradient_clip_val"
+            if hp.nan_policy == "skip":
+                self._skipped_steps += 1
+                self._consecutive_skips += 1
+                if self._consecutive_skips > hp.max_consecutive_skips:
+                    raise FloatingPointError(
+                        f"Loss became {loss.item()} at global step {step} (batch {batch_idx}): a non-finite loss on "
+                        f"{self._consecutive_skips} step{'s' if self._consecutive_skips != 1 else ''} in a row, more "
+                        f"than model.max_consecutive_skips={hp.max_consecutive_skips}. {advice}."
+                    )
+                self.print(f"non-finite loss {loss.item()} at global step {step}: step skipped (model.nan_policy=skip, "
+                           f"{self._consecutive_skips} in a row, {self._skipped_steps} in all)")
+                self._drop_step_metric("train/loss")
                 return None
             raise FloatingPointError(
-                f"Loss became {loss.item()} at global step {step} (batch {batch_idx}). Lower model.lr, raise "
-                f"model.warmup_steps, enable trainer.gradient_clip_val, or set model.nan_policy=skip."
+                f"Loss became {loss.item()} at global step {step} (batch {batch_idx}). {advice}, or set "
+                f"model.nan_policy=skip."
             )
+        self._consecutive_skips = 0
         self.log("train/loss", loss, prog_bar=True)
         return loss
+
+    def _drop_step_metric(self, name: str) -> None:
+        """Keep a skipped step from logging ``name``'s last finite value again.
+
+        Lightning's result collection keeps each step-level value until the epoch ends and writes
+        every kept value at each logging step; resetting the entry hides it until it is logged anew.
+        """
+        results = getattr(self.trainer, "_results", None)  # private: no public way to un-log a value
+        for metric in (results or {}).values():
+            if getattr(getattr(metric, "meta", None), "name", None) == name and hasattr(metric, "reset"):
+                metric.reset()
 
     def _all_finite(self, loss: torch.Tensor) -> bool:
         """All ranks agree, so a skip never leaves one rank waiting in backward's all-reduce."""
@@ -123,6 +308,7 @@ class CLIPModule(L.LightningModule):
         return bool(ok.item() > 0)
 
     def optimizer_step(self, *args, **kwargs) -> None:
+        self._step_lr = self.trainer.optimizers[0].param_groups[0]["lr"]  # logged as the LR this step used
         super().optimizer_step(*args, **kwargs)
         with torch.no_grad():  # after the step, as open_clip's trainer does
             self.model.logit_scale.clamp_(0, LOGIT_SCALE_MAX)
@@ -134,9 +320,11 @@ class CLIPModule(L.LightningModule):
             sps = self._per_device_batch * self.trainer.world_size / max(dt, 1e-9)
             self.log("train/samples_per_sec", sps, prog_bar=True)
         self._last_step_time = now
-        self.log("train/lr", self.optimizers().param_groups[0]["lr"])
+        lr = self._step_lr if self._step_lr is not None else self.optimizers().param_groups[0]["lr"]
+        self.log("train/lr", lr)
         self.log("train/logit_scale", self.model.logit_scale.detach().exp())
         self.log("samples_seen", float(self.samples_seen))
+        self.log("train/skipped_steps", float(self._skipped_steps))
         totals: dict[str, int] = {}
         for counts in self._worker_stats.values():
             for k, v in counts.items():
@@ -146,19 +334,36 @@ class CLIPModule(L.LightningModule):
                 self.log(f"data/{k}", float(v))
 
     def on_train_start(self) -> None:
+        # after Lightning restored the optimizer and scheduler state: the first hook that can change them
         self._last_step_time = None
+        if self._resumed:
+            self._apply_optimizer_settings_on_resume()
+            max_steps, total = self.trainer.max_steps, self._total_steps
+            if self.hparams.total_steps is None and total and max_steps and max_steps > total:
+                self.print(
+                    f"trainer.max_steps={max_steps} goes past the cosine schedule, whose length ({total} steps) was "
+                    f"fixed when the run started: steps {total}..{max_steps - 1} run at model.min_lr_ratio x model.lr "
+                    f"= {self.hparams.min_lr_ratio * self.hparams.lr:g}."
+                )
         for logger in self.loggers:
             if type(logger).__name__ == "WandbLogger" and hasattr(logger.experiment, "define_metric"):
                 logger.experiment.define_metric("samples_seen")
                 for prefix in ("train/*", "val/*", "bias/*", "data/*"):
                     logger.experiment.define_metric(prefix, step_metric="samples_seen")
 
+    def on_train_end(self) -> None:
+        if self._skipped_steps:
+            self.print(f"{self._skipped_steps} of {self.global_step} steps were skipped for a non-finite loss "
+                       "(model.nan_policy=skip): see train/skipped_steps in metrics.csv.")
+
     def configure_optimizers(self):
         hp = self.hparams
         opt = torch.optim.AdamW(param_groups(self.model, hp.weight_decay), lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps)
-        total = hp.total_steps or self._total_steps_from_trainer()
+        # on resume, on_load_checkpoint has set the stored length (history); read lazily, so that also
+        # holds where a strategy restores the checkpoint after configuring the optimizers
+        self._total_steps = hp.total_steps or self._total_steps or self._total_steps_from_trainer()
         sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda step: warmup_cosine(step, hp.warmup_steps, total, hp.min_lr_ratio)
+            opt, lambda step: warmup_cosine(step, hp.warmup_steps, self._total_steps, hp.min_lr_ratio)
         )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
 
