@@ -28,8 +28,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from eval.cli import DEFAULT_CACHE, default_eval_set, write_json_atomic  # noqa: E402
+from eval.eval_sets import default_eval_set  # noqa: E402
 from eval.manifest import EvalSet, load_eval_set  # noqa: E402
+from eval.outputs import write_json_atomic  # noqa: E402
 from eval.suite import SuiteConfig, prepare_suite, run_suite  # noqa: E402
 
 
@@ -153,7 +154,7 @@ def main(argv=None) -> int:
     from eval.model_access import ClipAdapter
 
     adapter = ClipAdapter.from_open_clip(args.model, None)
-    eval_set = load_eval_set(args.data or default_eval_set(DEFAULT_CACHE, 0, 64))
+    eval_set = load_eval_set(args.data or default_eval_set(None, 0, 64))
     results: dict = {"model": args.model, "threads": args.threads, "torch": torch.__version__}
     base = SuiteConfig(n_objects=tuple(eval_set.n_values()), items_per_probe=args.items)
     if args.compare:

@@ -13,7 +13,6 @@ that asks for ``need_weights=True, average_attn_weights=True``; the block's outp
 """
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +23,7 @@ from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
 
+from eval.model_access import model_image_size
 from eval.probes import role_labels
 from eval.stats import proportion
 
@@ -134,7 +134,6 @@ def attention_by_role(adapter: Any, eval_set: Any, n_objects: Sequence[int], ite
         items: about this many images per n, rounded up to whole balanced blocks (see
             ``eval.suite.select_images``); None = all.
     """
-    from eval.cli import model_image_size
     from eval.suite import select_images
 
     model = adapter.model
@@ -197,53 +196,3 @@ def format_attention(results: dict[int, dict]) -> str:
         lines.append(f"  n={n}  {cells}   large box has most mass: {top['share']:.3f} "
                      f"[{top['ci'][0]:.3f}, {top['ci'][1]:.3f}] of {res['n_images']}")
     return "\n".join(lines)
-
-
-def run_attention(args: argparse.Namespace) -> int:
-    """Entry point of the ``attention`` subcommand."""
-    from eval.cli import default_eval_set, load_adapter, model_image_size, write_json_atomic
-    from eval.manifest import load_eval_set
-
-    if (args.checkpoint is None) == (args.model is None):
-        raise SystemExit("error: give exactly one of --checkpoint PATH or --model NAME [--pretrained TAG|FILE]")
-    adapter = load_adapter(args)
-    try:
-        vit_last_attention(adapter.model.visual)
-    except TypeError as e:
-        raise SystemExit(f"error: {e}") from e
-    data = args.data or default_eval_set(args.cache_dir, args.seed, args.image_size or model_image_size(adapter),
-                                         not args.no_progress)
-    eval_set = load_eval_set(data)
-    n_objects = args.n_objects or eval_set.n_values()
-    results = attention_by_role(adapter, eval_set, n_objects, args.items, progress=not args.no_progress)
-    print(format_attention(results))
-    if args.out:
-        write_json_atomic(args.out, {"model": adapter.name, "eval_set": str(Path(data).resolve()),
-                                     "results": results})
-        print(f"wrote {args.out}")
-    return 0
-
-
-def add_subparser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register ``attention`` on ``python -m eval``."""
-    from eval.cli import DEFAULT_CACHE
-
-    p = subparsers.add_parser(
-        "attention", help="CLS attention inside each object's box, per size role (ViT towers)",
-        description="Last-block CLS-to-patch attention of a ViT image tower summed inside object boxes.")
-    p.add_argument("--checkpoint", type=Path, help="Lightning checkpoint of train.module.CLIPModule")
-    p.add_argument("--model", help="open_clip model name (instead of --checkpoint)")
-    p.add_argument("--pretrained", help="open_clip pretrained tag (needs network) or weights file")
-    p.add_argument("--data", type=Path, help="eval-set folder with manifest.jsonl incl. bboxes (default: render)")
-    p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="cache for rendered eval sets")
-    p.add_argument("--image-size", type=int, default=None,
-                   help="side of rendered default eval images (default: the model's input size)")
-    p.add_argument("--n-objects", type=int, nargs="+", default=None, help="objects per image (default: all)")
-    p.add_argument("--items", type=int, default=None, help="about this many images per n, rounded up to whole balanced blocks (default: all)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the rendered default eval set")
-    p.add_argument("--device", default="cpu", help="torch device")
-    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
-    p.add_argument("--out", type=Path, default=None, help="results JSON (optional)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.set_defaults(func=run_attention)
-    return p

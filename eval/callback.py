@@ -30,7 +30,8 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import WandbLogger
 
-from eval.model_access import ClipAdapter
+from eval.eval_sets import default_eval_set
+from eval.model_access import ClipAdapter, model_image_size
 from eval.records import BIAS_FILE, append_records, flatten, make_records, metric_key
 
 log = logging.getLogger(__name__)
@@ -48,8 +49,9 @@ class BiasEvalCallback(L.Callback):
         every_n_steps: evaluate after every N optimizer steps (plus at step 0 and at the end).
         data_dir: an eval-set folder with ``manifest.jsonl``; None renders the default ComCO-style
             set once (``data_prep.comco.write_eval_set``) into ``cache_dir``.
-        cache_dir: where default eval sets are cached (default: ``eval.cli.DEFAULT_CACHE``,
-            ``$CLIP_BIAS_LAB_CACHE`` or ``~/.cache/clip_bias_lab``; shared with ``python -m eval comco``).
+        cache_dir: where default eval sets are cached (default: ``$CLIP_BIAS_LAB_CACHE`` or
+            ``~/.cache/clip_bias_lab``, read when the set is needed; shared with ``python -m eval comco``,
+            see :mod:`eval.eval_sets`).
         image_size: pixel size of the rendered default set (default: the model's input size).
         templates: caption templates (``data_prep.captions.TEMPLATES`` ids), the first is the
             headline; None keeps the suite's default (bare "A and B" form, then "a photo of ...").
@@ -118,7 +120,7 @@ class BiasEvalCallback(L.Callback):
         ``ValueError`` on one line that names every bad argument, what it must be and what it got."""
         from data_prep.captions import TEMPLATES
         from data_prep.shards import OutDirError, check_writable
-        from eval.cli import DEFAULT_CACHE, eval_set_cache_problem
+        from eval.eval_sets import eval_set_cache_problem
         from eval.probes import PROBE_NAMES
         from eval.suite import TEXT_ENCODINGS
 
@@ -190,7 +192,7 @@ class BiasEvalCallback(L.Callback):
         if data_dir is not None and not (Path(data_dir) / "manifest.jsonl").is_file():
             errs.append(f"data_dir: no manifest.jsonl in {data_dir}; omit data_dir to render the default set")
         elif data_dir is None and isinstance(out["seed"], int):
-            cache = Path(args["cache_dir"]) if args["cache_dir"] else DEFAULT_CACHE
+            cache = Path(args["cache_dir"]) if args["cache_dir"] else None
             if problem := eval_set_cache_problem(cache, out["seed"], out["image_size"], "cache_dir"):
                 errs.append(problem)
         if args["run_dir"] is not None:
@@ -312,11 +314,9 @@ class BiasEvalCallback(L.Callback):
 
     def _default_set(self, pl_module: L.LightningModule) -> Path:
         """The default ComCO-style set at the model's input size, rendered once into the cache
-        shared with ``python -m eval comco`` (``eval.cli.default_eval_set``)."""
-        from eval.cli import DEFAULT_CACHE, default_eval_set, model_image_size
-
+        shared with ``python -m eval comco`` (:func:`eval.eval_sets.default_eval_set`)."""
         size = self.image_size or model_image_size(pl_module)
-        return default_eval_set(self.cache_dir or DEFAULT_CACHE, self.seed, size, progress=False)
+        return default_eval_set(self.cache_dir, self.seed, size, progress=False)
 
     def _samples_seen(self, trainer: L.Trainer, pl_module: L.LightningModule) -> int:
         seen = getattr(pl_module, "samples_seen", None)

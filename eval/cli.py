@@ -8,24 +8,21 @@ Example::
 from __future__ import annotations
 
 import argparse
-import importlib
-import json
-import os
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from eval import probes as P
+from eval import report, suite
+from eval.attention import attention_by_role, format_attention, vit_last_attention
+from eval.eval_sets import CACHE_ENV, default_eval_set, eval_set_cache_problem
+from eval.manifest import load_eval_set
+from eval.model_access import ClipAdapter, model_image_size
+from eval.outputs import write_json_atomic
 
-#: where default eval sets are rendered once and reused (override: $CLIP_BIAS_LAB_CACHE)
-DEFAULT_CACHE = Path(os.environ.get("CLIP_BIAS_LAB_CACHE", Path.home() / ".cache" / "clip_bias_lab"))
-DEFAULT_RENDER_N = (2, 3, 4, 5)
-#: modules that contribute a subcommand through ``add_subparser(subparsers)``
-SUBCOMMAND_MODULES = ("eval.report", "eval.attention")
+CACHE_HELP = f"cache for rendered eval sets (default: ${CACHE_ENV} or ~/.cache/clip_bias_lab)"
 
 
 def _csv(value: str) -> list[str]:
@@ -42,7 +39,7 @@ def add_comco_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     src.add_argument("--pretrained", help="open_clip pretrained tag (needs network) or weights file")
     p.add_argument("--data", type=Path, help="eval-set folder with manifest.jsonl (default: render "
                    "the default ComCO-style set once into --cache-dir)")
-    p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="cache for rendered eval sets")
+    p.add_argument("--cache-dir", type=Path, default=None, help=CACHE_HELP)
     p.add_argument("--image-size", type=int, default=None,
                    help="side of rendered default eval images (default: the model's input size)")
     p.add_argument("--probes", type=_csv, default=list(P.PROBE_NAMES),
@@ -104,82 +101,15 @@ def output_problems(args: argparse.Namespace) -> list[str]:
     return []
 
 
-def default_eval_set(cache_dir: Path, seed: int, image_size: int, progress: bool = True) -> Path:
-    """Render the default eval set once (atomically) into ``cache_dir`` and return its folder."""
-    target = Path(cache_dir) / "eval_sets" / f"comco-objects-seed{seed}-px{image_size}"
-    if (target / "manifest.jsonl").is_file():
-        return target
-    from data_prep.comco import write_eval_set
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
-    try:
-        write_eval_set(tmp, seed=seed, image_size=image_size, n_objects=DEFAULT_RENDER_N, progress=progress)
-        os.replace(tmp, target)
-    except OSError:
-        if not (target / "manifest.jsonl").is_file():  # lost a race with another process: fine
-            raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
-
-
-def eval_set_cache_problem(cache_dir: Path, seed: int, image_size: int | None, flag: str) -> str | None:
-    """Why the default eval set cannot be rendered into ``cache_dir`` (checked before any work), or None.
-
-    Fine if the set is already there (a read-only shared cache is fine; with ``image_size`` unknown
-    until the model loads, any cached size for ``seed`` counts), else the cache must be writable.
-    """
-    from data_prep.shards import OutDirError, check_writable
-
-    sets = Path(cache_dir) / "eval_sets"
-    size = "*" if image_size is None else str(image_size)
-    if any((d / "manifest.jsonl").is_file() for d in sets.glob(f"comco-objects-seed{seed}-px{size}")):
-        return None
-    try:
-        check_writable(sets, flag, is_dir=True)
-    except OutDirError as e:
-        return f"{e} (the default eval set is rendered there; give a writable one, or an eval set folder)"
-    return None
-
-
 def load_adapter(args: argparse.Namespace) -> Any:
     """The model named by ``--checkpoint`` or ``--model/--pretrained``."""
-    from eval.model_access import ClipAdapter
-
     if args.checkpoint is not None:
         return ClipAdapter.from_checkpoint(args.checkpoint, device=args.device, batch_size=args.batch_size)
     return ClipAdapter.from_open_clip(args.model, args.pretrained, device=args.device, batch_size=args.batch_size)
 
 
-def model_image_size(adapter: Any, default: int = 64) -> int:
-    """Input side of the adapter's image tower (``model.visual.image_size``), else ``default``."""
-    size = getattr(getattr(getattr(adapter, "model", None), "visual", None), "image_size", None)
-    if isinstance(size, (tuple, list)):
-        size = size[0]
-    return int(size) if isinstance(size, int) and size > 0 else default
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON to a temp file next to ``path`` and rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(obj, fh, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def run_comco(args: argparse.Namespace, adapter_factory: Callable[[argparse.Namespace], Any] = load_adapter) -> int:
     """Load model and eval set, prepare and run the suite, print tables, write JSON."""
-    from eval.manifest import load_eval_set
-    from eval.suite import prepare_suite, run_suite
-
     validate_args(args)
     progress = not args.no_progress
     adapter = adapter_factory(args)
@@ -192,13 +122,13 @@ def run_comco(args: argparse.Namespace, adapter_factory: Callable[[argparse.Name
     except ValueError as e:
         raise SystemExit(f"error: --n-objects: {e}") from e
     t0 = time.perf_counter()
-    prepared = prepare_suite(
+    prepared = suite.prepare_suite(
         adapter, eval_set, probes=tuple(args.probes), n_objects=n_objects, items_per_probe=args.items,
         templates=tuple(args.templates), gallery_template=args.gallery_template,
         text_encodings=tuple(args.text_encoding), itm_distractors=args.itm_distractors or None,
         seed=args.seed, progress=progress)
     t1 = time.perf_counter()
-    results = run_suite(adapter, prepared)
+    results = suite.run_suite(adapter, prepared)
     t2 = time.perf_counter()
     print(format_results(results))
     record = {
@@ -274,18 +204,57 @@ def format_results(results: dict[str, dict[int, dict]]) -> str:
     return "\n".join(lines)
 
 
+def run_attention(args: argparse.Namespace) -> int:
+    """Entry point of the ``attention`` subcommand."""
+    if (args.checkpoint is None) == (args.model is None):
+        raise SystemExit("error: give exactly one of --checkpoint PATH or --model NAME [--pretrained TAG|FILE]")
+    adapter = load_adapter(args)
+    try:
+        vit_last_attention(adapter.model.visual)
+    except TypeError as e:
+        raise SystemExit(f"error: {e}") from e
+    data = args.data or default_eval_set(args.cache_dir, args.seed, args.image_size or model_image_size(adapter),
+                                         not args.no_progress)
+    eval_set = load_eval_set(data)
+    n_objects = args.n_objects or eval_set.n_values()
+    results = attention_by_role(adapter, eval_set, n_objects, args.items, progress=not args.no_progress)
+    print(format_attention(results))
+    if args.out:
+        write_json_atomic(args.out, {"model": adapter.name, "eval_set": str(Path(data).resolve()),
+                                     "results": results})
+        print(f"wrote {args.out}")
+    return 0
+
+
+def add_attention_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``attention`` (:mod:`eval.attention`) on ``python -m eval``."""
+    p = subparsers.add_parser(
+        "attention", help="CLS attention inside each object's box, per size role (ViT towers)",
+        description="Last-block CLS-to-patch attention of a ViT image tower summed inside object boxes.")
+    p.add_argument("--checkpoint", type=Path, help="Lightning checkpoint of train.module.CLIPModule")
+    p.add_argument("--model", help="open_clip model name (instead of --checkpoint)")
+    p.add_argument("--pretrained", help="open_clip pretrained tag (needs network) or weights file")
+    p.add_argument("--data", type=Path, help="eval-set folder with manifest.jsonl incl. bboxes (default: render)")
+    p.add_argument("--cache-dir", type=Path, default=None, help=CACHE_HELP)
+    p.add_argument("--image-size", type=int, default=None,
+                   help="side of rendered default eval images (default: the model's input size)")
+    p.add_argument("--n-objects", type=int, nargs="+", default=None, help="objects per image (default: all)")
+    p.add_argument("--items", type=int, default=None, help="about this many images per n, rounded up to whole balanced blocks (default: all)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the rendered default eval set")
+    p.add_argument("--device", default="cpu", help="torch device")
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    p.add_argument("--out", type=Path, default=None, help="results JSON (optional)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run_attention)
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m eval", description=__doc__.split("\n")[0])
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_comco_parser(subparsers)
-    for name in SUBCOMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name != name:  # the module exists but one of its imports is missing: say so
-                raise
-            continue
-        module.add_subparser(subparsers)
+    report.add_subparser(subparsers)
+    add_attention_parser(subparsers)
     return parser
 
 

@@ -213,6 +213,17 @@ class ClipAdapter:
                    batch_size=batch_size)
 
 
+def model_image_size(adapter: Any, default: int = 64) -> int:
+    """Input side of the adapter's image tower (``model.visual.image_size``), else ``default``.
+
+    Works on a :class:`ClipAdapter` and on a training module alike (both hold ``.model``).
+    """
+    size = getattr(getattr(getattr(adapter, "model", None), "visual", None), "image_size", None)
+    if isinstance(size, (tuple, list)):
+        size = size[0]
+    return int(size) if isinstance(size, int) and size > 0 else default
+
+
 def _token_budget_chunks(lengths: list[int], budget: int) -> list[int]:
     """Sizes of consecutive chunks of rows with ascending ``lengths``: rows x longest <= budget."""
     sizes, start = [], 0

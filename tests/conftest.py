@@ -5,16 +5,12 @@ import io
 import json
 import os
 import random
-import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")
-# Rendered default eval sets (BiasEvalCallback, `eval comco` without --data) go to a temporary
-# cache, never ~/.cache; set before any test module imports eval.cli.
-os.environ.setdefault("CLIP_BIAS_LAB_CACHE", tempfile.mkdtemp(prefix="clip-bias-lab-test-cache-"))
 
 COLORS = {"red": (220, 30, 30), "green": (30, 180, 40), "blue": (30, 60, 220), "yellow": (230, 220, 30),
           "purple": (140, 40, 170), "orange": (240, 140, 20), "black": (10, 10, 10), "white": (245, 245, 245)}
@@ -77,6 +73,18 @@ def write_shards(
         sizes[path.name] = count
     (out_dir / "sizes.json").write_text(json.dumps(sizes))
     return paths
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _eval_set_cache(tmp_path_factory):
+    """Rendered default eval sets (BiasEvalCallback, `eval comco` without --data) go to one cache
+    per test session, never ~/.cache (the location is read when a set is needed)."""
+    from eval.eval_sets import CACHE_ENV
+
+    with pytest.MonkeyPatch.context() as mp:
+        if not os.environ.get(CACHE_ENV):
+            mp.setenv(CACHE_ENV, str(tmp_path_factory.mktemp("eval-set-cache")))
+        yield
 
 
 @pytest.fixture

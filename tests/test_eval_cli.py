@@ -1,13 +1,16 @@
 """``python -m eval comco``: tables, JSON, default eval-set cache, bad input; a tiny real open_clip."""
 from __future__ import annotations
 
+import ast
 import json
+from pathlib import Path
 
 import open_clip
 import pytest
 import torch
 
 from eval import cli
+from eval.eval_sets import CACHE_ENV, default_cache_dir, default_eval_set
 from eval.manifest import load_eval_set
 from eval.model_access import ClipAdapter
 from eval.suite import prepare_suite, run_suite
@@ -76,11 +79,45 @@ def test_default_eval_set_rendered_once(tmp_path, monkeypatch):
         return real(out_dir, **{**kw, "n_objects": (2,), "items_per_setting": 2})
 
     monkeypatch.setattr(data_prep.comco, "write_eval_set", counting)
-    first = cli.default_eval_set(tmp_path, seed=0, image_size=32, progress=False)
-    second = cli.default_eval_set(tmp_path, seed=0, image_size=32, progress=False)
+    first = default_eval_set(tmp_path, seed=0, image_size=32, progress=False)
+    second = default_eval_set(tmp_path, seed=0, image_size=32, progress=False)
     assert first == second and len(calls) == 1
     assert load_eval_set(first).n_values() == [2]
     assert [p.name for p in (tmp_path / "eval_sets").iterdir()] == [first.name]  # no temp dirs left
+
+
+def test_cache_location_is_read_when_used(tmp_path, monkeypatch):
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "a"))
+    assert default_cache_dir() == tmp_path / "a"
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "b"))  # changed after every import: still followed
+    assert default_cache_dir() == tmp_path / "b"
+    monkeypatch.delenv(CACHE_ENV)
+    assert default_cache_dir() == Path.home() / ".cache" / "clip_bias_lab"
+
+
+def _imports(path: Path) -> set[str]:
+    """Modules a file imports (``from eval import cli`` counts as ``eval.cli``)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level and path.parent.name == "eval":
+                base = "eval" + (f".{base}" if base else "")
+            names |= {base, *(f"{base}.{a.name}" for a in node.names)}
+    return names
+
+
+def test_nothing_imports_the_command_line_module():
+    """DESIGN: a command-line module only parses arguments and calls library functions; nothing
+    imports it (the package's ``__main__`` and the tests that drive it aside)."""
+    root = Path(__file__).resolve().parents[1]
+    files = [p for d in ("eval", "train", "data_prep", "bench", "experiments") for p in (root / d).rglob("*.py")]
+    offenders = [str(p.relative_to(root)) for p in files
+                 if p != root / "eval" / "__main__.py" and "eval.cli" in _imports(p)]
+    assert offenders == []
+    assert "importlib" not in _imports(root / "eval" / "cli.py")
 
 
 def test_cli_tiny_open_clip_matches_library(tmp_path, capsys):

@@ -1,0 +1,70 @@
+"""Default eval sets: the ComCO-style set rendered once per (seed, image size) into a cache.
+
+Used by ``python -m eval comco`` / ``attention`` without ``--data`` and by ``BiasEvalCallback``
+without ``data_dir``; both share one cache, so each set is rendered once per machine. The cache
+location is resolved when a set is needed, not at import: ``$CLIP_BIAS_LAB_CACHE`` if set, else
+``~/.cache/clip_bias_lab``.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+#: environment variable that moves the cache of rendered eval sets
+CACHE_ENV = "CLIP_BIAS_LAB_CACHE"
+#: object counts the default eval set holds (data_prep.comco renders 2..5 objects per image)
+DEFAULT_N_OBJECTS = (2, 3, 4, 5)
+
+
+def default_cache_dir() -> Path:
+    """``$CLIP_BIAS_LAB_CACHE``, else ``~/.cache/clip_bias_lab`` (read now, on every call)."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "clip_bias_lab")
+
+
+def default_eval_set(cache_dir: Path | None, seed: int, image_size: int, progress: bool = True) -> Path:
+    """Render the default eval set once (atomically) into ``cache_dir`` and return its folder.
+
+    ``cache_dir`` None = :func:`default_cache_dir`.
+    """
+    target = _sets_dir(cache_dir) / f"comco-objects-seed{seed}-px{image_size}"
+    if (target / "manifest.jsonl").is_file():
+        return target
+    from data_prep.comco import write_eval_set
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+    try:
+        write_eval_set(tmp, seed=seed, image_size=image_size, n_objects=DEFAULT_N_OBJECTS, progress=progress)
+        os.replace(tmp, target)
+    except OSError:
+        if not (target / "manifest.jsonl").is_file():  # lost a race with another process: fine
+            raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def eval_set_cache_problem(cache_dir: Path | None, seed: int, image_size: int | None, flag: str) -> str | None:
+    """Why the default eval set cannot be rendered into ``cache_dir`` (checked before any work), or None.
+
+    Fine if the set is already there (a read-only shared cache is fine; with ``image_size`` unknown
+    until the model loads, any cached size for ``seed`` counts), else the cache must be writable.
+    """
+    from data_prep.shards import OutDirError, check_writable
+
+    sets = _sets_dir(cache_dir)
+    size = "*" if image_size is None else str(image_size)
+    if any((d / "manifest.jsonl").is_file() for d in sets.glob(f"comco-objects-seed{seed}-px{size}")):
+        return None
+    try:
+        check_writable(sets, flag, is_dir=True)
+    except OutDirError as e:
+        return f"{e} (the default eval set is rendered there; give a writable one, or an eval set folder)"
+    return None
+
+
+def _sets_dir(cache_dir: Path | None) -> Path:
+    return Path(cache_dir if cache_dir is not None else default_cache_dir()) / "eval_sets"
