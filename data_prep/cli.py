@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="one_large: one large + smaller objects; mixed: all sizes drawn alike")
     s.add_argument("--p-large-first", type=_probability, default=0.9,
                    help="probability that a caption names objects largest-first (else a random order "
-                        "whose first object is not the largest; 1/n = unbiased)")
+                        "whose first object is not the largest; 1/n is an unbiased order only for "
+                        "samples with n objects, and n varies per sample)")
     s.add_argument("--shard-size", type=_positive("--shard-size"), default=1000, help="samples per tar")
     s.add_argument("--workers", type=_positive("--workers"), default=1, help="processes (same bytes for any value)")
     s.add_argument("--objects", nargs="+", default=None, help="restrict to these object names (default: all)")

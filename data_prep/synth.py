@@ -3,8 +3,11 @@
 Each sample: 2-4 OpenMoji objects at random non-overlapping places; the caption names them
 largest-first (by visible area) with probability ``p_large_first``, otherwise in a random
 order whose first object is *not* the largest. So the share of captions whose first-mentioned
-object is the largest is exactly ``p_large_first`` in expectation; ``p_large_first = 1/n``
-corresponds to an unbiased (uniformly random) order for n objects.
+object is the largest is exactly ``p_large_first`` in expectation, whatever each sample's n.
+A uniformly random order would put the largest first with probability 1/n, and n varies per
+sample (``min_objects``..``max_objects``), so no single ``p_large_first`` gives an unbiased
+order for the whole corpus: ``1/3`` is uniform for 3-object samples but favours the largest
+object in 4-object ones and disfavours it in 2-object ones.
 
 Every sample draws from its own RNG seeded by ``(seed, index)``, so output bytes do not depend
 on the number of workers.
@@ -31,8 +34,10 @@ SMALL_RANGE = (0.015, 0.04)
 MIXED_RANGE = (0.015, 0.18)
 
 
-def caption_order(areas: Sequence[int], p_large_first: float, rng: np.random.Generator) -> tuple[list[int], bool]:
-    """Mention order (indices into ``areas``) and whether it is largest-first.
+def caption_mention_order(areas: Sequence[int], p_large_first: float,
+                          rng: np.random.Generator) -> tuple[list[int], bool]:
+    """Order in which a rendered caption mentions its objects (indices into ``areas``), and
+    whether it is largest-first. (Not ``caption_order``: that is the Fig. 4b analysis module.)
 
     With probability ``p_large_first``: decreasing area (ties by index). Otherwise a uniformly
     random permutation among those whose first element is not the largest object.
@@ -98,7 +103,7 @@ def make_sample(index: int, seed: int, image_size: int, min_objects: int, max_ob
     sizes = [size_for_area(nm, float(z), image_size, max_side=0.8) for nm, z in zip(chosen, sizes)]
     scene_seed = int(rng.integers(2**31))
     image, truth = render_scene(chosen, sizes, "random", image_size, "random", seed=scene_seed)
-    order, large_first = caption_order([t["area"] for t in truth], p_large_first, rng)
+    order, large_first = caption_mention_order([t["area"] for t in truth], p_large_first, rng)
     template = list(TEMPLATES)[int(rng.integers(len(TEMPLATES)))]
     caption = make_caption([chosen[i] for i in order], template)
     mention = {obj: pos for pos, obj in enumerate(order)}

@@ -12,7 +12,7 @@ import webdataset as wds
 from data_prep import synth
 from data_prep.captions import make_caption
 from data_prep.cli import main as cli_main
-from data_prep.synth import caption_order, write_corpus
+from data_prep.synth import caption_mention_order, write_corpus
 
 
 def _files(d: Path) -> dict[str, bytes]:
@@ -61,13 +61,13 @@ def test_shards_read_back_with_webdataset_in_img2dataset_layout(tmp_path):
 
 
 @pytest.mark.parametrize("p", [0.9, 0.0, 0.5])
-def test_caption_order_decision_hits_p(p):
+def test_caption_mention_order_decision_hits_p(p):
     rng = np.random.default_rng(1)
     hits = 0
     for _ in range(5000):
         n = int(rng.integers(2, 6))
         areas = [int(a) for a in rng.integers(1, 1000, n)]
-        order, large_first = caption_order(areas, p, rng)
+        order, large_first = caption_mention_order(areas, p, rng)
         assert sorted(order) == list(range(n))
         is_largest_first = areas[order[0]] == max(areas)
         assert is_largest_first == large_first or areas.count(max(areas)) > 1
@@ -77,9 +77,9 @@ def test_caption_order_decision_hits_p(p):
     assert abs(hits / 5000 - p) <= 0.02
 
 
-def test_caption_order_random_branch_is_uniform_over_non_largest_first():
+def test_caption_mention_order_random_branch_is_uniform_over_non_largest_first():
     rng = np.random.default_rng(2)
-    firsts = [caption_order([5, 50, 10, 1], 0.0, rng)[0][0] for _ in range(3000)]
+    firsts = [caption_mention_order([5, 50, 10, 1], 0.0, rng)[0][0] for _ in range(3000)]
     counts = np.bincount(firsts, minlength=4)
     assert counts[1] == 0
     assert all(abs(c / 3000 - 1 / 3) < 0.04 for c in counts[[0, 2, 3]])
