@@ -21,7 +21,6 @@ from typing import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from .captions import make_caption
 from .render import SLOTS, render_scene, size_for_area
 from .shards import prepare_out_dir, write_json_atomic
 from .vocab import SHAPES, check_names, list_objects
@@ -133,8 +132,7 @@ def write_eval_set(out_dir, seed: int = 0, image_size: int = 64, n_objects: Sequ
         _save(img, out, rel)
         lines.append({"image": rel, "objects": objs, "large": large, "areas": [t["area"] for t in truth],
                       "n_objects": len(objs), "kind": "single" if large is None else "multi",
-                      "setting": setting, "bboxes": [t["bbox"] for t in truth],
-                      "caption": make_caption(objs, "photo"), "mention_order": list(range(len(objs)))})
+                      "setting": setting, "bboxes": [t["bbox"] for t in truth]})
     manifest = out / "manifest.jsonl"
     tmp = manifest.with_name(manifest.name + ".tmp")
     tmp.write_text("".join(json.dumps(rec) + "\n" for rec in lines), encoding="utf-8")

@@ -28,9 +28,11 @@ def test_manifest_format_and_files(objects_set):
     assert all(r["large"] is None and r["n_objects"] == 1 for r in singles)
     multi = [r for r in recs if r["kind"] == "multi"]
     assert len(multi) == v * (2 + 3 + 4 + 5)
-    keys = {"image", "objects", "large", "areas", "n_objects", "kind", "setting"}
+    # exactly the documented fields (docs/INTERFACES.md); bboxes are read by eval/attention.py
+    keys = {"image", "objects", "large", "areas", "n_objects", "kind", "setting", "bboxes"}
     for r in recs[:: 37]:
-        assert keys <= set(r)
+        assert set(r) == keys
+        assert len(r["bboxes"]) == r["n_objects"] and all(len(b) == 4 for b in r["bboxes"])
         img = Image.open(out / r["image"])
         assert img.size == (64, 64)
         assert len(r["objects"]) == len(r["areas"]) == r["n_objects"] == len(set(r["objects"]))
