@@ -2,8 +2,9 @@
 
 Figure layout: one column per n, one row per share group of the probe (``conditional`` and
 ``unconditional`` for TOR/IOR/I2TOR, ``accuracy`` for TOC/IOC, ...) plus a row of summary
-indices (the result's ``summary``: ``order_bias``, ``size_bias``, ``gap``, ...). Colour = position/role, line style = run,
-x = samples seen; the value at initialisation is a large marker with a dotted level line.
+indices (the result's ``summary``: ``order_bias``, ``size_bias``, ``gap``, ...). Colour =
+position/role, line style = run, x = samples seen; the value at initialisation is a large marker
+with a dotted level line.
 """
 from __future__ import annotations
 
