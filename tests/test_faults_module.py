@@ -58,6 +58,12 @@ def test_resume_applies_a_changed_peak_lr_from_the_resume_step(tmp_path, tiny_sh
     assert [logged[s] for s in range(3, 6)] == pytest.approx(want, rel=1e-6)
     assert [logged[s] for s in range(3)] == pytest.approx([1e-3 * warmup_cosine(s, 2, 6) for s in range(3)], rel=1e-6)
     assert cli.trainer.global_step == 6
+    # config.yaml stays the config the run started with; the resume's config is kept beside it
+    import yaml
+
+    assert yaml.safe_load((tmp_path / "lr/config.yaml").read_text())["model"]["lr"] == 1e-3
+    (resumed,) = (tmp_path / "lr").glob("config.resume-*.yaml")
+    assert yaml.safe_load(resumed.read_text())["model"]["lr"] == 1e-2
 
 
 def test_resume_with_changed_history_refuses_with_a_diff_and_changes_nothing(tmp_path, tiny_shards):
@@ -73,10 +79,7 @@ def test_resume_with_changed_history_refuses_with_a_diff_and_changes_nothing(tmp
         assert line in msg, msg
     assert "another --run.name" in msg and "model.lr" not in msg
     after = snapshot(run)
-    # config.yaml is rewritten by LightningCLI's SaveConfigCallback before Lightning loads a checkpoint;
-    # the CLI's early check (train.resume.refuse_changed_history in before_fit) is what keeps it
-    after.pop("config.yaml"), before.pop("config.yaml")
-    assert after == before
+    assert after == before  # config.yaml too: the CLI refuses in before_fit, before anything is written
     torch.load(run / "checkpoints/last.ckpt", map_location="cpu", weights_only=False)  # still loadable
 
 

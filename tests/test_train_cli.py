@@ -100,7 +100,7 @@ def test_wandb_offline_without_key_and_resume_keeps_run_id(tmp_path, tiny_shards
     monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "wandb-data"))
     args = ["--model.model_name=clip-micro", f"--data.train_shards={tiny_shards[0]}", "--data.batch_size=16",
             "--data.num_workers=0", "--trainer.enable_progress_bar=false", "--trainer.limit_val_batches=0",
-            "--run.wandb_mode=auto", "--run.name=wb", f"--run.root={tmp_path}/runs", "--model.total_steps=2"]
+            "--run.wandb_mode=auto", "--run.name=wb", f"--run.root={tmp_path}/runs", "--model.total_steps=2", "--model.warmup_steps=1"]
     base = ["fit", "--config", "quickstart.yaml", "--data.synthetic=null", "--trainer.accelerator=cpu"]
     cli = main([*base, *args, "--trainer.max_steps=1"])
     run = tmp_path / "runs" / "wb"

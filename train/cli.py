@@ -5,6 +5,7 @@ import os
 import re
 import sys
 import traceback
+from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -15,9 +16,10 @@ from lightning.pytorch.plugins.io import CheckpointIO
 from train.data import WebDataModule
 from train.models import REPO_ROOT
 from train.module import CLIPModule
+from train.resume import ResumeMismatchError, refuse_changed_history
 from train.run_dir import (
     AtomicCheckpointIO, RunConfig, RunDirError, RunLock, build_checkpoint_callback, build_loggers, check_before_fit,
-    check_resume_checkpoint, is_launching_process, start_run,
+    check_resume_checkpoint, is_launching_process, last_checkpoint, start_run,
 )
 
 CONFIG_DIR = REPO_ROOT / "configs"
@@ -180,6 +182,9 @@ class ClipCLI(LightningCLI):
         resume = bool(ckpt_path) or not fit
         if not fit:
             self.save_config_callback = None
+        elif ckpt_path:  # config.yaml stays the config the run started with; each resume keeps its own
+            stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+            self.save_config_kwargs = {**self.save_config_kwargs, "config_filename": f"config.resume-{stamp}.yaml"}
         if fit and is_launching_process() and self._run_lock is None:
             self._run_lock = start_run(run, ckpt_path)  # held until fit ends (see _run_subcommand)
         try:
@@ -200,6 +205,15 @@ class ClipCLI(LightningCLI):
         except BaseException:
             self._release_run_lock()
             raise
+
+    def before_fit(self) -> None:
+        """Refuse a resume that would change the run's history before ``fit`` writes anything."""
+        ckpt_path = self._get(self.config, "ckpt_path", default=None)
+        if not ckpt_path or not is_launching_process():
+            return
+        path = last_checkpoint(self._run_config()) if ckpt_path == "last" else Path(ckpt_path)
+        if path is not None and path.is_file():
+            refuse_changed_history(str(path), self.model, self.trainer, self.datamodule)
 
     def _run_subcommand(self, subcommand: str) -> None:
         try:
@@ -236,7 +250,7 @@ def main(argv: list[str] | None = None) -> ClipCLI:
                 **{sub: {"usage": SUBCOMMAND_USAGE} for sub in SUBCOMMANDS},
             },
         )
-    except (ConfigError, RunDirError) as err:
+    except (ConfigError, RunDirError, ResumeMismatchError) as err:
         # From the shell: one readable error, no traceback (set CLIP_BIAS_LAB_TRACEBACK=1 for it).
         # In-process callers (tests, notebooks) get the exception itself.
         if not from_command_line or os.environ.get(TRACEBACK_ENV, "") not in ("", "0"):
