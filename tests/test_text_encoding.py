@@ -15,7 +15,8 @@ import pytest
 import torch
 from open_clip.model import CLIP, CustomTextCLIP
 
-from eval.model_access import ClipAdapter, register_repo_model_configs
+from eval.model_access import ClipAdapter
+from eval.models import register_model_configs
 from eval.text_encoding import encode_text, pooled_positions, trim_ineligibility, trimmed_forward
 
 TOL = dict(rtol=0, atol=1e-5)
@@ -31,7 +32,7 @@ SMALL = {"embed_dim": 32,
 def _threads():
     before = torch.get_num_threads()
     torch.set_num_threads(1)
-    register_repo_model_configs()
+    register_model_configs()
     yield
     torch.set_num_threads(before)
 
@@ -305,3 +306,35 @@ def test_bench_compare_smoke(micro_suite):
     assert row["untrimmed_s"] > 0 and row["trimmed_s"] > 0 and row["speedup"] > 0
     assert row["max_caption_tokens"] < row["context_length"]
     assert bench.result_diffs({"a": [1.0, 2]}, {"a": [1.0 + 1e-4, 2]}) == ["/a[0]: 1.0 vs 1.0001"]
+
+
+def test_training_loss_uses_the_trimmed_encoder_with_equal_loss_and_gradients(monkeypatch):
+    """CLIPModule's step (train.loss.contrastive_loss, trim_text on by default) goes through the
+    trimmed encoder and matches open_clip's path; trim_text=False never calls it."""
+    import eval.text_encoding as te
+    from train.loss import build_loss, contrastive_loss
+    from train.module import CLIPModule
+
+    module = CLIPModule(model_name="clip-micro", warmup_steps=0)
+    assert module.hparams.trim_text is True
+    side = module.model.visual.image_size
+    side = side[0] if isinstance(side, (tuple, list)) else side
+    torch.manual_seed(0)
+    images = torch.randn(8, 3, side, side)
+    texts = module.tokenizer(["a dog and a cat", "a red car", "three apples on a table", "x"] * 2)
+    calls: list[bool] = []
+    real = te.encode_text
+    monkeypatch.setattr(te, "encode_text", lambda *a, **k: calls.append(True) or real(*a, **k))
+    results = {}
+    for trim in (True, False):
+        calls.clear()
+        module.model.zero_grad()
+        loss = contrastive_loss(module.model, images, texts, build_loss("clip"), trim_text=trim)
+        loss.backward()
+        results[trim] = (loss.detach(), {n: p.grad.clone() for n, p in module.model.named_parameters()
+                                         if p.grad is not None})
+        assert bool(calls) == trim
+    (l1, g1), (l0, g0) = results[True], results[False]
+    assert torch.allclose(l1, l0, atol=1e-5)
+    assert g1.keys() == g0.keys()
+    assert max((g1[n] - g0[n]).abs().max().item() for n in g1) < 1e-5

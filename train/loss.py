@@ -6,6 +6,8 @@ from typing import Literal
 import torch
 from open_clip.loss import ClipLoss, SigLipLoss
 
+from eval.text_encoding import trimmed_forward
+
 LossKind = Literal["clip", "siglip"]
 
 
@@ -22,9 +24,16 @@ def build_loss(kind: LossKind = "clip", rank: int = 0, world_size: int = 1) -> t
     raise ValueError(f"Unknown loss {kind!r}; valid: 'clip', 'siglip'")
 
 
-def contrastive_loss(model: torch.nn.Module, images: torch.Tensor, texts: torch.Tensor, loss_fn) -> torch.Tensor:
-    """Forward both towers of an open_clip ``CLIP`` (possibly DDP-wrapped) and return the scalar loss."""
-    out = model(images, texts)
+def contrastive_loss(
+    model: torch.nn.Module, images: torch.Tensor, texts: torch.Tensor, loss_fn, trim_text: bool = True
+) -> torch.Tensor:
+    """Forward both towers of an open_clip ``CLIP`` (possibly DDP-wrapped) and return the scalar loss.
+
+    ``trim_text``: the text tower runs only up to the batch's last end-of-text token where that is
+    exact (``eval.text_encoding.trimmed_forward``); otherwise open_clip's own path.
+    """
+    with trimmed_forward(model, enabled=trim_text):
+        out = model(images, texts)
     if isinstance(out, dict):
         image_features, text_features = out["image_features"], out["text_features"]
         logit_scale, logit_bias = out["logit_scale"], out.get("logit_bias")

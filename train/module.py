@@ -13,6 +13,7 @@ import torch.distributed as dist
 
 from lightning.pytorch.trainer.states import TrainerFn
 
+from eval.text_encoding import encode_text
 from train import resume
 from train.loss import LossKind, build_loss, contrastive_loss
 from train.models import build_model_and_transforms, check_model_name, model_config
@@ -109,6 +110,7 @@ class CLIPModule(L.LightningModule):
         min_lr_ratio: float = 0.0,
         nan_policy: Literal["raise", "skip"] = "raise",
         max_consecutive_skips: int = 3,
+        trim_text: bool = True,
     ) -> None:
         """
         Args:
@@ -127,6 +129,9 @@ class CLIPModule(L.LightningModule):
                 (no update; counted as ``train/skipped_steps``, no loss logged for it).
             max_consecutive_skips: With ``nan_policy=skip``, stop the run when more than this many
                 steps in a row had a non-finite loss (0: stop at the first, like ``raise``).
+            trim_text: Run the text tower only up to the batch's last end-of-text token
+                (``eval.text_encoding``): equal results to ~1e-6, several times faster for short
+                captions; towers where that is not exact fall back to open_clip's ``encode_text``.
         """
         super().__init__()
         problems = check_model_args(model_name, pretrained, loss, lr, weight_decay, betas, eps, warmup_steps,
@@ -264,7 +269,7 @@ class CLIPModule(L.LightningModule):
         if self._per_device_batch is None:
             self._per_device_batch = images.shape[0]
             self._check_batch_size_on_resume()
-        loss = contrastive_loss(self.model, images, texts, self.loss_fn)
+        loss = contrastive_loss(self.model, images, texts, self.loss_fn, trim_text=self.hparams.trim_text)
         if not self._all_finite(loss):  # every rank takes the same branch, so all skip or all raise together
             step, hp = self.global_step, self.hparams
             advice = "Lower model.lr, raise model.warmup_steps, enable trainer.gradient_clip_val"
@@ -384,7 +389,7 @@ class CLIPModule(L.LightningModule):
     def validation_step(self, batch, batch_idx: int) -> None:
         images, texts = batch[0], batch[1]
         img = self.model.encode_image(images, normalize=True)
-        txt = self.model.encode_text(texts, normalize=True)
+        txt = encode_text(self.model, texts, normalize=True, trim=self.hparams.trim_text)
         self._val_features.append((img.float().cpu(), txt.float().cpu()))
         # the features open_clip's forward would return: no second pass through the towers
         bias = getattr(self.model, "logit_bias", None)
