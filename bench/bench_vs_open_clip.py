@@ -63,9 +63,12 @@ def run_ours(a, shards: str, work: Path) -> float:
 
 
 def run_theirs(a, shards: str, work: Path) -> float:
+    sys.path.insert(0, str(REPO))
+    from eval.models import MODEL_CONFIG_DIR  # the tiny model JSONs shipped with the package
+
     ensure_old_webdataset(work / "wds0286")
     wrapper = work / "open_clip_main.py"
-    wrapper.write_text(WRAPPER.format(config_dir=str(REPO / "configs" / "models")))
+    wrapper.write_text(WRAPPER.format(config_dir=str(MODEL_CONFIG_DIR)))
     cmd = [sys.executable, str(wrapper), "--train-data", shards, "--dataset-type", "webdataset",
            "--train-num-samples", str(a.batch_size * a.steps), "--batch-size", str(a.batch_size),
            "--workers", str(a.workers), "--epochs", "1", "--model", a.model, "--lr", "1e-3", "--warmup", "10",

@@ -6,17 +6,11 @@ chunks), ``preprocess`` (PIL image -> tensor) and ``tokenizer`` (list of str -> 
 Text goes through :func:`eval.text_encoding.encode_text` (length-trimmed where exact), each
 distinct token row once.
 
-``eval`` never imports ``train``: a CLIPModule checkpoint is read as plain data
-(``hyper_parameters["model_name"]`` and the ``state_dict`` keys prefixed ``model.``), with the
-tiny architectures of ``configs/models/*.json`` registered here from a path relative to the repo.
+Model configs and checkpoint files are read by :mod:`eval.models` (``eval`` never imports
+``train``: a CLIPModule checkpoint is plain data there).
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import logging
-import pickle
-import tempfile
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -28,25 +22,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from eval.models import load_checkpoint, model_from_checkpoint, register_model_configs
 from eval.text_encoding import encode_text, pooled_positions
-
-log = logging.getLogger(__name__)
-
-#: ``configs/models`` of this repository (tiny open_clip model configs as JSON).
-REPO_MODEL_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "models"
-#: Prefix of the CLIP's parameters inside a CLIPModule ``state_dict`` (``self.model``).
-MODULE_PREFIX = "model."
-
-_registered: set[Path] = set()
-
-
-def register_repo_model_configs(path: Path = REPO_MODEL_CONFIGS) -> None:
-    """Make ``configs/models/*.json`` known to ``open_clip.create_model`` (idempotent)."""
-    path = Path(path).resolve()
-    if path in _registered or not path.is_dir():
-        return
-    open_clip.add_model_config(path)
-    _registered.add(path)
 
 
 @dataclass
@@ -169,20 +146,13 @@ class ClipAdapter:
             batch_size: encoding chunk size.
         """
         path = Path(path)
-        return cls._from_loaded(_load_file(path), path, device, model_name, batch_size)
+        return cls._from_loaded(load_checkpoint(path), path, device, model_name, batch_size)
 
     @classmethod
     def _from_loaded(
         cls, ckpt: Any, path: Path, device: str | torch.device, model_name: str | None, batch_size: int
     ) -> "ClipAdapter":
-        state_dict = _clip_state_dict(ckpt, path)
-        name = model_name or _model_name(ckpt, path)
-        stored = ckpt.get("open_clip") or {}
-        if model_name is None and isinstance(stored.get("model_cfg"), Mapping):
-            # CLIPModule stores the architecture itself: no registry lookup needed
-            name = _register_cfg(name, dict(stored["model_cfg"]))
-        model, preprocess, tokenizer = _create(name, path)
-        _load_weights(model, state_dict, path, name)
+        model, preprocess, tokenizer, name = model_from_checkpoint(ckpt, path, model_name)
         model.to(device).eval()
         return cls(model, preprocess, tokenizer, name=f"{name}@{path}", batch_size=batch_size)
 
@@ -197,10 +167,10 @@ class ClipAdapter:
         CLIPModule Lightning checkpoint given as the file is read with :meth:`from_checkpoint`.
         """
         if pretrained and Path(pretrained).is_file() and Path(pretrained).suffix == ".ckpt":
-            ckpt = _load_file(Path(pretrained))
+            ckpt = load_checkpoint(pretrained)
             if isinstance(ckpt, Mapping) and "hyper_parameters" in ckpt:
                 return cls._from_loaded(ckpt, Path(pretrained), device, name, batch_size)
-        register_repo_model_configs()
+        register_model_configs()
         try:
             model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained, device=device)
         except RuntimeError as e:
@@ -242,108 +212,3 @@ def _module_switch(pl_module: Any, name: str, default: bool) -> bool:
     if value is None:
         value = (getattr(pl_module, "hparams", None) or {}).get(name)
     return default if value is None else bool(value)
-
-
-# ---------------------------------------------------------------------- checkpoint helpers
-
-
-def _load_file(path: Path) -> Any:
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # Lightning stores hyper-parameters as arbitrary objects (e.g. jsonargparse namespaces),
-        # which the safe loader refuses: the file is the user's own checkpoint, so load it fully.
-        log.info("%s holds non-tensor objects; loading with weights_only=False", path)
-    except Exception as e:  # torch raises several types for a file that is not a checkpoint
-        raise ValueError(f"{path} is not a PyTorch checkpoint ({type(e).__name__}: {e})") from e
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise ValueError(f"{path} is not a PyTorch checkpoint ({type(e).__name__}: {e})") from e
-
-
-def _clip_state_dict(ckpt: Any, path: Path) -> dict[str, torch.Tensor]:
-    if not isinstance(ckpt, Mapping) or "state_dict" not in ckpt:
-        raise ValueError(
-            f"{path} is not a Lightning checkpoint (no 'state_dict'); for a plain open_clip weights "
-            "file use ClipAdapter.from_open_clip(name, pretrained=path) / --model NAME --pretrained FILE."
-        )
-    sd = {k[len(MODULE_PREFIX):]: v for k, v in ckpt["state_dict"].items() if k.startswith(MODULE_PREFIX)}
-    if not sd:
-        some = ", ".join(list(ckpt["state_dict"])[:5])
-        raise ValueError(
-            f"{path} has no parameters prefixed {MODULE_PREFIX!r} (found e.g. {some}): "
-            "not a checkpoint of train.module.CLIPModule."
-        )
-    return sd
-
-
-def _find_key(obj: Any, key: str) -> Any:
-    """Depth-first lookup of ``key`` in nested mappings / namespaces (LightningCLI nests init args)."""
-    if isinstance(obj, Mapping):
-        if key in obj:
-            return obj[key]
-        children = obj.values()
-    elif hasattr(obj, "__dict__"):
-        if key in vars(obj):
-            return vars(obj)[key]
-        children = vars(obj).values()
-    else:
-        return None
-    for child in children:
-        found = _find_key(child, key)
-        if found is not None:
-            return found
-    return None
-
-
-def _register_cfg(name: str, cfg: dict) -> str:
-    """Make ``cfg`` creatable: ``name`` if the registry already holds exactly it, else a new name."""
-    register_repo_model_configs()
-    if open_clip.get_model_config(name) == cfg:
-        return name
-    digest = hashlib.sha1(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:8]
-    key = f"{name}-ckpt{digest}"
-    if open_clip.get_model_config(key) is None:
-        with tempfile.TemporaryDirectory() as tmp:  # open_clip reads the file at registration
-            (Path(tmp) / f"{key}.json").write_text(json.dumps(cfg))
-            open_clip.add_model_config(Path(tmp) / f"{key}.json")
-    if open_clip.get_model_config(name) is not None:
-        log.warning("checkpoint config of %r differs from the registered one; using the checkpoint's", name)
-    return key
-
-
-def _model_name(ckpt: Mapping, path: Path) -> str:
-    name = (ckpt.get("open_clip") or {}).get("model_name") or _find_key(ckpt.get("hyper_parameters", {}),
-                                                                         "model_name")
-    if not isinstance(name, str) or not name:
-        raise ValueError(
-            f"{path}: hyper_parameters has no 'model_name', so the architecture is unknown; "
-            "pass it explicitly (from_checkpoint(path, model_name=...) / --model NAME)."
-        )
-    return name
-
-
-def _create(name: str, path: Path) -> tuple[nn.Module, Callable, Callable]:
-    register_repo_model_configs()
-    if name.replace("/", "-") not in open_clip.list_models():
-        raise ValueError(
-            f"{path}: model {name!r} is neither a built-in open_clip config nor in {REPO_MODEL_CONFIGS}; "
-            f"known: {', '.join(open_clip.list_models()[:10])}, ..."
-        )
-    model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None)
-    return model, preprocess, open_clip.get_tokenizer(name)
-
-
-def _load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], path: Path, name: str) -> None:
-    try:
-        result = model.load_state_dict(state_dict, strict=False)
-    except RuntimeError as e:  # shape mismatches
-        raise ValueError(f"{path}: weights do not fit open_clip model {name!r}: {e}") from e
-    if result.missing_keys or result.unexpected_keys:
-        raise ValueError(
-            f"{path}: weights do not fit open_clip model {name!r}: missing {result.missing_keys[:5]}, "
-            f"unexpected {result.unexpected_keys[:5]} — wrong --model name or not a CLIP checkpoint?"
-        )

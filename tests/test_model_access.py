@@ -172,3 +172,64 @@ def test_from_open_clip_bad_input(trained, tmp_path):
     renamed.write_bytes(ckpt.read_bytes())
     with pytest.raises(ValueError, match="use from_checkpoint"):
         ClipAdapter.from_open_clip(module.model_name, str(renamed))
+
+
+# ---------------------------------------------------------------- one home for model configs and checkpoints
+
+
+def test_model_configs_ship_with_the_eval_package(tmp_path, monkeypatch):
+    """The tiny configs are package data of ``eval`` (found from a non-editable install too), and
+    train builds its models from the same registry."""
+    import configparser
+    import json
+    from pathlib import Path
+
+    import open_clip
+
+    import eval as eval_pkg
+    import train.models
+    from eval import models
+
+    pkg = Path(eval_pkg.__file__).resolve().parent
+    assert models.MODEL_CONFIG_DIR.parent == pkg  # inside the package, not found via the repository
+    shipped = sorted(models.MODEL_CONFIG_DIR.glob("*.json"))
+    assert {p.stem for p in shipped} >= {"clip-tiny", "clip-micro"}
+    cfg = configparser.ConfigParser()
+    cfg.read(pkg.parent / "setup.cfg")
+    pattern = cfg["options.package_data"]["eval"].strip()
+    assert sorted(pkg.glob(pattern)) == shipped  # what setup.cfg ships is every config there is
+    models.register_model_configs()
+    assert open_clip.get_model_config("clip-tiny") == json.loads((models.MODEL_CONFIG_DIR / "clip-tiny.json").read_text())
+    for name in ("check_model_name", "build_model_and_transforms", "model_config", "register_model_configs"):
+        assert getattr(train.models, name) is getattr(models, name), name
+
+    # your own configs in ./configs/models are registered too
+    (tmp_path / "configs" / "models").mkdir(parents=True)
+    (tmp_path / "configs" / "models" / "my-own-tiny.json").write_text(json.dumps(TINY_CFG))
+    monkeypatch.chdir(tmp_path)
+    models.register_model_configs()
+    assert open_clip.get_model_config("my-own-tiny") == TINY_CFG
+    with pytest.raises(ValueError, match="Unknown model_name 'nope'.*clip-tiny.*my-own-tiny"):
+        models.check_model_name("nope")
+
+
+def test_export_is_the_checkpoint_reader_of_eval(trained, tmp_path):
+    import open_clip
+
+    from eval.models import export_checkpoint
+    from train.export import export_checkpoint as train_export
+
+    assert train_export is export_checkpoint
+    module, ckpt = trained
+    name, out = export_checkpoint(ckpt, tmp_path / "w.pt")
+    assert name == module.model_name
+    plain = open_clip.create_model(name, pretrained=str(out)).eval()
+    images = torch.randn(2, 3, 32, 32)
+    was_training = module.model.training
+    with torch.no_grad():
+        torch.testing.assert_close(plain.encode_image(images), module.model.eval().encode_image(images))
+    module.model.train(was_training)
+    with pytest.raises(ValueError, match="no parameters prefixed 'model.'"):
+        other = tmp_path / "other.ckpt"
+        torch.save({"state_dict": {"net.weight": torch.zeros(2)}, "hyper_parameters": {}}, other)
+        export_checkpoint(other, tmp_path / "x.pt")
