@@ -15,7 +15,6 @@ Sources, all read as the sample json's ``objects`` list (``name``, ``area``, ``m
 from __future__ import annotations
 
 import io
-import math
 from collections import defaultdict
 from pathlib import Path
 from typing import Protocol, Sequence
@@ -27,21 +26,7 @@ from .boxes import BoxesSidecar
 from .mentions import Vocabulary, default_vocabulary, mentioned_names
 from .read_shards import iter_samples
 from .shards import write_json_atomic
-
-#: two-sided 95 % normal quantile (eval/stats.py has the same interval; data_prep may not import eval)
-_Z95 = 1.959963984540054
-
-
-def wilson_interval(count: int, total: int, z: float = _Z95) -> tuple[float, float] | None:
-    """95 % Wilson score interval of ``count / total`` (``None`` when ``total == 0``)."""
-    if total == 0:
-        return None
-    p = count / total
-    z2 = z * z
-    denom = 1.0 + z2 / total
-    centre = (p + z2 / (2 * total)) / denom
-    half = z / denom * math.sqrt(p * (1 - p) / total + z2 / (4 * total * total))
-    return max(0.0, centre - half), min(1.0, centre + half)
+from .stats import wilson_interval
 
 
 class Detector(Protocol):
