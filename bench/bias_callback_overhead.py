@@ -1,9 +1,10 @@
 """Share of training wall time spent in BiasEvalCallback (issue 4, benchmark b).
 
-Trains train.module.CLIPModule (clip-tiny, the quickstart model) on in-memory random batches of
-the quickstart's batch size with the callback at its quickstart settings, measures seconds per
-evaluation and per training step, and extrapolates to the quickstart schedule. Data loading is
-excluded, so the share printed is an upper bound for a real run.
+Trains train.module.CLIPModule (the quickstart model) on in-memory random batches of the
+quickstart's batch size with the callback at its quickstart settings (all read from
+``configs/quickstart.yaml``), measures seconds per evaluation and per training step, and
+extrapolates to the quickstart schedule. Data loading is excluded, so the share printed is an
+upper bound for a real run.
 
     python bench/bias_callback_overhead.py [--steps 24] [--every 8] [--threads 2]
 """
@@ -12,34 +13,58 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from pathlib import Path
 
 import lightning as L
 import torch
+import yaml
 from torch.utils.data import DataLoader, TensorDataset
 
 from eval.callback import BiasEvalCallback
 from train.module import CLIPModule
 
 
+QUICKSTART = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
+
+
+def quickstart_settings(path: Path = QUICKSTART) -> dict:
+    """Model name, batch size, max_steps and the BiasEvalCallback's init_args of the quickstart."""
+    cfg = yaml.safe_load(path.read_text())
+    callbacks = (cfg.get("trainer") or {}).get("callbacks") or []
+    init_args = next((c.get("init_args") or {} for c in callbacks
+                      if str(c.get("class_path", "")).endswith("BiasEvalCallback")), None)
+    if init_args is None:
+        raise SystemExit(f"{path} attaches no BiasEvalCallback")
+    return {"model": (cfg.get("model") or {}).get("model_name", "clip-tiny"),
+            "batch": (cfg.get("data") or {}).get("batch_size"),
+            "max_steps": (cfg.get("trainer") or {}).get("max_steps"), "callback": dict(init_args)}
+
+
 def main() -> None:
+    qs = quickstart_settings()
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=24, help="training steps of the measurement run")
     ap.add_argument("--every", type=int, default=8, help="evaluate every N steps in the measurement run")
-    ap.add_argument("--batch", type=int, default=128, help="per-device batch (quickstart: 128)")
+    ap.add_argument("--batch", type=int, default=qs["batch"], help="per-device batch (default: the quickstart's)")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    ap.add_argument("--qs-steps", type=int, default=312, help="quickstart max_steps")
-    ap.add_argument("--qs-every", type=int, default=104, help="quickstart callback every_n_steps")
+    ap.add_argument("--qs-steps", type=int, default=qs["max_steps"], help="quickstart max_steps (default: its config's)")
+    ap.add_argument("--qs-every", type=int, default=qs["callback"].get("every_n_steps"),
+                    help="quickstart callback every_n_steps (default: its config's)")
     args = ap.parse_args()
+    missing = [f"--{k.replace('_', '-')}" for k in ("batch", "qs_steps", "qs_every") if not getattr(args, k)]
+    if missing:
+        ap.error(f"{QUICKSTART} does not give {', '.join(missing)} as a number; pass them")
     torch.set_num_threads(args.threads)
     L.seed_everything(0)
-    module = CLIPModule("clip-tiny", warmup_steps=10, total_steps=args.steps)
+    module = CLIPModule(qs["model"], warmup_steps=10, total_steps=args.steps)
     size = module.model.visual.image_size[0]
     n = args.batch * args.steps
     images = torch.randn(n, 3, size, size)
     tokens = module.tokenizer([f"a photo of object {i % 500} and object {i % 37}" for i in range(n)])
     loader = DataLoader(TensorDataset(images, tokens), batch_size=args.batch)
     with tempfile.TemporaryDirectory() as tmp:
-        cb = BiasEvalCallback(every_n_steps=args.every, cache_dir=tmp, plots=False, run_dir=tmp)
+        cb = BiasEvalCallback(**{**qs["callback"], "every_n_steps": args.every, "cache_dir": tmp, "plots": False,
+                                 "run_dir": tmp})
         cb._default_set(module)  # render the eval set outside the timed run (a one-off, cached)
         trainer = L.Trainer(max_steps=args.steps, accelerator="cpu", callbacks=[cb], logger=False,
                             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,

@@ -20,7 +20,6 @@ evaluation only runs the encoders and the probes (``eval.suite.run_suite``).
 from __future__ import annotations
 
 import logging
-import operator
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -30,22 +29,23 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import WandbLogger
 
-from eval.eval_sets import default_eval_set
+from eval.eval_sets import default_eval_set, eval_set_cache_problem, n_objects_problem
 from eval.model_access import ClipAdapter, model_image_size
 from eval.records import BIAS_FILE, append_records, flatten, make_records, metric_key
+from eval.suite import SuiteConfig, SuiteOptionError, check_int
 
 log = logging.getLogger(__name__)
+
 
 class BiasEvalCallback(L.Callback):
     """Evaluate order/size-bias probes on rank 0 during training and log them over samples seen.
 
     Args:
         probes: probe names (``tor``, ``toc``, ``ior``, ``ioc``, ``i2tor``, ``itm``, ``claim1``).
-        n_objects: objects per item to evaluate (each must be in the eval set; 2..5 for rendered sets).
+        n_objects: objects per item to evaluate (each >= 2 and in the eval set).
         items_per_probe: items (captions / images) per probe and n; fewer = faster, wider intervals.
-            TOR rounds up to whole Latin-square blocks of the vocabulary (62 objects by default).
-        itm_distractors: absent objects per image in ITM (None = all); each adds 2 captions per
-            image and scenario, so this is the main cost knob of ITM.
+            TOR rounds up to whole Latin-square blocks of the vocabulary.
+        itm_distractors: absent objects per image in ITM (null = all), the main cost knob of ITM.
         every_n_steps: evaluate after every N optimizer steps (plus at step 0 and at the end).
         data_dir: an eval-set folder with ``manifest.jsonl``; None renders the default ComCO-style
             set once (``data_prep.comco.write_eval_set``) into ``cache_dir``.
@@ -53,32 +53,35 @@ class BiasEvalCallback(L.Callback):
             ``~/.cache/clip_bias_lab``, read when the set is needed; shared with ``python -m eval comco``,
             see :mod:`eval.eval_sets`).
         image_size: pixel size of the rendered default set (default: the model's input size).
-        templates: caption templates (``data_prep.captions.TEMPLATES`` ids), the first is the
-            headline; None keeps the suite's default (bare "A and B" form, then "a photo of ...").
-        text_encodings: ``plain`` and/or ``split`` (per-object caption splitting) for TOR, ITM,
-            Claim 1; None keeps the suite's default (``plain``).
+        templates: caption templates (``data_prep.captions.TEMPLATES`` ids), the first is the headline.
+        text_encodings: ``plain`` and/or ``split`` (per-object caption splitting) for TOR, ITM, Claim 1.
         run_dir: where ``bias.jsonl`` and ``plots/`` go; None = ``trainer.default_root_dir``.
         eval_at_end: evaluate once more at the end of training if the last step was not evaluated.
         plots: write PNG curves to ``<run_dir>/plots`` at the end of training.
-        seed: seed of the item selection (fixed, so every evaluation sees the same items).
+        seed: seed of the item selection (fixed, so every evaluation sees the same items) and of
+            the rendered default set.
+
+    ``probes``, ``n_objects``, ``items_per_probe``, ``itm_distractors``, ``templates``,
+    ``text_encodings`` and ``seed`` are probe options: their defaults, meaning and checks are
+    :class:`eval.suite.SuiteConfig`'s, which the callback builds from them (``self.suite``).
     """
 
     def __init__(
         self,
-        probes: Sequence[str] = ("tor", "ior", "i2tor", "itm"),
-        n_objects: Sequence[int] = (3,),
-        items_per_probe: int = 62,
-        itm_distractors: int | None = 2,
+        probes: Sequence[str] = SuiteConfig.probes,
+        n_objects: Sequence[int] = SuiteConfig.n_objects,
+        items_per_probe: int = SuiteConfig.items_per_probe,
+        itm_distractors: int | None = SuiteConfig.itm_distractors,
         every_n_steps: int = 500,
         data_dir: str | None = None,
         cache_dir: str | None = None,
         image_size: int | None = None,
-        templates: Sequence[str] | None = None,
-        text_encodings: Sequence[str] | None = None,
+        templates: Sequence[str] = SuiteConfig.templates,
+        text_encodings: Sequence[str] = SuiteConfig.text_encodings,
         run_dir: str | None = None,
         eval_at_end: bool = True,
         plots: bool = True,
-        seed: int = 0,
+        seed: int = SuiteConfig.seed,
     ) -> None:
         super().__init__()
         v = self._checked(
@@ -86,20 +89,15 @@ class BiasEvalCallback(L.Callback):
             every_n_steps=every_n_steps, data_dir=data_dir, cache_dir=cache_dir, image_size=image_size,
             templates=templates, text_encodings=text_encodings, run_dir=run_dir, eval_at_end=eval_at_end,
             plots=plots, seed=seed)
-        self.probes: list[str] = v["probes"]
-        self.n_objects: list[int] = v["n_objects"]
-        self.items_per_probe: int = v["items_per_probe"]
-        self.itm_distractors: int | None = v["itm_distractors"]
+        #: the probe options (the suite's own defaults and checks)
+        self.suite: SuiteConfig = v["suite"]
         self.every_n_steps: int = v["every_n_steps"]
         self.data_dir = data_dir
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.image_size: int | None = v["image_size"]
-        self.templates: list[str] | None = v["templates"]
-        self.text_encodings: list[str] | None = v["text_encodings"]
         self.run_dir = run_dir
         self.eval_at_end = eval_at_end
         self.plots = plots
-        self.seed: int = v["seed"]
         self._prepared: Any = None
         self._adapter: ClipAdapter | None = None
         self._last_step: int | None = None
@@ -113,87 +111,37 @@ class BiasEvalCallback(L.Callback):
 
     #: where the arguments live in a training config; every message names them under it
     CONFIG_PATH = "trainer.callbacks[BiasEvalCallback].init_args"
+    #: the probe options, passed on to :class:`eval.suite.SuiteConfig` under the same names
+    SUITE_OPTIONS = ("probes", "n_objects", "items_per_probe", "itm_distractors", "templates", "text_encodings",
+                     "seed")
 
     @classmethod
     def _checked(cls, **args: Any) -> dict[str, Any]:
-        """The arguments normalised (``probes`` lower-case, a ``"tor,ior"`` string split), or one
-        ``ValueError`` on one line that names every bad argument, what it must be and what it got."""
-        from data_prep.captions import TEMPLATES
+        """The arguments normalised (the probe options as a ``SuiteConfig``), or one ``ValueError``
+        on one line that names every bad argument, what it must be and what it got."""
         from data_prep.shards import OutDirError, check_writable
-        from eval.eval_sets import eval_set_cache_problem
-        from eval.probes import PROBE_NAMES
-        from eval.suite import TEXT_ENCODINGS
 
         errs: list[str] = []
-        out: dict[str, Any] = {}
-
-        def names(key: str) -> list[str] | None:
-            value = args[key]
-            if value is None:
-                return None
-            if isinstance(value, str):
-                return [x.strip() for x in value.split(",") if x.strip()]
-            if isinstance(value, (list, tuple)) and all(isinstance(x, str) for x in value):
-                return list(value)
-            errs.append(f"{key} must be a list of names, got {value!r}")
-            return None
-
-        def integer(key: str, low: int, optional: bool = False, hint: str = "") -> int | None:
-            value = args[key]
-            if value is None and optional:
-                return None
-            try:  # 3, "3", 3.0 and numpy integers are fine; True, 2.5 and "x" are not
-                if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                    raise TypeError
-                value = int(value) if isinstance(value, (str, float)) else operator.index(value)
-            except (TypeError, ValueError):
-                errs.append(f"{key} must be an integer >= {low}{hint}, got {value!r}")
-                return None
-            if value < low:
-                errs.append(f"{key} must be an integer >= {low}{hint}, got {value!r}")
-                return None
-            return value
-
-        probes = names("probes")
-        out["probes"] = [p.lower() for p in probes or ()]
-        bad = [p for p in out["probes"] if p not in PROBE_NAMES]
-        if bad:
-            errs.append(f"probes: unknown {bad}; valid: {list(PROBE_NAMES)}")
-        elif probes == [] or args["probes"] is None:
-            errs.append(f"probes: none given; valid: {list(PROBE_NAMES)}")
-        n_objects = args["n_objects"]
-        n_objects = [n_objects] if isinstance(n_objects, int) else n_objects
-        if not isinstance(n_objects, (list, tuple)) or not all(
-                isinstance(n, int) and not isinstance(n, bool) for n in n_objects):
-            errs.append(f"n_objects must be a list of integers in 2..5, got {args['n_objects']!r}")
-            n_objects = []
-        else:
-            bad_n = [n for n in n_objects if not 2 <= n <= 5]
-            if bad_n or not n_objects:
-                errs.append(f"n_objects: {bad_n or '(empty)'} outside 2..5")
-        out["n_objects"] = [int(n) for n in n_objects]
-        out["items_per_probe"] = integer("items_per_probe", 1)
-        out["itm_distractors"] = integer("itm_distractors", 1, optional=True, hint=" or null (all)")
-        out["every_n_steps"] = integer("every_n_steps", 1)
-        out["image_size"] = integer("image_size", 16, optional=True, hint=" or null (the model's input size)")
-        out["seed"] = integer("seed", 0)
-        out["templates"] = names("templates")
-        bad_t = [t for t in out["templates"] or () if t not in TEMPLATES]
-        if bad_t or out["templates"] == []:
-            errs.append(f"templates: unknown {bad_t or '(empty)'}; valid: {list(TEMPLATES)}")
-        out["text_encodings"] = names("text_encodings")
-        bad_enc = [e for e in out["text_encodings"] or () if e not in TEXT_ENCODINGS]
-        if bad_enc or out["text_encodings"] == []:
-            errs.append(f"text_encodings: {bad_enc or '(empty)'}; valid: {list(TEXT_ENCODINGS)}")
+        out: dict[str, Any] = {"suite": None}
+        try:
+            out["suite"] = SuiteConfig(**{k: args[k] for k in cls.SUITE_OPTIONS})
+        except SuiteOptionError as e:
+            errs += e.messages()
+        for key, low, hint in (("every_n_steps", 1, ""), ("image_size", 16, " or null (the model's input size)")):
+            out[key], problem = check_int(args[key], low, optional=bool(hint), hint=hint)
+            if problem:
+                errs.append(key + problem)
         for key in ("eval_at_end", "plots"):
             if not isinstance(args[key], bool):
                 errs.append(f"{key} must be true or false, got {args[key]!r}")
         data_dir = args["data_dir"]
         if data_dir is not None and not (Path(data_dir) / "manifest.jsonl").is_file():
             errs.append(f"data_dir: no manifest.jsonl in {data_dir}; omit data_dir to render the default set")
-        elif data_dir is None and isinstance(out["seed"], int):
+        elif data_dir is None and out["suite"] is not None:
+            if problem := n_objects_problem(out["suite"].n_objects, "n_objects"):
+                errs.append(problem)
             cache = Path(args["cache_dir"]) if args["cache_dir"] else None
-            if problem := eval_set_cache_problem(cache, out["seed"], out["image_size"], "cache_dir"):
+            if problem := eval_set_cache_problem(cache, out["suite"].seed, out["image_size"], "cache_dir"):
                 errs.append(problem)
         if args["run_dir"] is not None:
             try:
@@ -296,14 +244,7 @@ class BiasEvalCallback(L.Callback):
         return prepare_suite, run_suite
 
     def _suite_args(self) -> dict[str, Any]:
-        args: dict[str, Any] = {"probes": tuple(self.probes), "n_objects": tuple(self.n_objects),
-                                "items_per_probe": self.items_per_probe, "itm_distractors": self.itm_distractors,
-                                "seed": self.seed, "progress": False}
-        if self.templates is not None:
-            args["templates"] = tuple(self.templates)
-        if self.text_encodings is not None:
-            args["text_encodings"] = tuple(self.text_encodings)
-        return args
+        return {"config": self.suite, "progress": False}
 
     def _eval_set(self, pl_module: L.LightningModule):
         from eval.manifest import load_eval_set
@@ -316,7 +257,7 @@ class BiasEvalCallback(L.Callback):
         """The default ComCO-style set at the model's input size, rendered once into the cache
         shared with ``python -m eval comco`` (:func:`eval.eval_sets.default_eval_set`)."""
         size = self.image_size or model_image_size(pl_module)
-        return default_eval_set(self.cache_dir, self.seed, size, progress=False)
+        return default_eval_set(self.cache_dir, self.suite.seed, size, progress=False)
 
     def _samples_seen(self, trainer: L.Trainer, pl_module: L.LightningModule) -> int:
         seen = getattr(pl_module, "samples_seen", None)

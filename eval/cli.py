@@ -14,13 +14,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from data_prep.captions import TEMPLATES
 from eval import probes as P
 from eval import report, suite
 from eval.attention import attention_by_role, format_attention, vit_last_attention
-from eval.eval_sets import CACHE_ENV, default_eval_set, eval_set_cache_problem
+from eval.eval_sets import CACHE_ENV, default_eval_set, eval_set_cache_problem, n_objects_problem
 from eval.manifest import load_eval_set
 from eval.model_access import ClipAdapter, model_image_size
 from eval.outputs import write_json_atomic
+from eval.suite import TEXT_ENCODINGS, SuiteConfig, SuiteOptionError
 
 CACHE_HELP = f"cache for rendered eval sets (default: ${CACHE_ENV} or ~/.cache/clip_bias_lab)"
 
@@ -30,36 +32,56 @@ def _csv(value: str) -> list[str]:
 
 
 def add_comco_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    D = SuiteConfig  # the probe options' defaults, choices and checks are the suite's
     p = subparsers.add_parser(
         "comco", help="run the bias probes on a model", description="Run the ComCO bias probes "
         "(TOR, TOC, IOR, IOC, I2TOR, ITM, Claim 1) on one model; print tables and write JSON.")
     src = p.add_argument_group("model (one of)")
     src.add_argument("--checkpoint", type=Path, help="Lightning checkpoint of train.module.CLIPModule")
-    src.add_argument("--model", help="open_clip model name (built-in or configs/models/*.json)")
+    src.add_argument("--model", help="open_clip model name (built-in, clip-tiny/clip-micro, or ./configs/models/*.json)")
     src.add_argument("--pretrained", help="open_clip pretrained tag (needs network) or weights file")
     p.add_argument("--data", type=Path, help="eval-set folder with manifest.jsonl (default: render "
                    "the default ComCO-style set once into --cache-dir)")
     p.add_argument("--cache-dir", type=Path, default=None, help=CACHE_HELP)
     p.add_argument("--image-size", type=int, default=None,
                    help="side of rendered default eval images (default: the model's input size)")
-    p.add_argument("--probes", type=_csv, default=list(P.PROBE_NAMES),
-                   help=f"comma-separated subset of {','.join(P.PROBE_NAMES)} (default: all)")
+    p.add_argument("--probes", type=_csv, default=list(D.probes),
+                   help=f"comma-separated subset of {','.join(P.PROBE_NAMES)} (default: {','.join(D.probes)})")
     p.add_argument("--n-objects", type=int, nargs="+", default=None,
                    help="objects per item, e.g. 3 4 (default: every n in the eval set)")
-    p.add_argument("--items", type=int, default=256, help="captions / images per probe and n")
-    p.add_argument("--templates", type=_csv, default=["and_chain", "photo"],
-                   help="caption templates (data_prep.captions ids); the first is the headline")
-    p.add_argument("--gallery-template", default="{}", help="text gallery prompt, '{}' = bare name")
-    p.add_argument("--text-encoding", nargs="+", default=["plain"], choices=["plain", "split"],
-                   help="'split' also reports per-object caption splitting")
-    p.add_argument("--itm-distractors", type=int, default=4, help="absent objects per image in ITM (0 = all)")
-    p.add_argument("--seed", type=int, default=0, help="seed of captions, subsets and classifier splits")
+    p.add_argument("--items", type=int, default=D.items_per_probe,
+                   help="captions / images per probe and n (default: %(default)s)")
+    p.add_argument("--templates", type=_csv, default=list(D.templates),
+                   help=f"comma-separated caption templates of {','.join(TEMPLATES)}; the first is the headline "
+                   f"(default: {','.join(D.templates)})")
+    p.add_argument("--gallery-template", default=D.gallery_template,
+                   help="text gallery prompt, '{}' = bare name (default: %(default)s)")
+    p.add_argument("--text-encoding", nargs="+", default=list(D.text_encodings), choices=TEXT_ENCODINGS,
+                   help=f"'split' also reports per-object caption splitting (default: {' '.join(D.text_encodings)})")
+    p.add_argument("--itm-distractors", type=int, default=D.itm_distractors or 0,
+                   help="absent objects per image in ITM (0 = all; default: %(default)s)")
+    p.add_argument("--seed", type=int, default=D.seed,
+                   help="seed of captions, subsets, classifier splits and the rendered default set")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     p.add_argument("--batch-size", type=int, default=256, help="encoder batch size")
     p.add_argument("--out", type=Path, required=True, help="results JSON (written atomically)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run_comco)
     return p
+
+
+#: ``comco``'s flag for each suite option (:class:`eval.suite.SuiteConfig` checks and names them)
+SUITE_FLAGS = {"probes": "--probes", "n_objects": "--n-objects", "items_per_probe": "--items",
+               "templates": "--templates", "gallery_template": "--gallery-template",
+               "text_encodings": "--text-encoding", "itm_distractors": "--itm-distractors", "seed": "--seed"}
+
+
+def suite_config(args: argparse.Namespace, n_objects: Sequence[int] | None = None) -> SuiteConfig:
+    """The suite options of ``comco``'s arguments (``n_objects`` None: ``--n-objects`` or the default)."""
+    return SuiteConfig(
+        probes=args.probes, n_objects=n_objects or args.n_objects or SuiteConfig.n_objects,
+        items_per_probe=args.items, templates=args.templates, gallery_template=args.gallery_template,
+        text_encodings=args.text_encoding, itm_distractors=args.itm_distractors or None, seed=args.seed)
 
 
 def validate_args(args: argparse.Namespace) -> None:
@@ -71,15 +93,17 @@ def validate_args(args: argparse.Namespace) -> None:
         problems.append("--pretrained goes with --model, not with --checkpoint")
     if args.checkpoint is not None and not args.checkpoint.is_file():
         problems.append(f"--checkpoint {args.checkpoint} does not exist")
-    bad = [p for p in args.probes if p not in P.PROBE_NAMES]
-    if bad or not args.probes:
-        problems.append(f"--probes {','.join(bad) or '(empty)'}: unknown; valid: {','.join(P.PROBE_NAMES)}")
+    config = None
+    try:
+        config = suite_config(args)
+    except SuiteOptionError as e:
+        problems += e.messages(SUITE_FLAGS)
     if args.data is not None and not (args.data / "manifest.jsonl").is_file() and not args.data.is_file():
         problems.append(f"--data {args.data} has no manifest.jsonl (make one with data_prep)")
-    if args.items < 1 or args.batch_size < 1 or args.itm_distractors < 0:
-        problems.append("--items and --batch-size must be >= 1, --itm-distractors >= 0")
-    if args.n_objects and any(n < 2 or n > 5 for n in args.n_objects):
-        problems.append(f"--n-objects {args.n_objects}: each must be in 2..5")
+    if args.batch_size < 1:
+        problems.append(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.data is None and config is not None and (problem := n_objects_problem(config.n_objects, "--n-objects")):
+        problems.append(problem)
     if args.data is None and (problem := eval_set_cache_problem(args.cache_dir, args.seed, args.image_size,
                                                                 "--cache-dir")):
         problems.append(problem)
@@ -122,11 +146,7 @@ def run_comco(args: argparse.Namespace, adapter_factory: Callable[[argparse.Name
     except ValueError as e:
         raise SystemExit(f"error: --n-objects: {e}") from e
     t0 = time.perf_counter()
-    prepared = suite.prepare_suite(
-        adapter, eval_set, probes=tuple(args.probes), n_objects=n_objects, items_per_probe=args.items,
-        templates=tuple(args.templates), gallery_template=args.gallery_template,
-        text_encodings=tuple(args.text_encoding), itm_distractors=args.itm_distractors or None,
-        seed=args.seed, progress=progress)
+    prepared = suite.prepare_suite(adapter, eval_set, suite_config(args, n_objects), progress=progress)
     t1 = time.perf_counter()
     results = suite.run_suite(adapter, prepared)
     t2 = time.perf_counter()

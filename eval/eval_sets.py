@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 #: environment variable that moves the cache of rendered eval sets
@@ -64,6 +65,15 @@ def eval_set_cache_problem(cache_dir: Path | None, seed: int, image_size: int | 
     except OutDirError as e:
         return f"{e} (the default eval set is rendered there; give a writable one, or an eval set folder)"
     return None
+
+
+def n_objects_problem(n_objects: Sequence[int], flag: str) -> str | None:
+    """Why the default eval set cannot serve ``n_objects`` (some n it does not hold), or None."""
+    bad = [n for n in n_objects if n not in DEFAULT_N_OBJECTS]
+    if not bad:
+        return None
+    return (f"{flag} {bad}: the default eval set holds n in {min(DEFAULT_N_OBJECTS)}..{max(DEFAULT_N_OBJECTS)}; "
+            "for other n give an eval set folder that holds them")
 
 
 def _sets_dir(cache_dir: Path | None) -> Path:

@@ -13,8 +13,9 @@ TOR results carry their other caption templates and the "split" text encoding un
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
 
 import torch
@@ -42,11 +43,16 @@ class Adapter(Protocol):
 
 @dataclass(frozen=True)
 class SuiteConfig:
-    """Which probes to run and how.
+    """Which probes to run and how: the one definition of the probe options, their defaults and
+    their checks (``python -m eval comco`` and ``BiasEvalCallback`` derive theirs from it).
+
+    Built from loose values too (``probes="tor,ior"``, ``items_per_probe="8"``, lists for tuples);
+    every bad option is named in one :class:`SuiteOptionError` (a ``ValueError``). What depends on
+    the eval set (its n values, its vocabulary size) is checked by :func:`validate_config`.
 
     Args:
-        probes: probe names from ``eval.probes.PROBE_NAMES``.
-        n_objects: object counts to probe (each must be in the eval set).
+        probes: probe names from ``eval.probes.PROBE_NAMES`` (any case).
+        n_objects: object counts to probe, each >= 2 (and in the eval set).
         items_per_probe: TOR/Claim-1 captions per n (rounded up to whole Latin-square blocks of
             the vocabulary size) and about this many multi-object images per n for IOR, I2TOR, IOC
             and ITM, rounded up to whole balanced blocks of every large-slot setting
@@ -61,7 +67,8 @@ class SuiteConfig:
         linear_method: TOC/IOC classifier, ``"ridge"`` (closed form, default) or ``"logistic"``.
         linear_steps: full-batch optimisation steps of the logistic regressions.
         train_frac: share of items the TOC/IOC classifiers train on; the rest is held out.
-        itm_distractors: absent objects x per image in ITM (``None`` = all of them).
+        itm_distractors: absent objects x per image in ITM (``None`` = all of them); each adds 2
+            captions per image and scenario, so this is the main cost knob of ITM.
         seed: seeds caption construction, subsets, distractors and classifier splits.
     """
 
@@ -78,6 +85,104 @@ class SuiteConfig:
     train_frac: float = 0.7
     itm_distractors: int | None = 4
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        """Normalise loose values (``"tor,ior"``, ``"8"``, ``8.0``, lists) or raise :class:`SuiteOptionError`."""
+        values, problems = _check_options({f: getattr(self, f) for f in self.__dataclass_fields__})
+        if problems:
+            raise SuiteOptionError(problems)
+        for key, value in values.items():
+            object.__setattr__(self, key, value)
+
+
+LINEAR_METHODS = ("ridge", "logistic")
+
+
+class SuiteOptionError(ValueError):
+    """Every bad probe option at once; :meth:`messages` names each option as the caller calls it.
+
+    ``problems`` holds ``(option, text)`` pairs, ``text`` continuing after the option's name, e.g.
+    ``("items_per_probe", " must be an integer >= 1, got 0")``.
+    """
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        self.problems = list(problems)
+        super().__init__("invalid probe suite options: " + "; ".join(self.messages()))
+
+    def messages(self, names: Mapping[str, str] | None = None) -> list[str]:
+        """One line per problem, the option named ``names[option]`` (a flag, a config path) or as is."""
+        names = names or {}
+        return [f"{names.get(key, key)}{text}" for key, text in self.problems]
+
+
+def check_int(value: Any, low: int, optional: bool = False, hint: str = "") -> tuple[int | None, str | None]:
+    """``(value as int, None)`` or ``(None, " must be an integer >= low..., got ...")``.
+
+    3, "3", 3.0 and numpy integers are integers; True, 2.5 and "x" are not; None passes if ``optional``.
+    """
+    if value is None and optional:
+        return None, None
+    try:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise TypeError
+        number = int(value) if isinstance(value, (str, float)) else operator.index(value)
+    except (TypeError, ValueError):
+        number = None
+    if number is None or number < low:
+        return None, f" must be an integer >= {low}{hint}, got {value!r}"
+    return number, None
+
+
+def _check_options(raw: Mapping[str, Any]) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """The options normalised, and a problem per bad one (see :class:`SuiteOptionError`)."""
+    from data_prep.captions import TEMPLATES
+
+    out: dict[str, Any] = {}
+    problems: list[tuple[str, str]] = []
+
+    def names(key: str, valid: Sequence[str], lower: bool = False) -> None:
+        value = raw[key]
+        if isinstance(value, str):
+            value = [x.strip() for x in value.split(",") if x.strip()]
+        if not isinstance(value, (list, tuple)) or not all(isinstance(x, str) for x in value):
+            problems.append((key, f" must be a list of names from {list(valid)}, got {raw[key]!r}"))
+            return
+        value = tuple(x.lower() for x in value) if lower else tuple(value)
+        bad = [x for x in value if x not in valid]
+        if bad or not value:
+            problems.append((key, f": {'unknown ' + repr(bad) if bad else 'none given'}; valid: {', '.join(valid)}"))
+        out[key] = value
+
+    def integer(key: str, low: int, optional: bool = False, hint: str = "") -> None:
+        value, problem = check_int(raw[key], low, optional, hint)
+        if problem:
+            problems.append((key, problem))
+        out[key] = value
+
+    names("probes", P.PROBE_NAMES, lower=True)
+    n_objects = raw["n_objects"]
+    n_objects = [n_objects] if isinstance(n_objects, int) else n_objects
+    if (not isinstance(n_objects, (list, tuple)) or not n_objects
+            or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 2 for n in n_objects)):
+        problems.append(("n_objects", f" must be a list of integers >= 2 (objects per item), got {raw['n_objects']!r}"))
+    else:
+        out["n_objects"] = tuple(int(n) for n in n_objects)
+    integer("items_per_probe", 1)
+    names("templates", tuple(TEMPLATES))
+    names("text_encodings", TEXT_ENCODINGS)
+    for key in ("gallery_template", "split_template"):
+        if not isinstance(raw[key], str) or "{}" not in raw[key]:
+            problems.append((key, f" needs a '{{}}' for the object name, got {raw[key]!r}"))
+    integer("linear_items", 4)
+    if raw["linear_method"] not in LINEAR_METHODS:
+        problems.append(("linear_method", f": {raw['linear_method']!r}; valid: {', '.join(LINEAR_METHODS)}"))
+    integer("linear_steps", 1)
+    frac = raw["train_frac"]
+    if isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0 < frac < 1:
+        problems.append(("train_frac", f" must be a number between 0 and 1, got {frac!r}"))
+    integer("itm_distractors", 1, optional=True, hint=" or null (all)")
+    integer("seed", 0)
+    return {k: v for k, v in out.items() if k not in dict(problems)}, problems
 
 
 @dataclass
@@ -127,10 +232,8 @@ class _Table:
 
 
 def _caption_fn(template: str) -> Callable[[list[str]], str]:
-    from data_prep.captions import TEMPLATES, make_caption
+    from data_prep.captions import make_caption  # SuiteConfig checked the template id
 
-    if template not in TEMPLATES:
-        raise ValueError(f"unknown caption template {template!r}; valid: {', '.join(TEMPLATES)}")
     return lambda names: make_caption(list(names), template)
 
 
@@ -141,30 +244,18 @@ def _default_size_classes(vocabulary: Sequence[str]) -> dict[str, str]:
 
 
 def validate_config(config: SuiteConfig, eval_set: EvalSet) -> None:
-    """Raise one ``ValueError`` listing every bad option and the valid values."""
+    """Raise one ``ValueError`` naming every option this eval set cannot serve.
+
+    The options themselves were checked when ``config`` was built (:class:`SuiteConfig`).
+    """
     problems = []
-    bad = [p for p in config.probes if p not in P.PROBE_NAMES]
-    if bad:
-        problems.append(f"unknown probes {bad}; valid: {', '.join(P.PROBE_NAMES)}")
-    if not config.probes:
-        problems.append("no probes selected")
     image_probes = {"ior", "i2tor", "ioc", "itm"} & set(config.probes)
     missing_n = [n for n in config.n_objects if n not in eval_set.n_values()]
     if image_probes and missing_n:
         problems.append(f"n_objects {missing_n} not in the eval set at {eval_set.root}; valid: {eval_set.n_values()}")
-    if any(n < 2 or n > len(eval_set.vocabulary) for n in config.n_objects):
-        problems.append(f"n_objects {list(config.n_objects)} must lie in 2..{len(eval_set.vocabulary)}")
-    bad = [e for e in config.text_encodings if e not in TEXT_ENCODINGS]
-    if bad or not config.text_encodings:
-        problems.append(f"text_encodings {list(config.text_encodings)}; valid: {', '.join(TEXT_ENCODINGS)}")
-    if not config.templates:
-        problems.append("templates is empty; give at least one data_prep.captions.TEMPLATES id")
-    if "{}" not in config.gallery_template:
-        problems.append(f"gallery_template {config.gallery_template!r} needs a '{{}}' for the name")
-    if config.linear_method not in ("ridge", "logistic"):
-        problems.append(f"linear_method {config.linear_method!r}; valid: ridge, logistic")
-    if config.items_per_probe < 1 or config.linear_items < 4:
-        problems.append("items_per_probe must be >= 1 and linear_items >= 4")
+    too_many = [n for n in config.n_objects if n > len(eval_set.vocabulary)]
+    if too_many:
+        problems.append(f"n_objects {too_many} exceed the eval set's vocabulary of {len(eval_set.vocabulary)} objects")
     if problems:
         raise ValueError("invalid probe suite options:\n  " + "\n  ".join(problems))
 
@@ -217,8 +308,7 @@ def prepare_suite(
         unknown = sorted(set(options) - fields)
         if unknown:
             raise TypeError(f"unknown suite options {unknown}; valid: {sorted(fields)}")
-        options = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
-        config = SuiteConfig(**{**asdict(config), **options})
+        config = replace(config, **options)
     validate_config(config, eval_set)
     vocab = eval_set.vocabulary
     col = {o: i for i, o in enumerate(vocab)}

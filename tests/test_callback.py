@@ -13,6 +13,7 @@ from _clip_fixtures import TinyCLIPModule, random_batches, register_tiny
 from eval import probes
 from eval.callback import BiasEvalCallback
 from eval.records import read_records
+from eval.suite import SuiteConfig
 
 
 @pytest.fixture(scope="module")
@@ -87,8 +88,8 @@ def test_two_step_run_writes_records_logs_wandb_and_plots(tmp_path, tiny_name, e
 
     # prepared once, evaluated at step 0 and step 2 (the end-of-training eval is the same step)
     assert sum("prepare" in s for s in cb.seen) == 1
-    assert cb.seen[0]["prepare"] == {"probes": ("tor",), "n_objects": (2,), "items_per_probe": 8,
-                                     "itm_distractors": 2, "seed": 0, "progress": False}
+    assert cb.seen[0]["prepare"] == {"config": SuiteConfig(probes=("tor",), n_objects=(2,), items_per_probe=8),
+                                     "progress": False}
     runs = [s for s in cb.seen if "training" in s]
     assert runs == [{"training": False, "grad": False}] * 2
     assert module.modes == [True, True]  # train mode restored after the step-0 evaluation
@@ -155,9 +156,10 @@ def test_bad_configuration_lists_every_problem(tmp_path):
         BiasEvalCallback(probes=["tor", "nope"], n_objects=[1, 3], items_per_probe=0, every_n_steps=0,
                          data_dir=str(tmp_path))
     msg = str(err.value)
-    for part in ("'nope'", "[1] outside 2..5", "items_per_probe", "every_n_steps", "no manifest.jsonl"):
+    for part in ("'nope'", "n_objects must be a list of integers >= 2", "items_per_probe", "every_n_steps",
+                 "no manifest.jsonl"):
         assert part in msg
-    with pytest.raises(ValueError, match=r"text_encodings: \['bpe'\]"):
+    with pytest.raises(ValueError, match=r"text_encodings: unknown \['bpe'\]"):
         BiasEvalCallback(text_encodings=["bpe"])
 
 

@@ -46,9 +46,11 @@ def test_cli_fake_model_prints_tables_and_writes_json(fake_set, tmp_path, capsys
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--probes", "tor,tox"], "--probes tox: unknown; valid: tor,toc,ior,ioc,i2tor,itm,claim1"),
+        (["--probes", "tor,tox"], "--probes: unknown ['tox']; valid: tor, toc, ior, ioc, i2tor, itm, claim1"),
         (["--n-objects", "4"], "--n-objects: n_objects [4] not in the eval set"),
-        (["--n-objects", "7"], "--n-objects [7]: each must be in 2..5"),
+        (["--n-objects", "7"], "--n-objects: n_objects [7] not in the eval set"),
+        (["--n-objects", "1", "3"], "--n-objects must be a list of integers >= 2"),
+        (["--items", "0", "--templates", "haiku"], "--items must be an integer >= 1, got 0\n  --templates: unknown"),
         (["--checkpoint", "nope.ckpt"], "give exactly one of --checkpoint"),
     ],
 )
@@ -166,3 +168,17 @@ def test_cli_without_data_renders_default_set_at_model_size(tmp_path, monkeypatc
     assert sizes == [32]  # the tiny model's input size, rendered once
     rec = json.loads(out.read_text())
     assert rec["eval_set"].endswith("comco-objects-seed0-px32") and rec["results"]["ior"]["2"]["n_items"] == 8
+
+
+def test_default_eval_set_bounds_n_for_cli_and_callback(tmp_path):
+    """Without an eval set of one's own, n must be one the default set holds (eval.eval_sets says which)."""
+    from eval.callback import BiasEvalCallback
+    from eval.eval_sets import DEFAULT_N_OBJECTS
+
+    bad = max(DEFAULT_N_OBJECTS) + 1
+    args = cli.build_parser().parse_args(["comco", "--model", "fake", "--cache-dir", str(tmp_path), "--n-objects",
+                                          str(bad), "--out", str(tmp_path / "r.json")])
+    with pytest.raises(SystemExit, match=rf"--n-objects \[{bad}\]: the default eval set holds n in 2\.\.5"):
+        cli.run_comco(args, adapter_factory=_fake)
+    with pytest.raises(ValueError, match=rf"n_objects \[{bad}\]: the default eval set holds n in 2\.\.5"):
+        BiasEvalCallback(n_objects=[bad], cache_dir=str(tmp_path))

@@ -141,11 +141,11 @@ def test_callback_bad_arguments_give_one_line_naming_each(afile):
     for part in ("probes: unknown ['nope']", "items_per_probe must be an integer >= 1, got 'many'",
                  "itm_distractors must be an integer >= 1 or null (all), got 0",
                  "every_n_steps must be an integer >= 1, got 0", "image_size must be an integer >= 16",
-                 "templates: unknown ['haiku']", "text_encodings: ['bpe']", "eval_at_end must be true or false",
+                 "templates: unknown ['haiku']", "text_encodings: unknown ['bpe']", "eval_at_end must be true or false",
                  "seed must be an integer >= 0, got -1", f"run_dir {afile / 'run'} cannot be written"):
         assert part in msg, part
 
 
 def test_callback_good_arguments_are_normalised():
     cb = BiasEvalCallback(probes="TOR, itm", n_objects=[2, 3], items_per_probe="8", every_n_steps=5.0)
-    assert cb.probes == ["tor", "itm"] and cb.items_per_probe == 8 and cb.every_n_steps == 5
+    assert cb.suite.probes == ("tor", "itm") and cb.suite.items_per_probe == 8 and cb.every_n_steps == 5

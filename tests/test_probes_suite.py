@@ -178,11 +178,11 @@ def test_run_suite_only_encodes(eval_set):
 
 def test_bad_options_name_valid_values(eval_set):
     adapter = FakeAdapter()
-    with pytest.raises(ValueError, match=r"unknown probes \['tox'\]; valid: tor, toc"):
+    with pytest.raises(ValueError, match=r"probes: unknown \['tox'\]; valid: tor, toc"):
         _prepare(adapter, eval_set, probes=("tox",))
     with pytest.raises(ValueError, match=r"n_objects \[4\] not in the eval set.*valid: \[2, 3\]"):
         _prepare(adapter, eval_set, n_objects=(3, 4))
-    with pytest.raises(ValueError, match="unknown caption template 'fancy'"):
+    with pytest.raises(ValueError, match=r"templates: unknown \['fancy'\]"):
         _prepare(adapter, eval_set, templates=("fancy",))
     with pytest.raises(TypeError, match="unknown suite options"):
         _prepare(adapter, eval_set, itemz=3)
@@ -213,3 +213,63 @@ def test_bench_timing_split_smoke(eval_set):
     assert len(row["run_s_all"]) == 2 and 0 < row["encoder_share"] <= 1
     small = bench.restrict(eval_set, 6)
     assert small.vocabulary == NAMES[:6] and all(set(it.objects) <= set(NAMES[:6]) for it in small.items)
+
+
+# ---------------------------------------------------------------- one definition of the probe options
+
+
+def test_callback_and_cli_take_the_suite_options_from_suite_config(tmp_path):
+    """Defaults and checks of the probe options live in SuiteConfig only: the training callback's
+    defaults are its defaults, its errors are its errors, and the CLI's defaults/choices derive from it."""
+    import inspect
+
+    from eval import cli
+    from eval.callback import BiasEvalCallback
+    from eval.suite import TEXT_ENCODINGS, SuiteConfig, SuiteOptionError
+
+    default = SuiteConfig()
+    params = inspect.signature(BiasEvalCallback).parameters
+    assert set(BiasEvalCallback.SUITE_OPTIONS) <= set(SuiteConfig.__dataclass_fields__)
+    for name in BiasEvalCallback.SUITE_OPTIONS:
+        assert params[name].default == getattr(default, name), name
+    assert BiasEvalCallback(data_dir=None, cache_dir=str(tmp_path)).suite == default
+
+    bad = {"probes": ["tor", "nope"], "n_objects": [1], "items_per_probe": 0, "itm_distractors": 0,
+           "templates": ["haiku"], "text_encodings": ["bpe"], "seed": -1}
+    with pytest.raises(SuiteOptionError) as want:
+        SuiteConfig(**bad)
+    with pytest.raises(ValueError) as got:
+        BiasEvalCallback(**bad, cache_dir=str(tmp_path))
+    assert "\n" not in str(got.value)
+    for message in want.value.messages():
+        assert message in str(got.value), message
+
+    args = cli.build_parser().parse_args(["comco", "--model", "m", "--out", str(tmp_path / "r.json")])
+    assert cli.suite_config(args) == default
+    assert set(cli.SUITE_FLAGS) <= set(SuiteConfig.__dataclass_fields__)
+    choices = next(a.choices for a in cli.add_comco_parser(
+        cli.argparse.ArgumentParser().add_subparsers())._actions if a.dest == "text_encoding")
+    assert tuple(choices) == TEXT_ENCODINGS
+    args.items, args.probes = 0, ["nope"]
+    with pytest.raises(SystemExit) as cli_err:
+        cli.validate_args(args)
+    with pytest.raises(SuiteOptionError) as want:
+        SuiteConfig(items_per_probe=0, probes=["nope"])
+    for message in want.value.messages(cli.SUITE_FLAGS):
+        assert message in str(cli_err.value), message
+
+
+def test_suite_config_normalises_loose_values_and_names_every_bad_one():
+    from eval.suite import SuiteConfig, SuiteOptionError
+
+    cfg = SuiteConfig(probes="TOR, itm", n_objects=3, items_per_probe="8", templates=["photo"], seed=2.0)
+    assert (cfg.probes, cfg.n_objects, cfg.items_per_probe, cfg.templates, cfg.seed) == (
+        ("tor", "itm"), (3,), 8, ("photo",), 2)
+    with pytest.raises(SuiteOptionError) as err:
+        SuiteConfig(probes=[], n_objects=[True], items_per_probe=2.5, gallery_template="x", linear_method="svm",
+                    train_frac=1.0, linear_items=3)
+    keys = [key for key, _ in err.value.problems]
+    assert keys == ["probes", "n_objects", "items_per_probe", "gallery_template", "linear_items", "linear_method",
+                    "train_frac"]
+    assert err.value.messages({"probes": "X.probes"})[0] == "X.probes: none given; valid: " + ", ".join(
+        SuiteConfig.probes)
