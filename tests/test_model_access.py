@@ -233,3 +233,14 @@ def test_export_is_the_checkpoint_reader_of_eval(trained, tmp_path):
         other = tmp_path / "other.ckpt"
         torch.save({"state_dict": {"net.weight": torch.zeros(2)}, "hyper_parameters": {}}, other)
         export_checkpoint(other, tmp_path / "x.pt")
+
+
+def test_one_model_registry():
+    """Only eval/models.py registers model configs with open_clip or strips the checkpoint prefix."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    offenders = [str(p.relative_to(root)) for d in ("eval", "train") for p in (root / d).rglob("*.py")
+                 if p != root / "eval" / "models.py"
+                 and any(s in p.read_text(encoding="utf-8") for s in ("add_model_config(", 'startswith("model.")'))]
+    assert offenders == []
