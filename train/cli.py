@@ -12,6 +12,7 @@ import torch
 from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from train.data import WebDataModule
 from train.models import REPO_ROOT
@@ -19,7 +20,7 @@ from train.module import CLIPModule
 from train.resume import ResumeMismatchError, refuse_changed_history
 from train.run_dir import (
     AtomicCheckpointIO, RunConfig, RunDirError, RunLock, build_checkpoint_callback, build_loggers, check_before_fit,
-    check_resume_checkpoint, is_launching_process, last_checkpoint, start_run,
+    check_resume_checkpoint, finished_message, is_launching_process, last_checkpoint, start_run,
 )
 
 CONFIG_DIR = REPO_ROOT / "configs"
@@ -28,6 +29,7 @@ SUBCOMMANDS = ("fit", "validate", "test", "predict")
 # jsonargparse prints the whole option list (~80 lines) as "usage" before every error; a short usage
 # keeps the error itself in view. `--help` still lists every option.
 SUBCOMMAND_USAGE = "%(prog)s [--config NAME] [--SECTION.KEY VALUE ...]"
+SIGTERM_EXIT = 143  # 128 + SIGTERM, as a shell reports a process the signal ended: stopped, not finished
 TRACEBACK_ENV = "CLIP_BIAS_LAB_TRACEBACK"  # set to 1 to see the traceback behind a one-line error
 
 
@@ -121,6 +123,23 @@ class ClipCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_class_arguments(RunConfig, "run")
+
+    def before_instantiate_classes(self) -> None:
+        """One seed unless set apart: ``data.seed`` None → ``seed_everything``'s (written into config.yaml).
+        The training stream is reseeded at every checkpoint (``data.segment_batches``), so a resume
+        from any checkpoint skips nothing, and from any other step skips less than one interval."""
+        section = self.config.get(str(self.subcommand), self.config) if self.subcommand else self.config
+        data = section.get("data")
+        if data is None or not hasattr(data, "get"):
+            return
+        seed = section.get("seed_everything")
+        if data.get("seed") is None and isinstance(seed, int) and not isinstance(seed, bool):
+            data["seed"] = seed
+        run, trainer = section.get("run"), section.get("trainer") or {}
+        every = run.get("checkpoint_every_n_steps") if run is not None else None
+        if data.get("segment_batches", "absent") is None and isinstance(every, int) and every > 0:
+            accumulate = trainer.get("accumulate_grad_batches") or 1
+            data["segment_batches"] = every * (accumulate if isinstance(accumulate, int) and accumulate > 0 else 1)
 
     def _run_config(self) -> RunConfig:
         run = self._get(self.config_init, "run")
@@ -217,6 +236,13 @@ class ClipCLI(LightningCLI):
 
     def _run_subcommand(self, subcommand: str) -> None:
         try:
+            ckpt_path = self._get(self.config, "ckpt_path", default=None)
+            if subcommand == "fit" and ckpt_path and is_launching_process():
+                path = last_checkpoint(self._run_config()) if ckpt_path == "last" else Path(ckpt_path)
+                message = finished_message(path, self.trainer.max_steps) if path is not None else None
+                if message:
+                    print(message, file=sys.stderr)
+                    return
             super()._run_subcommand(subcommand)
         finally:
             self._release_run_lock()
@@ -250,6 +276,11 @@ def main(argv: list[str] | None = None) -> ClipCLI:
                 **{sub: {"usage": SUBCOMMAND_USAGE} for sub in SUBCOMMANDS},
             },
         )
+    except SIGTERMException:
+        # Lightning stopped after the batch it was in; RunCheckpoint saved last.ckpt there.
+        print("stopped by SIGTERM: last.ckpt holds the last finished step; continue with --ckpt_path last",
+              file=sys.stderr)
+        raise SystemExit(SIGTERM_EXIT) from None
     except (ConfigError, RunDirError, ResumeMismatchError) as err:
         # From the shell: one readable error, no traceback (set CLIP_BIAS_LAB_TRACEBACK=1 for it).
         # In-process callers (tests, notebooks) get the exception itself.

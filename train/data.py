@@ -11,9 +11,11 @@ of being resampled forever. Every data value is checked when the module is built
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import os
+import random
 import re
 import shutil
 import warnings
@@ -24,10 +26,10 @@ from typing import Any, Callable
 import lightning as L
 import torch
 import webdataset as wds
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from data_prep.synth import validate_args as validate_synth_args
-from train.data_samples import CountingHandler, SampleProcessor, StallGuard
+from train.data_samples import CountingHandler, SampleProcessor, StallGuard, derive_seed
 from train.transforms import SampleTransform
 
 
@@ -224,7 +226,8 @@ class WebDataModule(L.LightningDataModule):
         shuffle_buffer: int = 2000,
         samples_per_epoch: int | None = None,
         sample_transforms: list[SampleTransform] | None = None,
-        seed: int = 0,
+        seed: int | None = None,
+        segment_batches: int | None = None,
         max_warnings: int = 5,
         max_bad_shards: int = 1000,
         max_bad_samples: int = 20_000,
@@ -245,7 +248,14 @@ class WebDataModule(L.LightningDataModule):
             samples_per_epoch: Samples per epoch over all ranks (default: counted from sizes.json /
                 img2dataset ``*_stats.json``).
             sample_transforms: Image/caption transforms (mitigations) applied before preprocess/tokenize.
-            seed: Seed for shuffling and sample transforms.
+            seed: Seed of the training data order (shard draws, shuffle buffer), the transforms'
+                (mitigations') draws and the preprocess crops. None (default): ``seed_everything``'s seed
+                (the CLI writes it into the run's config.yaml), 0 if nothing was seeded.
+            segment_batches: The training stream is reseeded from ``(seed, rank, segment, lane)`` every
+                this many batches per rank (default: one segment per epoch; the CLI sets it to
+                ``run.checkpoint_every_n_steps`` x ``trainer.accumulate_grad_batches``), so a resume
+                at batch k rebuilds the stream of k's segment and skips at most this many batches in
+                it: the data order is the uninterrupted run's (see ``TrainStream``).
             max_warnings: Warnings printed per worker per kind of skipped sample (all are counted).
             max_bad_shards: Stop with an error naming the shards and skip counts when this many shards in a
                 row gave no sample (empty, corrupt, unreadable), instead of resampling them forever.
@@ -272,8 +282,11 @@ class WebDataModule(L.LightningDataModule):
             problems.append(f"data.shuffle_buffer must be an int >= 0 (0: no shuffling), got {shuffle_buffer!r}")
         if isinstance(max_warnings, bool) or not isinstance(max_warnings, int) or max_warnings < 0:
             problems.append(f"data.max_warnings must be an int >= 0, got {max_warnings!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int):
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             problems.append(f"data.seed must be an int, got {seed!r}")
+        if segment_batches is not None and (isinstance(segment_batches, bool) or not isinstance(segment_batches, int)
+                                            or segment_batches < 1):
+            problems.append(f"data.segment_batches must be an int >= 1, got {segment_batches!r}")
         for name, value in (("max_bad_shards", max_bad_shards), ("max_bad_samples", max_bad_samples)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 problems.append(f"data.{name} must be an int >= 1, got {value!r}")
@@ -300,7 +313,8 @@ class WebDataModule(L.LightningDataModule):
         self.shuffle_buffer = shuffle_buffer
         self.samples_per_epoch = samples_per_epoch
         self.sample_transforms = list(sample_transforms or [])
-        self.seed = seed
+        self.seed = seed if seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
+        self.segment_batches = segment_batches
         self.max_warnings = max_warnings
         self.max_bad_shards = max_bad_shards
         self.max_bad_samples = max_bad_samples
@@ -409,25 +423,22 @@ class WebDataModule(L.LightningDataModule):
             self._boxes = BoxesSidecar(self.boxes_sidecar, self.boxes_min_score, self.boxes_vocabulary)
         return self._boxes
 
+    def _batches_done(self) -> int | None:
+        """Training batches this rank has consumed (Lightning's own count, restored from a checkpoint)."""
+        if self.trainer is None:
+            return None
+        return int(self.trainer.fit_loop.epoch_loop.batch_progress.total.processed)
+
     def train_dataloader(self) -> DataLoader:
-        per_worker, per_rank = self.batches_per_rank()
+        _, per_rank = self.batches_per_rank()
         proc, handler, guard = self._processor(train=True)
-        # What wds.WebDataset(resampled=True, shardshuffle=False, nodesplitter=split_by_node,
-        # workersplitter=split_by_worker, handler=...) builds, spelled out so that StallGuard can see
-        # each shard open and its raw samples: with resampling, data no sample of which is usable
-        # would otherwise be read forever.
-        stages = [
-            wds.ResampledShards(self._train_urls()),
-            wds.split_by_node,
-            wds.split_by_worker,
-            guard.read,  # = wds.tarfile_to_samples(handler=handler), watched by the guard
-        ]
-        if self.shuffle_buffer > 0:
-            stages.append(wds.shuffle(self.shuffle_buffer))
-        stages += [proc.samples, wds.batched(self.batch_size, collation_fn=proc.collate, partial=False)]
-        dataset = wds.DataPipeline(*stages).with_epoch(per_worker).with_length(per_rank, silent=True)
-        return DataLoader(
-            dataset, batch_size=None, num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        dataset = TrainStream(self._train_urls(), proc, guard, self.batch_size, self.shuffle_buffer, self.seed, rank,
+                              per_rank, self.segment_batches or per_rank)
+        # Workers are started afresh at every epoch (not persistent): each start carries the stream's
+        # position, set by ResumableLoader.__iter__.
+        return ResumableLoader(
+            dataset, position=self._batches_done, batch_size=None, num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),
         )
 
@@ -445,3 +456,127 @@ class WebDataModule(L.LightningDataModule):
             wds.batched(self.val_batch_size, collation_fn=proc.collate, partial=True),
         )
         return DataLoader(dataset, batch_size=None, num_workers=min(self.num_workers, len(urls)))
+
+
+def seeded_shuffle(src, bufsize: int, rng: random.Random, initial: int = 100):
+    """webdataset's ``shuffle`` buffer (same filling rule) with a given rng instead of one seeded from
+    the pid and the clock."""
+    src = iter(src)
+    initial = min(initial, bufsize)
+    buf: list = []
+    for sample in src:
+        buf.append(sample)
+        if len(buf) < bufsize:  # fill two per sample taken until the buffer is full
+            try:
+                buf.append(next(src))
+            except StopIteration:
+                pass
+        if len(buf) >= initial:
+            k = rng.randrange(len(buf))
+            buf[k], buf[-1] = buf[-1], buf[k]
+            yield buf.pop()
+    while buf:
+        k = rng.randrange(len(buf))
+        buf[k], buf[-1] = buf[-1], buf[k]
+        yield buf.pop()
+
+
+class TrainStream(IterableDataset):
+    """The training batches of one rank, a pure function of ``(seed, rank, batch index)`` for a given
+    ``segment_batches`` and number of workers.
+
+    Batch index b (batches this rank consumed before it, over the whole run) belongs to segment
+    ``b // segment_batches`` and lane ``b % W`` (W = DataLoader workers, 1 without workers); the
+    DataLoader hands batch b to the worker serving lane ``b % W``. Each (segment, lane) has its own
+    stream: shards drawn with replacement by ``Random(derive_seed(seed, "shards", rank, segment, lane))``,
+    a shuffle buffer, transform and preprocess draws seeded the same way, an empty buffer and nothing
+    held over from the previous segment. A stream started at ``start`` (a resume) rebuilds the stream
+    of ``start``'s segment and skips the batches of its lane before ``start`` (at most
+    ``segment_batches / W``, decoded and dropped), so batch b is the same whether the run was
+    interrupted or not. One iteration ends at the end of ``start``'s epoch (``batches_per_epoch``).
+    """
+
+    def __init__(self, urls: list[str], proc: SampleProcessor, guard: StallGuard, batch_size: int,
+                 shuffle_buffer: int, seed: int, rank: int, batches_per_epoch: int, segment_batches: int) -> None:
+        super().__init__()
+        self.urls, self.proc, self.guard = urls, proc, guard
+        self.batch_size, self.shuffle_buffer = batch_size, shuffle_buffer
+        self.seed, self.rank = seed, rank
+        self.batches_per_epoch, self.segment_batches = batches_per_epoch, segment_batches
+        self.start = 0
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch
+
+    def segment(self, segment: int, lane: int):
+        """The batches of one (segment, lane), from a stream seeded by nothing else."""
+        key = (self.seed, self.rank, segment, lane)
+        shard_rng = random.Random(derive_seed("shards", *key))
+        self.guard.new_stream()
+        raw = self.guard.read({"url": shard_rng.choice(self.urls)} for _ in itertools.count())
+        if self.shuffle_buffer > 0:
+            raw = seeded_shuffle(raw, self.shuffle_buffer, random.Random(derive_seed("shuffle", *key)))
+        items = self.proc.samples(raw, rng=random.Random(derive_seed("transforms", *key)),
+                                  preprocess_seeds=random.Random(derive_seed("preprocess", *key)))
+        while True:
+            batch = list(itertools.islice(items, self.batch_size))
+            if len(batch) < self.batch_size:
+                return
+            yield self.proc.collate(batch)
+
+    def __iter__(self):
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        end = (self.start // self.batches_per_epoch + 1) * self.batches_per_epoch
+        size = self.segment_batches
+        b, current, stream = self.start + worker, None, None
+        while b < end:
+            if b // size != current:
+                current, lane = b // size, b % workers
+                stream = self.segment(current, lane)
+                first = current * size + (lane - current * size) % workers  # the lane's first batch in it
+                for _ in range((b - first) // workers):
+                    next(stream)
+            yield next(stream)
+            b += workers
+
+
+class ResumableLoader(DataLoader):
+    """DataLoader over a ``TrainStream`` that starts each iteration at the rank's position: the batches
+    consumed so far (``position()``, Lightning's count), or the position restored from a checkpoint.
+    Its ``state_dict`` makes it resumable in Lightning's sense (stored in the checkpoint, loaded before
+    the first iteration)."""
+
+    def __init__(self, dataset: TrainStream, position: Callable[[], int | None] | None = None, **kwargs) -> None:
+        super().__init__(dataset, **kwargs)
+        self.position = position
+        self._restored: int | None = None
+        self._iterations = 0
+
+    def __iter__(self):
+        start = self._restored
+        self._restored = None
+        if start is None and self.position is not None:
+            start = self.position()
+        if start is None:  # no trainer: one epoch after the other
+            start = self._iterations * len(self.dataset)
+        self.dataset.start = start
+        self._iterations += 1
+        return super().__iter__()
+
+    def state_dict(self) -> dict[str, Any]:
+        done = self.position() if self.position is not None else None
+        return {"batches": done, "seed": self.dataset.seed, "segment_batches": self.dataset.segment_batches,
+                "workers": max(1, self.num_workers)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("batches") is not None:
+            self._restored = int(state["batches"])
+        if state.get("segment_batches"):
+            self.dataset.segment_batches = int(state["segment_batches"])  # the run's layout, whatever today's cadence
+        changed = [f"{name}: checkpoint {state[k]}, now {v}" for k, name, v in
+                   (("seed", "data.seed", self.dataset.seed), ("workers", "data.num_workers", max(1, self.num_workers)))
+                   if k in state and state[k] != v]
+        if changed:
+            warnings.warn("the data order after this resume differs from the uninterrupted run's ("
+                          + "; ".join(changed) + ")", stacklevel=2)

@@ -2,6 +2,7 @@
 tokenize, and stop (``NoUsableSamplesError``) when nothing read is usable."""
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -25,6 +26,13 @@ IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 #: no_image, decode_errors, bad_json, bad_utf8, no_caption. Anything else unreadable: read_errors.
 SHARD_REASONS = ("empty_shard", "corrupt_tar", "truncated_tar", "unreadable_shard")
 _TRUNCATION_MESSAGES = ("unexpected end of data", "truncated header", "empty header")
+
+
+def derive_seed(*parts: int | str) -> int:
+    """A 63-bit seed from ``parts`` (run seed, purpose, rank, segment, lane, ...): the same on every
+    machine, Python version and process (unlike ``hash`` of a str; the pid and clock play no part)."""
+    digest = hashlib.sha256(repr(tuple(parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
 
 
 class NoUsableSamplesError(RuntimeError):
@@ -127,6 +135,12 @@ class StallGuard:
         self._released = 0  # raw samples of the current shard passed on
         self._held: dict | None = None  # the latest raw sample, until we know it is not at a cut
         self._held_seq = -1
+
+    def new_stream(self) -> None:
+        """Forget the sample held from an abandoned stream (the data pipeline starts a fresh, reseeded
+        stream at every segment boundary; nothing of the old one may leak into it)."""
+        self._held, self._held_seq = None, -1
+        self._released = 0
 
     # ---- stage 1: shard URLs -> tar members, one shard after the other
     def tar_files(self, src: Iterable[dict]) -> Iterator[dict]:
@@ -296,10 +310,19 @@ class SampleProcessor:
             return None
         return image, caption, meta
 
-    def samples(self, src: Iterable[dict]) -> Iterator[tuple[torch.Tensor, str]]:
-        """webdataset ``compose`` stage: raw samples → preprocessed ``(image, caption)``."""
-        if self._rng is None:
-            self._rng = random.Random(hash((self.seed, _rank(), _worker_id())))
+    def samples(self, src: Iterable[dict], rng: random.Random | None = None,
+                preprocess_seeds: random.Random | None = None) -> Iterator[tuple[torch.Tensor, str]]:
+        """webdataset ``compose`` stage: raw samples → preprocessed ``(image, caption)``.
+
+        ``rng`` draws the transforms' (mitigations') random choices (default: one per worker, seeded
+        from ``(seed, rank, worker)``). With ``preprocess_seeds``, each image's preprocess (open_clip's
+        RandomResizedCrop draws from torch's global CPU generator) runs with the CPU generator seeded
+        from it, and the generator's state is restored after: the crops are a function of the stream's
+        seed, not of what else drew from torch's generator (model init, other workers, a resume)."""
+        if rng is None:
+            if self._rng is None:
+                self._rng = random.Random(derive_seed(self.seed, "samples", _rank(), _worker_id()))
+            rng = self._rng
         for sample in src:
             decoded = self.decode(sample)
             if decoded is None:
@@ -312,12 +335,20 @@ class SampleProcessor:
                     t.check_metadata(meta)
                 self._checked = True
             for t in self.transforms:
-                image, caption, meta = t(image, caption, meta, self._rng)
-            image = self.preprocess(image)
+                image, caption, meta = t(image, caption, meta, rng)
+            if preprocess_seeds is None:
+                image = self.preprocess(image)
+            else:
+                state = torch.random.get_rng_state()
+                torch.random.default_generator.manual_seed(preprocess_seeds.getrandbits(63))
+                try:
+                    image = self.preprocess(image)
+                finally:
+                    torch.random.set_rng_state(state)
             if self.guard is not None:
                 self.guard.used()
+            self.counts["ok"] += 1  # before the yield: a batch's stats count its own last sample
             yield image, caption
-            self.counts["ok"] += 1
 
     def stats(self) -> dict:
         counts = dict(self.counts)

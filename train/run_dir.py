@@ -169,6 +169,24 @@ class RunCheckpoint(ModelCheckpoint):
         if not self.last_model_path and self.dirpath:
             self.last_model_path = os.path.join(self.dirpath, self.CHECKPOINT_NAME_LAST + self.FILE_EXTENSION)
 
+    def _save_final_last(self, trainer) -> None:
+        if trainer.fast_dev_run or trainer.sanity_checking or self._last_global_step_saved == trainer.global_step:
+            return
+        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        """``last.ckpt`` holds the final step (Lightning saves it only every N steps, not at the end)."""
+        self._save_final_last(trainer)
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        """On SIGTERM Lightning stops after the current batch (``SIGTERMException``): save ``last.ckpt``
+        there (atomically, like every checkpoint), so ``--ckpt_path last`` continues from that step.
+        Other exceptions save nothing: the state they leave may be the reason for them."""
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        if isinstance(exception, SIGTERMException) and trainer.state.fn == "fit":
+            self._save_final_last(trainer)
+
 
 def build_checkpoint_callback(run: RunConfig) -> Callback:
     """``last.ckpt`` plus one checkpoint every ``run.checkpoint_every_n_steps`` steps, all kept."""
@@ -345,6 +363,22 @@ def checkpoint_problem(path: Path) -> str | None:
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         return "not a Lightning checkpoint (no state_dict)"
     return None
+
+
+def finished_message(path: Path, max_steps: int | None) -> str | None:
+    """One line when the checkpoint at ``path`` already reached ``trainer.max_steps`` (nothing to train),
+    else None. Resuming a finished run would otherwise re-run validation and append duplicate rows."""
+    if max_steps is None or max_steps < 0 or not Path(path).is_file():
+        return None
+    try:
+        step = int(torch.load(path, map_location="cpu", weights_only=False, mmap=True).get("global_step", 0))
+    except Exception:  # noqa: BLE001 - unreadable checkpoints are reported elsewhere
+        return None
+    if step < max_steps:
+        return None
+    return (f"the run is finished: {path} holds step {step} and trainer.max_steps is {max_steps}, so there is "
+            f"nothing to train. To train further, raise trainer.max_steps (e.g. --trainer.max_steps={2 * step}) "
+            f"and resume with --ckpt_path last.")
 
 
 def newest_readable_checkpoint(ckpt_dir: Path, exclude: tuple[Path, ...] = ()) -> tuple[Path, int] | None:
