@@ -22,6 +22,7 @@ from eval.eval_sets import CACHE_ENV, default_eval_set, eval_set_cache_problem, 
 from eval.manifest import load_eval_set
 from eval.model_access import ClipAdapter, model_image_size
 from eval.outputs import write_json_atomic
+from eval.records import summary_of
 from eval.suite import TEXT_ENCODINGS, SuiteConfig, SuiteOptionError
 
 CACHE_HELP = f"cache for rendered eval sets (default: ${CACHE_ENV} or ~/.cache/clip_bias_lab)"
@@ -178,6 +179,11 @@ def _f(x: float | None, signed: bool = False) -> str:
     return "  -  " if x is None else (f"{x:+.3f}" if signed else f"{x:.3f}")
 
 
+def _index(res: dict, name: str) -> float | None:
+    """A summary index of a probe result, read from its one home (``result["summary"]``)."""
+    return summary_of(res).get(name, {}).get("value")
+
+
 def _retrieval_rows(n: int, res: dict, index: str) -> list[str]:
     labels = res["labels"]
     head = f"  n  {'kind':6}" + "".join(f"{lab:>8}" for lab in labels) + f"{'none':>8}{'N':>11}{index:>12}"
@@ -186,9 +192,9 @@ def _retrieval_rows(n: int, res: dict, index: str) -> list[str]:
     return [
         head,
         f"  {n}  {'cond':6}" + "".join(f"{_f(cond[lab]['share']):>8}" for lab in labels)
-        + f"{'':>8}{res['n_conditional']:>5}/{res['n_items']:<5}{_f(res[index + '_conditional'], True):>12}",
+        + f"{'':>8}{res['n_conditional']:>5}/{res['n_items']:<5}{_f(_index(res, index + '_conditional'), True):>12}",
         f"  {n}  {'uncond':6}" + "".join(f"{_f(unc[lab]['share']):>8}" for lab in labels)
-        + f"{_f(unc['none']['share']):>8}{res['n_items']:>11}{_f(res[index], True):>12}",
+        + f"{_f(unc['none']['share']):>8}{res['n_items']:>11}{_f(_index(res, index), True):>12}",
     ]
 
 
@@ -204,7 +210,7 @@ def format_results(results: dict[str, dict[int, dict]]) -> str:
                 for name, var in res.get("variants", {}).items():
                     lines.append(f"     variant {name}: pos1/large uncond "
                                  f"{_f(var['unconditional'][var['labels'][0]]['share'])}, "
-                                 f"{index} {_f(var[index], True)}, cond N {var['n_conditional']}")
+                                 f"{index} {_f(_index(var, index), True)}, cond N {var['n_conditional']}")
             elif probe in ("toc", "ioc"):
                 acc = res["accuracy"]
                 lines.append(f"  n={n}  " + "  ".join(f"{lab} {_f(acc[lab]['share'])}" for lab in res["labels"])
@@ -214,11 +220,11 @@ def format_results(results: dict[str, dict[int, dict]]) -> str:
                 rows += list(res.get("variants", {}).items())
                 for enc, r in rows:
                     lines.append(f"  n={n} {enc:5}  S1 {_f(r['s1']['share'])}  S2 {_f(r['s2']['share'])}  "
-                                 f"gap {_f(r['gap'], True)}   (pairs {r['s1']['total']})")
+                                 f"gap {_f(_index(r, 'gap'), True)}   (pairs {r['s1']['total']})")
             elif probe == "claim1":
                 lf, sf = res["large_first"], res["small_first"]
                 lines.append(f"  n={n}  large-first {_f(lf['unconditional']['pos1']['share'])}  small-first "
-                             f"{_f(sf['unconditional']['pos1']['share'])}  gap {_f(res['first_share_gap'], True)}"
+                             f"{_f(sf['unconditional']['pos1']['share'])}  gap {_f(_index(res, 'first_share_gap'), True)}"
                              f"   (cond: {_f(lf['conditional']['pos1']['share'])} vs "
                              f"{_f(sf['conditional']['pos1']['share'])})")
     return "\n".join(lines)

@@ -17,9 +17,9 @@ result (nested ones too: TOR ``variants``, Claim-1 ``large_first``/``small_first
 - TOC, IOC: ``{}`` (accuracies only).
 
 ``value`` is ``None`` where a denominator is 0. Plots, reports, the experiment summary and the
-logged scalars (``bias/<probe>/n<k>/<index>``, see ``eval.records.flatten``) read this key and
-nothing else. The same values also stay as top-level terms (``result["order_bias"]``, ...) for
-readers not yet moved to ``summary`` (``eval.cli``'s printed tables); new readers use ``summary``.
+logged scalars (``bias/<probe>/n<k>/<index>``, see ``eval.records.flatten``) and ``eval comco``'s
+tables read this key; it is the indices' only home (results written before it existed carry them
+as top-level terms, which :func:`legacy_summary` turns into a ``summary``).
 
 - TOR  (text-based object retrieval): caption -> gallery of object-name embeddings.
 - TOC  (text-based object classification): linear probe per mention position.
@@ -109,9 +109,9 @@ def retrieval_shares(
         "unconditional": {lab: proportion(c, n_items) for lab, c in zip(labels, uncond_counts)},
     }
     out["unconditional"]["none"] = proportion(n_none, n_items)
-    out[index_name] = _lead_index(out["unconditional"], labels)
-    out[f"{index_name}_conditional"] = _lead_index(out["conditional"], labels)
-    out[SUMMARY_KEY] = retrieval_summary(out, index_name)
+    indices = {index_name: _lead_index(out["unconditional"], labels),
+               f"{index_name}_conditional": _lead_index(out["conditional"], labels)}
+    out[SUMMARY_KEY] = retrieval_summary({**out, **indices}, index_name)
     return out
 
 
@@ -355,8 +355,8 @@ def itm_accuracy(images: torch.Tensor, correct: torch.Tensor, wrong: torch.Tenso
 def itm(s1: dict, s2: dict) -> dict:
     """ITM summary: both scenarios and the fragility gap S1 − S2 (accuracies)."""
     gap = None if s1["share"] is None or s2["share"] is None else s1["share"] - s2["share"]
-    out = {"probe": "itm", "s1": s1, "s2": s2, "gap": gap}
-    out[SUMMARY_KEY] = itm_summary(out)
+    out = {"probe": "itm", "s1": s1, "s2": s2}
+    out[SUMMARY_KEY] = itm_summary({**out, "gap": gap})
     return out
 
 
@@ -375,10 +375,9 @@ def claim1(large_first: dict, small_first: dict) -> dict:
         "probe": "claim1",
         "large_first": large_first,
         "small_first": small_first,
-        "first_share_gap": gap("unconditional"),
-        "first_share_gap_conditional": gap("conditional"),
     }
-    out[SUMMARY_KEY] = claim1_summary(out)
+    out[SUMMARY_KEY] = claim1_summary(
+        {**out, "first_share_gap": gap("unconditional"), "first_share_gap_conditional": gap("conditional")})
     return out
 
 

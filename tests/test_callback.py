@@ -99,7 +99,7 @@ def test_two_step_run_writes_records_logs_wandb_and_plots(tmp_path, tiny_name, e
     assert records[0]["probe"] == "tor" and records[0]["n_objects"] == 2
     shares = records[0]["result"]["unconditional"]
     assert shares["pos1"]["total"] == 4 and set(shares) == {"pos1", "pos2", "none"}
-    assert records[0]["result"]["order_bias"] == pytest.approx(shares["pos1"]["share"] - shares["pos2"]["share"])
+    assert records[0]["result"]["summary"]["order_bias"]["value"] == pytest.approx(shares["pos1"]["share"] - shares["pos2"]["share"])
 
     # W&B: offline run with the bias scalars, samples_seen as their x-axis
     run = wandb_logger.experiment

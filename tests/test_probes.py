@@ -70,7 +70,7 @@ def test_tor_first_object_encoder_gives_share_one_at_pos1():
     assert res["conditional"]["pos1"]["share"] == 1.0
     assert res["conditional"]["pos2"]["share"] == 0.0
     assert res["unconditional"]["none"]["share"] == 0.0
-    assert res["order_bias"] == 1.0 and res["order_bias_conditional"] == 1.0
+    assert res["summary"]["order_bias"]["value"] == 1.0 and res["summary"]["order_bias_conditional"]["value"] == 1.0
     # pure first-object encoder: top-1 right, top-3 not the caption's set -> unconditional only
     res = probes.tor(g[t[:, 0]], g, t)
     assert res["unconditional"]["pos1"]["share"] == 1.0
@@ -100,8 +100,8 @@ def test_summary_index_is_first_minus_mean_of_others():
     cap = F.normalize((weights[:, :, None] * g[t]).sum(1), dim=-1)
     res = probes.tor(cap, g, t)
     assert [res["conditional"][p]["share"] for p in ("pos1", "pos2", "pos3")] == [0.5, 0.25, 0.25]
-    assert res["order_bias"] == pytest.approx(0.25) and res["order_bias_conditional"] == pytest.approx(0.25)
-    assert probes.ior(cap, g, t)["size_bias"] == pytest.approx(0.25)
+    assert res["summary"]["order_bias"]["value"] == pytest.approx(0.25) and res["summary"]["order_bias_conditional"]["value"] == pytest.approx(0.25)
+    assert probes.ior(cap, g, t)["summary"]["size_bias"]["value"] == pytest.approx(0.25)
 
 
 def test_tor_zero_conditional_denominator():
@@ -111,8 +111,8 @@ def test_tor_zero_conditional_denominator():
     res = probes.tor(cap, g, t)
     assert res["n_conditional"] == 0
     assert res["conditional"]["pos1"]["share"] is None and res["conditional_reason"]
-    assert res["order_bias_conditional"] is None
-    assert res["unconditional"]["none"]["share"] == 1.0 and res["order_bias"] == 0.0
+    assert res["summary"]["order_bias_conditional"]["value"] is None
+    assert res["unconditional"]["none"]["share"] == 1.0 and res["summary"]["order_bias"]["value"] == 0.0
 
 
 def test_retrieval_matches_brute_force():
@@ -150,7 +150,7 @@ def test_ior_largest_object_encoder_gives_large_share_one():
     res = probes.ior(images, g, t)
     assert res["labels"] == ["large", "small1", "small2", "small3"]
     assert res["unconditional"]["large"]["share"] == 1.0
-    assert res["size_bias"] == 1.0
+    assert res["summary"]["size_bias"]["value"] == 1.0
     res2 = probes.i2tor(images, g, t)
     assert res2["probe"] == "i2tor" and res2["unconditional"]["large"]["share"] == 1.0
 
@@ -224,7 +224,7 @@ def test_itm_three_item_toy_set_by_hand():
     s2 = probes.itm_accuracy(img, s2_correct, s2_wrong)
     assert (s1["count"], s1["total"]) == (2, 3) and (s2["count"], s2["total"]) == (0, 3)
     res = probes.itm(s1, s2)
-    assert res["gap"] == pytest.approx(2 / 3)
+    assert res["summary"]["gap"]["value"] == pytest.approx(2 / 3)
 
 
 def test_itm_first_object_text_encoder_passes_s1_fails_s2():
@@ -255,7 +255,7 @@ def test_claim1_lists_and_gap():
     # encoder: large-first captions embed the first object, small-first ones the second
     tl, ts = targets_of(lists["large_first"], vocab), targets_of(lists["small_first"], vocab)
     res = probes.claim1(probes.tor(g[tl[:, 0]], g, tl), probes.tor(g[ts[:, 1]], g, ts))
-    assert res["first_share_gap"] == 1.0
+    assert res["summary"]["first_share_gap"]["value"] == 1.0
     with pytest.raises(ValueError, match="medium"):
         probes.claim1_lists(vocab, {"bus": "large", "cup": "small"}, 3, 6)
 
@@ -279,8 +279,9 @@ def test_every_probe_returns_its_summary_indices_under_one_key():
                              "first_share_gap_conditional": {"value": None, "denominator": "N=0/0"}}
     # results written before "summary" existed: the same summary is rebuilt from the top-level terms
     for res in (tor, itm, c1):
-        old = {k: v for k, v in res.items() if k != "summary"}
+        old = {k: v for k, v in res.items() if k != "summary"} | {k: e["value"] for k, e in res["summary"].items()}
         assert probes.legacy_summary(old) == res["summary"]
+        assert not set(res["summary"]) & set(res)  # the indices' only home is "summary"
 
 
 # ---------------------------------------------------------------- manifest

@@ -127,16 +127,16 @@ def test_full_suite_known_answers(eval_set):
     assert set(res) == set(P.PROBE_NAMES) and all(set(v) == {2, 3} for v in res.values())
     tor = res["tor"][3]
     assert tor["n_items"] == 24 and tor["n_conditional"] == 24
-    assert tor["conditional"]["pos1"]["share"] == 1.0 and tor["order_bias"] == 1.0
+    assert tor["conditional"]["pos1"]["share"] == 1.0 and tor["summary"]["order_bias"]["value"] == 1.0
     assert tor["variants"]["photo"]["conditional"]["pos1"]["share"] == 1.0  # other template
-    assert tor["variants"]["split"]["order_bias"] < 0.5  # order-free encoding
+    assert tor["variants"]["split"]["summary"]["order_bias"]["value"] < 0.5  # order-free encoding
     ior = res["ior"][3]
     # 24 wanted -> whole balanced blocks: 12 objects x 3 large-slot settings
-    assert ior["n_items"] == 36 and ior["unconditional"]["large"]["share"] == 1.0 and ior["size_bias"] == 1.0
+    assert ior["n_items"] == 36 and ior["unconditional"]["large"]["share"] == 1.0 and ior["summary"]["size_bias"]["value"] == 1.0
     assert res["i2tor"][2]["unconditional"]["large"]["share"] == 1.0
     itm = res["itm"][3]
     assert itm["s1"]["total"] == 36 * 3 and itm["s1"]["share"] == 1.0 and itm["s2"]["share"] == 0.0
-    assert itm["gap"] == 1.0 and "split" in itm["variants"]
+    assert itm["summary"]["gap"]["value"] == 1.0 and "split" in itm["variants"]
     assert res["toc"][2]["accuracy"]["pos1"]["share"] > res["toc"][2]["accuracy"]["pos2"]["share"]
     assert res["ioc"][2]["labels"] == ["large", "small1"]
     balance = prepared.describe()["balance"]
@@ -144,7 +144,7 @@ def test_full_suite_known_answers(eval_set):
     assert set(balance["ior/n2"]) == {"large", "small1"}
     assert all(lo == hi for lo, hi in balance["ior/n3"].values()), balance["ior/n3"]  # role-balanced
     c1 = res["claim1"][3]
-    assert c1["large_first"]["conditional"]["pos1"]["share"] == 1.0 and c1["first_share_gap"] == 0.0
+    assert c1["large_first"]["conditional"]["pos1"]["share"] == 1.0 and c1["summary"]["first_share_gap"]["value"] == 0.0
     json.dumps(res)  # JSON-able
 
 
@@ -173,7 +173,7 @@ def test_run_suite_only_encodes(eval_set):
     assert len(prepared.texts) == len(set(prepared.texts))
     # same prepared inputs, changed weights -> changed answer
     adapter.image_rule = "mean"
-    assert run_suite(adapter, prepared)["ior"][2]["size_bias"] < 1.0
+    assert run_suite(adapter, prepared)["ior"][2]["summary"]["size_bias"]["value"] < 1.0
 
 
 def test_bad_options_name_valid_values(eval_set):

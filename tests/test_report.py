@@ -46,8 +46,8 @@ def two_runs(tmp_path):
 
 
 def test_hand_built_tor_results_have_the_expected_index():
-    assert _tor(4)["unconditional"]["pos1"]["share"] == 1.0 and _tor(4)["order_bias"] == 1.0
-    assert _tor(2)["order_bias"] == 0.0 and _tor(3)["order_bias"] == 0.5
+    assert _tor(4)["unconditional"]["pos1"]["share"] == 1.0 and _tor(4)["summary"]["order_bias"]["value"] == 1.0
+    assert _tor(2)["summary"]["order_bias"]["value"] == 0.0 and _tor(3)["summary"]["order_bias"]["value"] == 0.5
 
 
 def test_report_writes_figures_and_summary(two_runs, tmp_path, capsys):
@@ -98,7 +98,7 @@ def test_reader_skips_torn_last_line_and_keeps_latest_duplicate(tmp_path):
     with open(tmp_path / "bias.jsonl", "a") as fh:
         fh.write('{"step": 20, "samp')
     recs = [r for r in read_records(tmp_path) if r["probe"] == "tor"]
-    assert [r["step"] for r in recs] == [0, 10] and recs[1]["result"]["order_bias"] == 1.0
+    assert [r["step"] for r in recs] == [0, 10] and recs[1]["result"]["summary"]["order_bias"]["value"] == 1.0
 
 
 def test_bad_input_is_named(tmp_path):
@@ -144,7 +144,8 @@ def test_old_bias_jsonl_without_summary_reads_as_before(tmp_path):
     with open(old / "bias.jsonl", "w") as fh:
         for line in (new / "bias.jsonl").read_text().splitlines():
             rec = json.loads(line)
-            rec["result"].pop("summary")
+            summary = rec["result"].pop("summary")  # old files: the indices were top-level terms
+            rec["result"].update({k: e["value"] for k, e in summary.items()})
             fh.write(json.dumps(rec) + "\n")
     assert "summary" not in (old / "bias.jsonl").read_text()
     table = {name: summary_table({"r": read_records(d)}) for name, d in (("new", new), ("old", old))}
