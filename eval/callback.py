@@ -1,7 +1,8 @@
 """``BiasEvalCallback``: the paper's probes during training, as curves over samples seen.
 
 Runs at step 0 (before the first optimizer step: the value at initialisation, which every curve
-is read against) and then every ``every_n_steps`` optimizer steps, plus once at the end. Only
+is read against) and then every ``every_n_steps`` optimizer steps (or ``evaluations_per_run`` times,
+evenly spaced over the run's length), plus once at the end. Only
 rank 0 evaluates (``eval()`` mode, ``torch.no_grad()``, the RNG state forked so training draws
 the same random numbers with or without the callback); every rank then meets rank 0 in a
 ``broadcast`` of its outcome, so other ranks wait instead of deadlocking, and an evaluation
@@ -20,6 +21,7 @@ evaluation only runs the encoders and the probes (``eval.suite.run_suite``).
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -44,9 +46,16 @@ class BiasEvalCallback(L.Callback):
         probes: probe names (``tor``, ``toc``, ``ior``, ``ioc``, ``i2tor``, ``itm``, ``claim1``).
         n_objects: objects per item to evaluate (each >= 2 and in the eval set).
         items_per_probe: items (captions / images) per probe and n; fewer = faster, wider intervals.
-            TOR rounds up to whole Latin-square blocks of the vocabulary.
+            TOR rounds up to whole Latin-square blocks of the vocabulary; null = one block (one item
+            per vocabulary object, each object once in every position).
         itm_distractors: absent objects per image in ITM (null = all), the main cost knob of ITM.
-        every_n_steps: evaluate after every N optimizer steps (plus at step 0 and at the end).
+        every_n_steps: evaluate after every N optimizer steps (plus at step 0 and at the end); null =
+            500 unless ``evaluations_per_run`` is given.
+        evaluations_per_run: instead of ``every_n_steps``: evaluate this many times after step 0,
+            ``every_n_steps = ceil(run steps / evaluations_per_run)`` from the run's length when
+            training starts (``trainer.estimated_stepping_batches``: ``trainer.max_steps`` or
+            epochs x batches per epoch), so e.g. 6 gives 7 points on a curve of any length. The end
+            of training counts as one of them when it falls between two.
         data_dir: an eval-set folder with ``manifest.jsonl``; None renders the default ComCO-style
             set once (``data_prep.comco.write_eval_set``) into ``cache_dir``.
         cache_dir: where default eval sets are cached (default: ``$CLIP_BIAS_LAB_CACHE`` or
@@ -70,9 +79,10 @@ class BiasEvalCallback(L.Callback):
         self,
         probes: Sequence[str] = SuiteConfig.probes,
         n_objects: Sequence[int] = SuiteConfig.n_objects,
-        items_per_probe: int = SuiteConfig.items_per_probe,
+        items_per_probe: int | None = SuiteConfig.items_per_probe,
         itm_distractors: int | None = SuiteConfig.itm_distractors,
-        every_n_steps: int = 500,
+        every_n_steps: int | None = None,
+        evaluations_per_run: int | None = None,
         data_dir: str | None = None,
         cache_dir: str | None = None,
         image_size: int | None = None,
@@ -86,12 +96,14 @@ class BiasEvalCallback(L.Callback):
         super().__init__()
         v = self._checked(
             probes=probes, n_objects=n_objects, items_per_probe=items_per_probe, itm_distractors=itm_distractors,
-            every_n_steps=every_n_steps, data_dir=data_dir, cache_dir=cache_dir, image_size=image_size,
-            templates=templates, text_encodings=text_encodings, run_dir=run_dir, eval_at_end=eval_at_end,
-            plots=plots, seed=seed)
+            every_n_steps=every_n_steps, evaluations_per_run=evaluations_per_run, data_dir=data_dir,
+            cache_dir=cache_dir, image_size=image_size, templates=templates, text_encodings=text_encodings,
+            run_dir=run_dir, eval_at_end=eval_at_end, plots=plots, seed=seed)
         #: the probe options (the suite's own defaults and checks)
         self.suite: SuiteConfig = v["suite"]
-        self.every_n_steps: int = v["every_n_steps"]
+        #: evaluation spacing in optimizer steps; with ``evaluations_per_run``, set when training starts
+        self.every_n_steps: int | None = v["every_n_steps"]
+        self.evaluations_per_run: int | None = v["evaluations_per_run"]
         self.data_dir = data_dir
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.image_size: int | None = v["image_size"]
@@ -109,6 +121,8 @@ class BiasEvalCallback(L.Callback):
 
     # ---------------------------------------------------------------- configuration
 
+    #: the evaluation spacing when neither ``every_n_steps`` nor ``evaluations_per_run`` is given
+    DEFAULT_EVERY_N_STEPS = 500
     #: where the arguments live in a training config; every message names them under it
     CONFIG_PATH = "trainer.callbacks[BiasEvalCallback].init_args"
     #: the probe options, passed on to :class:`eval.suite.SuiteConfig` under the same names
@@ -127,10 +141,16 @@ class BiasEvalCallback(L.Callback):
             out["suite"] = SuiteConfig(**{k: args[k] for k in cls.SUITE_OPTIONS})
         except SuiteOptionError as e:
             errs += e.messages()
-        for key, low, hint in (("every_n_steps", 1, ""), ("image_size", 16, " or null (the model's input size)")):
-            out[key], problem = check_int(args[key], low, optional=bool(hint), hint=hint)
+        for key, low, hint in (("every_n_steps", 1, ""), ("evaluations_per_run", 1, ""),
+                               ("image_size", 16, " or null (the model's input size)")):
+            out[key], problem = check_int(args[key], low, optional=True, hint=hint)
             if problem:
                 errs.append(key + problem)
+        if out["every_n_steps"] is not None and out["evaluations_per_run"] is not None:
+            errs.append(f"give every_n_steps ({out['every_n_steps']}) or evaluations_per_run "
+                        f"({out['evaluations_per_run']}), not both")
+        elif out["every_n_steps"] is None and out["evaluations_per_run"] is None:
+            out["every_n_steps"] = cls.DEFAULT_EVERY_N_STEPS
         for key in ("eval_at_end", "plots"):
             if not isinstance(args[key], bool):
                 errs.append(f"{key} must be true or false, got {args[key]!r}")
@@ -168,7 +188,27 @@ class BiasEvalCallback(L.Callback):
                 "afterwards with `python -m eval comco --checkpoint ...`."
             )
 
+    @staticmethod
+    def spacing(run_steps: int, evaluations_per_run: int) -> int:
+        """``every_n_steps`` for ``evaluations_per_run`` evaluations after step 0 in ``run_steps`` steps
+        (at most that many, the end of training included): ``ceil(run_steps / evaluations_per_run)``."""
+        return max(1, math.ceil(run_steps / evaluations_per_run))
+
+    def resolve_every_n_steps(self, trainer: L.Trainer) -> int:
+        """``every_n_steps``, derived from the run's length when ``evaluations_per_run`` is set."""
+        if self.evaluations_per_run is None:
+            return self.every_n_steps
+        steps = trainer.estimated_stepping_batches
+        if not isinstance(steps, (int, float)) or not math.isfinite(steps) or steps < 1:
+            raise ValueError(
+                f"BiasEvalCallback ({self.CONFIG_PATH}): evaluations_per_run needs a known run length "
+                f"(trainer.max_steps, or trainer.max_epochs over a dataloader with a length), got {steps!r} steps; "
+                "set trainer.max_steps or use every_n_steps")
+        self.every_n_steps = self.spacing(int(steps), self.evaluations_per_run)
+        return self.every_n_steps
+
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.resolve_every_n_steps(trainer)
         if trainer.global_step == 0:  # a resumed run already holds its initial record
             self._evaluate(trainer, pl_module)
 

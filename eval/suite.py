@@ -57,6 +57,7 @@ class SuiteConfig:
             the vocabulary size) and about this many multi-object images per n for IOR, I2TOR, IOC
             and ITM, rounded up to whole balanced blocks of every large-slot setting
             (:func:`select_images`). ``PreparedSuite.balance()`` shows how evenly objects fill each role.
+            ``None`` = one block: the vocabulary size (each object once in every position).
         templates: caption templates (``data_prep.captions.TEMPLATES`` ids); the first is the
             headline TOR/TOC/ITM/Claim-1 template, the others are reported as TOR variants.
         gallery_template: text gallery prompt per object name, ``"{}"`` = bare name.
@@ -74,7 +75,7 @@ class SuiteConfig:
 
     probes: tuple[str, ...] = P.PROBE_NAMES
     n_objects: tuple[int, ...] = (2, 3, 4, 5)
-    items_per_probe: int = 256
+    items_per_probe: int | None = 256
     templates: tuple[str, ...] = DEFAULT_TEMPLATES
     gallery_template: str = "{}"
     text_encodings: tuple[str, ...] = ("plain",)
@@ -167,7 +168,7 @@ def _check_options(raw: Mapping[str, Any]) -> tuple[dict[str, Any], list[tuple[s
         problems.append(("n_objects", f" must be a list of integers >= 2 (objects per item), got {raw['n_objects']!r}"))
     else:
         out["n_objects"] = tuple(int(n) for n in n_objects)
-    integer("items_per_probe", 1)
+    integer("items_per_probe", 1, optional=True)
     names("templates", tuple(TEMPLATES))
     names("text_encodings", TEXT_ENCODINGS)
     for key in ("gallery_template", "split_template"):
@@ -311,6 +312,7 @@ def prepare_suite(
         config = replace(config, **options)
     validate_config(config, eval_set)
     vocab = eval_set.vocabulary
+    items = config.items_per_probe or len(vocab)  # None: one Latin-square block of the vocabulary
     col = {o: i for i, o in enumerate(vocab)}
     texts, images = _Table(), _Table()
     caption = {t: _caption_fn(t) for t in config.templates}
@@ -330,7 +332,7 @@ def prepare_suite(
     for n in config.n_objects:
         seed = config.seed + 1000 * n
         if "tor" in config.probes:
-            lists = P.latin_square_lists(vocab, n, config.items_per_probe, seed)
+            lists = P.latin_square_lists(vocab, n, items, seed)
             tasks["tor"][n] = {
                 "lists": lists,
                 "targets": targets(lists),
@@ -339,11 +341,11 @@ def prepare_suite(
         if "toc" in config.probes:
             tasks["toc"][n] = text_set(P.latin_square_lists(vocab, n, config.linear_items, seed + 1))
         if "claim1" in config.probes:
-            pairs = P.claim1_lists(vocab, size_classes or {}, n, config.items_per_probe, seed + 2)
+            pairs = P.claim1_lists(vocab, size_classes or {}, n, items, seed + 2)
             tasks["claim1"][n] = {k: text_set(v) for k, v in pairs.items()}
         if need_images:
             chosen = select_images([it for it in eval_set.multi(n) if it.large is not None],
-                                   config.items_per_probe, len(vocab))
+                                   items, len(vocab))
             if not chosen:
                 raise ValueError(f"eval set {eval_set.root} has no n={n} images with a large object")
             by_role = [it.by_role() for it in chosen]
