@@ -12,7 +12,7 @@ Outputs, under the run directory (``run_dir`` or else ``trainer.default_root_dir
 
 - ``bias.jsonl``: one record per (evaluation, probe, n), see :mod:`eval.records`;
 - scalars ``bias/<probe>/n<k>/<term>`` to every logger, with ``samples_seen`` in the same call
-  and, for W&B, ``define_metric("bias/*", step_metric="samples_seen")``;
+  and, for W&B, ``define_metric("bias/*", step_metric="samples_seen")`` (:mod:`eval.samples_axis`);
 - ``plots/<probe>.png`` at the end of training.
 
 Images and captions are decoded and tokenised once (``eval.suite.prepare_suite``); each
@@ -29,11 +29,11 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.loggers import WandbLogger
 
 from eval.eval_sets import default_eval_set, eval_set_cache_problem, n_objects_problem
 from eval.model_access import ClipAdapter, model_image_size
 from eval.records import BIAS_FILE, append_records, flatten, make_records, metric_key
+from eval.samples_axis import define_samples_axis, samples_seen
 from eval.suite import SuiteConfig, SuiteOptionError, check_int
 
 log = logging.getLogger(__name__)
@@ -114,7 +114,6 @@ class BiasEvalCallback(L.Callback):
         self._adapter: ClipAdapter | None = None
         self._last_step: int | None = None
         self._batch_size: int | None = None
-        self._wandb_defined = False
         #: seconds spent evaluating on this rank (for the cost share of the callback)
         self.total_seconds = 0.0
         self.n_evaluations = 0
@@ -272,7 +271,7 @@ class BiasEvalCallback(L.Callback):
         seconds = time.perf_counter() - t0
         self.total_seconds += seconds
         self.n_evaluations += 1
-        samples = self._samples_seen(trainer, pl_module)
+        samples = samples_seen(trainer, pl_module, self._batch_size)
         records = make_records(result, trainer.global_step, samples, eval_seconds=seconds)
         append_records(self.resolve_run_dir(trainer) / BIAS_FILE, records)
         self._log(trainer, records, samples, seconds)
@@ -299,22 +298,12 @@ class BiasEvalCallback(L.Callback):
         size = self.image_size or model_image_size(pl_module)
         return default_eval_set(self.cache_dir, self.suite.seed, size, progress=False)
 
-    def _samples_seen(self, trainer: L.Trainer, pl_module: L.LightningModule) -> int:
-        seen = getattr(pl_module, "samples_seen", None)
-        if seen is not None:
-            return int(seen)
-        batch = self._batch_size or 0
-        return trainer.global_step * batch * trainer.world_size * trainer.accumulate_grad_batches
-
     def _log(self, trainer: L.Trainer, records: list[dict], samples: int, seconds: float) -> None:
         metrics: dict[str, float] = {"samples_seen": float(samples), "bias/eval_seconds": seconds}
         for rec in records:
             metrics.update(flatten(rec["result"], f"bias/{metric_key(rec)}"))
+        define_samples_axis(trainer.loggers, ["bias/*"])  # once per logger, see eval.samples_axis
         for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger) and not self._wandb_defined:
-                logger.experiment.define_metric("samples_seen")
-                logger.experiment.define_metric("bias/*", step_metric="samples_seen")
-                self._wandb_defined = True
             logger.log_metrics(metrics, step=trainer.global_step)
 
 

@@ -209,6 +209,9 @@ class ClipCLI(LightningCLI):
         try:
             callbacks = list(trainer_cfg.get("callbacks") or [])
             callbacks.append(build_checkpoint_callback(run))
+            from train.data_stats import DataStatsLogger  # data/<reason> metrics, beside the data module
+            if not any(isinstance(c, DataStatsLogger) for c in callbacks):
+                callbacks.append(DataStatsLogger())
             if trainer_cfg.get("enable_progress_bar", True) is not False:
                 callbacks.append(RichProgressBar())
             if trainer_cfg.get("logger", True) is not False:

@@ -13,6 +13,7 @@ import torch.distributed as dist
 
 from lightning.pytorch.trainer.states import TrainerFn
 
+from eval.samples_axis import define_samples_axis, samples_per_step
 from eval.text_encoding import encode_text
 from train import resume
 from train.loss import LossKind, build_loss, contrastive_loss
@@ -149,7 +150,6 @@ class CLIPModule(L.LightningModule):
         self.loss_fn: torch.nn.Module | None = None
         self._per_device_batch: int | None = None
         self._last_step_time: float | None = None
-        self._worker_stats: dict[Any, dict[str, int]] = {}
         self._val_features: list[tuple[torch.Tensor, torch.Tensor]] = []
         # run record (see train.resume): counters continued from a checkpoint, resolved cosine length
         self._resumed = False
@@ -171,12 +171,11 @@ class CLIPModule(L.LightningModule):
 
     @property
     def samples_seen(self) -> int:
-        """Samples at the last resume (stored in the checkpoint) + steps since × per-device batch × world
-        size × gradient accumulation; without a resume, global_step × that product."""
+        """Samples at the last resume (stored in the checkpoint) + steps since × samples per step
+        (:func:`eval.samples_axis.samples_per_step`); without a resume, global_step × that."""
         if self._trainer is None or self._per_device_batch is None:
             return self._samples_at_resume
-        t = self.trainer
-        per_step = self._per_device_batch * t.world_size * t.accumulate_grad_batches
+        per_step = samples_per_step(self.trainer, self._per_device_batch)
         return self._samples_at_resume + (self.global_step - self._step_at_resume) * per_step
 
     def run_history(self, *, batch_size: int | None, world_size: int, accumulate_grad_batches: int,
@@ -263,9 +262,7 @@ class CLIPModule(L.LightningModule):
 
     # ---------------------------------------------------------------- training
     def training_step(self, batch, batch_idx: int):
-        images, texts = batch[0], batch[1]
-        if len(batch) > 2:
-            self._worker_stats[batch[2]["source"]] = batch[2]["counts"]
+        images, texts = batch[0], batch[1]  # a third element (data statistics) is train.data_stats's
         if self._per_device_batch is None:
             self._per_device_batch = images.shape[0]
             self._check_batch_size_on_resume()
@@ -330,13 +327,6 @@ class CLIPModule(L.LightningModule):
         self.log("train/logit_scale", self.model.logit_scale.detach().exp())
         self.log("samples_seen", float(self.samples_seen))
         self.log("train/skipped_steps", float(self._skipped_steps))
-        totals: dict[str, int] = {}
-        for counts in self._worker_stats.values():
-            for k, v in counts.items():
-                totals[k] = totals.get(k, 0) + v
-        for k, v in totals.items():
-            if k != "ok":
-                self.log(f"data/{k}", float(v))
 
     def on_train_start(self) -> None:
         # after Lightning restored the optimizer and scheduler state: the first hook that can change them
@@ -350,11 +340,7 @@ class CLIPModule(L.LightningModule):
                     f"fixed when the run started: steps {total}..{max_steps - 1} run at model.min_lr_ratio x model.lr "
                     f"= {self.hparams.min_lr_ratio * self.hparams.lr:g}."
                 )
-        for logger in self.loggers:
-            if type(logger).__name__ == "WandbLogger" and hasattr(logger.experiment, "define_metric"):
-                logger.experiment.define_metric("samples_seen")
-                for prefix in ("train/*", "val/*", "bias/*", "data/*"):
-                    logger.experiment.define_metric(prefix, step_metric="samples_seen")
+        define_samples_axis(self.loggers, ["train/*", "val/*"])  # bias/*, data/*: their callbacks
 
     def on_train_end(self) -> None:
         if self._skipped_steps:
