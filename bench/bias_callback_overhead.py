@@ -48,22 +48,27 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=qs["batch"], help="per-device batch (default: the quickstart's)")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     ap.add_argument("--qs-steps", type=int, default=qs["max_steps"], help="quickstart max_steps (default: its config's)")
-    ap.add_argument("--qs-every", type=int, default=qs["callback"].get("every_n_steps"),
-                    help="quickstart callback every_n_steps (default: its config's)")
+    cb_args = qs["callback"]
+    qs_every = cb_args.get("every_n_steps")
+    if cb_args.get("evaluations_per_run") and qs["max_steps"]:  # the spacing the callback derives at fit start
+        qs_every = BiasEvalCallback.spacing(qs["max_steps"], cb_args["evaluations_per_run"])
+    ap.add_argument("--qs-every", type=int, default=qs_every,
+                    help="quickstart evaluation spacing in steps (default: derived from its config)")
     args = ap.parse_args()
     missing = [f"--{k.replace('_', '-')}" for k in ("batch", "qs_steps", "qs_every") if not getattr(args, k)]
     if missing:
         ap.error(f"{QUICKSTART} does not give {', '.join(missing)} as a number; pass them")
     torch.set_num_threads(args.threads)
     L.seed_everything(0)
-    module = CLIPModule(qs["model"], warmup_steps=10, total_steps=args.steps)
+    module = CLIPModule(qs["model"], warmup_steps=min(10, args.steps), total_steps=args.steps)
     size = module.model.visual.image_size[0]
     n = args.batch * args.steps
     images = torch.randn(n, 3, size, size)
     tokens = module.tokenizer([f"a photo of object {i % 500} and object {i % 37}" for i in range(n)])
     loader = DataLoader(TensorDataset(images, tokens), batch_size=args.batch)
     with tempfile.TemporaryDirectory() as tmp:
-        cb = BiasEvalCallback(**{**qs["callback"], "every_n_steps": args.every, "cache_dir": tmp, "plots": False,
+        cb_args = {k: v for k, v in qs["callback"].items() if k != "evaluations_per_run"}
+        cb = BiasEvalCallback(**{**cb_args, "every_n_steps": args.every, "cache_dir": tmp, "plots": False,
                                  "run_dir": tmp})
         cb._default_set(module)  # render the eval set outside the timed run (a one-off, cached)
         trainer = L.Trainer(max_steps=args.steps, accelerator="cpu", callbacks=[cb], logger=False,
