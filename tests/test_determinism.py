@@ -46,7 +46,7 @@ def test_same_seed_same_bias_records(tmp_path, tiny_shards):
     eval_dir = tmp_path / "comco"
     write_eval_set(eval_dir, image_size=32, n_objects=(2,), progress=False)
     cb = ('--trainer.callbacks=[{"class_path": "eval.callback.BiasEvalCallback", "init_args": {"probes": ["tor", "itm"], '
-          f'"n_objects": [2], "items_per_probe": 8, "every_n_steps": 2, "data_dir": "{eval_dir}", "plots": false}}}}]')
+          f'"n_objects": [2], "items_per_probe": 8, "every_n_steps": 2, "evaluations_per_run": null, "data_dir": "{eval_dir}", "plots": false}}}}]')
     for name in ("a", "b"):
         main(fit_args(tiny_shards, tmp_path, name, "--trainer.max_steps=4", cb, *FAST))
     a, b = bias_records(tmp_path / "a"), bias_records(tmp_path / "b")

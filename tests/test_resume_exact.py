@@ -50,7 +50,10 @@ def test_sigterm_saves_last_and_resume_is_exact(tmp_path, tiny_shards):
     repo = Path(__file__).resolve().parent.parent
     proc = subprocess.Popen([sys.executable, "-m", "train", *fit_args(tiny_shards, tmp_path, "term",
                                                                       "--trainer.max_steps=100000", *args)],
-                            cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            # the same intra-op thread count as this process (other tests set it): bitwise
+                            # equality needs the same GEMM blocking in the interrupted and the whole run
+                            env={**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())})
     try:
         deadline = time.monotonic() + 120
         while not (tmp_path / "term/checkpoints/step0000003.ckpt").exists():
