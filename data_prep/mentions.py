@@ -39,6 +39,7 @@ from typing import Iterable, Mapping, Sequence
 __all__ = [
     "Mention", "Vocabulary", "find_mentions", "mentioned_names", "coco_vocabulary", "rendered_vocabulary",
     "default_vocabulary", "load_vocabulary", "pluralize", "COCO_CATEGORIES", "spacy_available",
+    "in_possessive",
 ]
 
 # ----------------------------------------------------------------------------- vocabularies
@@ -612,6 +613,8 @@ def _extend_right(toks: list[_Tok], j: int, ceil: int) -> int:
             w = toks[k].word
             if w in _DETERMINERS and k > j + 1:
                 break
+            if toks[k].possessive:
+                break  # "a cup of men's coffee": the possessive is not the phrase's noun
             k += 1
             if w not in _DETERMINERS and not (w in _ADJECTIVES or w in _NUMBERS):
                 return k  # the noun ends the phrase
@@ -627,9 +630,11 @@ def _rule_mentions(text: str, vocab: Vocabulary) -> list[Mention]:
         nxt_start = heads[idx + 1][0] if idx + 1 < len(heads) else len(toks)
         s = _extend_left(toks, i, prev_end)
         e = _extend_right(toks, j, nxt_start)
-        out.append(Mention(toks[s].start, toks[e - 1].end if not toks[e - 1].possessive else
-                           toks[e - 1].end - (2 if toks[e - 1].possessive == "s" else 1),
-                           name, toks[i].start, toks[j - 1].end))
+        last = toks[e - 1]
+        end = last.end
+        if last.possessive:  # cut the marker as written ("'s"/"’s" = 2, "'"/"’" = 1), not by flag
+            end -= 2 if text[end - 2:end].lower() in ("'s", "’s") else 1
+        out.append(Mention(toks[s].start, end, name, toks[i].start, toks[j - 1].end))
         prev_end = e
     return out
 
@@ -720,3 +725,14 @@ def first_mentions(mentions: Sequence[Mention]) -> list[Mention]:
             seen.add(m.name)
             out.append(m)
     return out
+
+
+_POSSESSIVE_AFTER = re.compile(r"['’]")
+_POSSESSIVE_BEFORE = re.compile(r"\w['’]s?\s+$", re.IGNORECASE)
+
+
+def in_possessive(text: str, mention: Mention) -> bool:
+    """True if ``mention`` is a possessor ("a woman|'s handbag") or a possessed phrase
+    ("a woman's |handbag", "the children's |bicycle"): moving its span alone would move or
+    strand the "'s"/"'" and break the caption."""
+    return bool(_POSSESSIVE_AFTER.match(text, mention.end) or _POSSESSIVE_BEFORE.search(text[:mention.start]))

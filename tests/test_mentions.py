@@ -274,6 +274,32 @@ def test_possessives():
     assert mentioned_names("Backpack for Men") == ["backpack"]
 
 
+@pytest.mark.parametrize("caption, expected", [
+    # a possessive word ends the "of" phrase instead of being its noun, and its marker is never cut
+    ("a cup of men's coffee and a laptop", [("a cup", "cup"), ("a laptop", "laptop")]),
+    ("a bowl of kids' cereal beside a spoon", [("a bowl", "bowl"), ("a spoon", "spoon")]),
+    ("a cup of children's juice", [("a cup", "cup")]),
+    # a possessor's span stops before the marker, however it is written
+    ("A woman's handbag on a chair", [("A woman", "person"), ("handbag", "handbag"), ("a chair", "chair")]),
+    ("a dog’s bowl", [("a dog", "dog"), ("bowl", "bowl")]),
+    ("the dogs' bowl and a cat", [("bowl", "bowl"), ("a cat", "cat")]),
+])
+def test_possessive_spans(caption, expected):
+    assert spans(caption) == expected
+
+
+def test_in_possessive():
+    from data_prep.mentions import in_possessive
+
+    for caption, flags in [
+        ("A woman's handbag on a chair", [True, True, False]),
+        ("a cup of men's coffee and a laptop", [False, False]),
+        ("the children's bicycle and a car", [True, False]),
+        ("a dog’s bowl", [True, True]),
+    ]:
+        assert [in_possessive(caption, m) for m in find_mentions(caption)] == flags, caption
+
+
 def test_quantifier_nouns_are_not_people():
     assert mentioned_names("a couple of dogs") == ["dog"]
     assert mentioned_names("a couple walking a dog") == ["person", "dog"]

@@ -193,6 +193,73 @@ def test_free_form_with_fewer_than_two_objects_unchanged_and_counted(caption, re
     assert t.stats() == {reason: 10}
 
 
+POSSESSIVE_SHUFFLED = [  # possessive plurals / classifiers that are no mention: shuffled around them
+    ("a cup of men's coffee and a laptop", {"a cup of men's coffee and a laptop", "a laptop of men's coffee and a cup"}),
+    ("a bowl of kids' cereal beside a spoon", {"a bowl of kids' cereal beside a spoon",
+                                               "a spoon of kids' cereal beside a bowl"}),
+]
+POSSESSIVE_KEPT = [  # a moved mention would carry or strand the "'s": left as is, counted
+    "A woman's handbag on a chair",
+    "a dog's bowl next to a cat",
+    "a cup of the dog’s water and a laptop",
+    "the children's bicycle and a car",
+]
+
+
+def _no_broken_possessive(caption: str, out: str) -> None:
+    import re
+
+    from data_prep.mentions import find_mentions
+
+    assert sorted(m.name for m in find_mentions(out)) == sorted(m.name for m in find_mentions(caption))
+    assert sorted(out[m.start:m.end].lower() for m in find_mentions(out)) == \
+        sorted(caption[m.start:m.end].lower() for m in find_mentions(caption))
+    assert _skeleton(out) == _skeleton(caption)
+    # every apostrophe still closes a word and opens nothing: no "laptops", "men'", "spoon'", "Handbag's a"
+    assert sorted(re.findall(r"\w+['’]s?(?=\s|$)", out)) == sorted(re.findall(r"\w+['’]s?(?=\s|$)", caption))
+    assert out.count("'") + out.count("’") == caption.count("'") + caption.count("’")
+
+
+@pytest.mark.parametrize("caption, expected", POSSESSIVE_SHUFFLED)
+def test_free_form_shuffle_around_possessives(caption, expected):
+    t = CaptionShuffle(p=1.0)
+    rng = random.Random(3)
+    outs = set()
+    for _ in range(200):
+        out = t(None, caption, {}, rng)[1]
+        _no_broken_possessive(caption, out)
+        outs.add(out)
+    assert outs == expected
+    assert t.counts["possessive"] == 0
+
+
+@pytest.mark.parametrize("caption", POSSESSIVE_KEPT)
+def test_free_form_possessor_or_possessed_mention_unchanged_and_counted(caption):
+    t = CaptionShuffle(p=1.0)
+    rng = random.Random(5)
+    meta = {**laion_meta(), "caption": caption}
+    for _ in range(200):
+        _, out, m = t(None, caption, meta, rng)
+        assert out == caption and m == meta
+    assert t.stats() == {"possessive": 200}
+
+
+def test_possessive_skip_keeps_first_mention_uniform_for_the_rest():
+    from data_prep.mentions import mentioned_names
+    from scipy.stats import chisquare
+
+    caption = "a cup of men's coffee next to a dog and a laptop"
+    names = mentioned_names(caption)
+    assert names == ["cup", "dog", "laptop"]
+    t = CaptionShuffle(p=1.0)
+    rng = random.Random(4)
+    outs = [t(None, caption, {}, rng)[1] for _ in range(3000)]
+    for out in set(outs):
+        _no_broken_possessive(caption, out)
+    first = Counter(mentioned_names(o)[0] for o in outs)
+    assert chisquare([first[n] for n in names]).pvalue > 0.001, first
+
+
 def test_free_form_shuffle_updates_mention_index_of_boxed_objects():
     caption = "A dog next to a bicycle"
     meta = {"caption": caption, "objects": [

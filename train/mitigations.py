@@ -23,7 +23,8 @@ from PIL import Image
 # Rendered captions are rebuilt from the ground-truth objects with the sample's template id.
 from data_prep.captions import make_caption
 # Object mentions in free-form captions have one home: data_prep.mentions.
-from data_prep.mentions import Mention, Vocabulary, find_mentions, first_mentions, load_vocabulary
+from data_prep.mentions import (Mention, Vocabulary, find_mentions, first_mentions, in_possessive,
+                                load_vocabulary)
 from train.transforms import SampleTransform
 
 __all__ = ["CaptionShuffle", "RandomResizedCrop", "ObjectAwareCrop", "shuffle_mentions"]
@@ -110,7 +111,9 @@ class CaptionShuffle(SampleTransform):
 
     Counts (logged as ``data/CaptionShuffle/<reason>``): ``changed``, ``unchanged`` (the random
     order equalled the old one), ``no_mention`` and ``one_mention`` (free-form captions naming
-    fewer than two distinct objects, left as they are), ``skipped`` (not drawn with probability ``p``).
+    fewer than two distinct objects, left as they are), ``possessive`` (free-form captions where a
+    moved mention is a possessor or possessed phrase, "a woman's handbag", "the children's bicycle",
+    left as they are so no "'s" is moved or stranded), ``skipped`` (not drawn with probability ``p``).
     """
 
     def __init__(self, p: float = 1.0, vocabulary: str | None = None) -> None:
@@ -154,6 +157,11 @@ class CaptionShuffle(SampleTransform):
         n = len({m.name for m in mentions})
         if n < 2:
             self.counts["no_mention" if n == 0 else "one_mention"] += 1
+            return caption, meta
+        if any(in_possessive(caption, m) for m in first_mentions(mentions)):
+            # "A woman's handbag on a chair": moving "A woman" or "handbag" alone moves or strands
+            # the "'s"; moving "A woman's handbag" as one unit would never put "handbag" first.
+            self.counts["possessive"] += 1
             return caption, meta
         new, names = shuffle_mentions(caption, mentions, rng)
         if new == caption:
