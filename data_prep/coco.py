@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import warnings
 from collections import defaultdict
 from pathlib import Path
@@ -26,7 +27,8 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .mentions import Vocabulary, coco_vocabulary, mentioned_names
-from .shards import encode_jpeg, prepare_out_dir, sample_key, shard_name, write_json_atomic, write_tar_atomic
+from .shards import (encode_jpeg, prepare_out_dir, sample_key, shard_name, write_json_atomic, write_meta,
+                     write_tar_atomic)
 
 
 def load_coco(instances: Sequence[str | Path], captions: Sequence[str | Path]) -> tuple[dict, dict, dict]:
@@ -133,7 +135,10 @@ def convert(images: Sequence[str | Path] | str | Path, captions: Sequence[str | 
         raise ValueError("no 'images' list in --instances or --captions: file names are unknown")
     cat_names = sorted({a["name"] for lst in anns.values() for a in lst})
     vocab = vocabulary_for(cat_names, vocabulary)
-    out = prepare_out_dir(Path(out_dir), overwrite)
+    # at most one sample per caption of an image: planned names are an upper bound (missing images write fewer)
+    n_max = sum(len(caps.get(i, [])) for i in imgs)
+    planned = [shard_name(s) for s in range(math.ceil(n_max / shard_size))] + ["sizes.json", "meta.json"]
+    out = prepare_out_dir(Path(out_dir), overwrite, planned=planned)
     counts = {"images": 0, "samples": 0, "missing_images": 0, "images_without_captions": 0,
               "objects": 0, "objects_named": 0, "captions_naming_2plus_boxed": 0}
 
@@ -194,8 +199,7 @@ def convert(images: Sequence[str | Path] | str | Path, captions: Sequence[str | 
             "images": [str(d) for d in image_dirs], "categories": cat_names, "counts": counts,
             "mention_index_rule": "position of the object's name among the distinct objects the caption names "
                                   "(data_prep.mentions); null if not named"}
-    write_json_atomic(out / "meta.json", meta)
-    return meta
+    return write_meta(out, meta)
 
 
 def check_inputs(images: Sequence[Path], captions: Sequence[Path], instances: Sequence[Path]) -> list[str]:

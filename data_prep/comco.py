@@ -22,7 +22,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .render import SLOTS, render_scene, size_for_area
-from .shards import prepare_out_dir, write_json_atomic
+from .shards import prepare_out_dir, write_meta
 from .vocab import SHAPES, check_names, list_objects
 
 KINDS = ("objects", "shapes")
@@ -113,7 +113,6 @@ def write_eval_set(out_dir, seed: int = 0, image_size: int = 64, n_objects: Sequ
     if k % len(names):
         warnings.warn(f"items_per_setting={k} is not a multiple of the vocabulary size {len(names)}: "
                       "slot/role counts will differ by one", stacklevel=2)
-    out = prepare_out_dir(Path(out_dir), overwrite)
     rng = np.random.default_rng(seed)
     jobs: list[tuple[str, str, list[str], int | None]] = [("single", f"single/{nm}.png", [nm], None) for nm in names]
     for n in n_objects:
@@ -121,6 +120,8 @@ def write_eval_set(out_dir, seed: int = 0, image_size: int = 64, n_objects: Sequ
             setting = f"n{n}_large_slot{j}"
             for t, items in enumerate(counterbalanced_items(names, n, k, rng)):
                 jobs.append((setting, f"{setting}/{t:05d}.png", items, j))
+    out = prepare_out_dir(Path(out_dir), overwrite,
+                          planned=[rel for _, rel, _, _ in jobs] + ["manifest.jsonl", "meta.json"])
     lines = []
     for idx, (setting, rel, objs, large) in enumerate(tqdm(jobs, desc=f"comco-{kind}", disable=not progress)):
         if large is None:
@@ -137,7 +138,7 @@ def write_eval_set(out_dir, seed: int = 0, image_size: int = 64, n_objects: Sequ
     tmp = manifest.with_name(manifest.name + ".tmp")
     tmp.write_text("".join(json.dumps(rec) + "\n" for rec in lines), encoding="utf-8")
     os.replace(tmp, manifest)
-    write_json_atomic(out / "meta.json", {
+    write_meta(out, {
         "kind": kind, "seed": seed, "image_size": image_size, "n_objects": n_objects,
         "items_per_setting": k, "background": background, "vocabulary": names,
         "area_fractions": {"large": LARGE_AREA, "small": SMALL_AREA, "single": SINGLE_AREA},

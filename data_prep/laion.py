@@ -15,12 +15,13 @@ dependencies if pip would downgrade webdataset.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
-from .shards import prepare_out_dir, write_json_atomic
+from .shards import prepare_out_dir, shard_name, write_json_atomic, write_meta
 
 RESIZE_MODES = ("center_crop", "border", "keep_ratio", "no")
 
@@ -95,8 +96,10 @@ def download(parquet, out_dir, num_samples: int | None = None, image_size: int =
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations would phone home on import
     img2dataset = _require("img2dataset")
     pq = _require("pyarrow.parquet")
-    out = prepare_out_dir(Path(out_dir), overwrite)
     used = min(n_rows, num_samples) if num_samples else n_rows
+    shards = [shard_name(s)[:-4] for s in range(math.ceil(used / shard_size))]  # img2dataset's shard names
+    planned = [s + ext for s in shards for ext in (".tar", "_stats.json", ".parquet")] + ["sizes.json", "meta.json"]
+    out = prepare_out_dir(Path(out_dir), overwrite, planned=planned)
     tmp_dir = Path(tempfile.mkdtemp(prefix=".input_", dir=out))  # removed below
     try:
         table = pq.read_table(parquet, columns=[url_col, caption_col]).slice(0, used)
@@ -116,5 +119,4 @@ def download(parquet, out_dir, num_samples: int | None = None, image_size: int =
             "image_size": image_size, "url_col": url_col, "caption_col": caption_col,
             "shard_size": shard_size, "resize_mode": resize_mode, "img2dataset_version":
             getattr(img2dataset, "__version__", "unknown")}
-    write_json_atomic(out / "meta.json", meta)
-    return meta
+    return write_meta(out, meta)

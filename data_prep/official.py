@@ -22,7 +22,7 @@ import shutil
 import warnings
 from pathlib import Path
 
-from .shards import prepare_out_dir, write_json_atomic
+from .shards import prepare_out_dir, write_meta
 
 COUNTS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5}
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp")
@@ -78,7 +78,9 @@ def convert_official(src_dir, out_dir, overwrite: bool = False,
     folders = sorted(p for p in src.iterdir() if p.is_dir() and _FOLDER.match(p.name))
     if not folders:
         raise ValueError(f"no CoCo-<N>Object* folders in {src}")
-    out = prepare_out_dir(Path(out_dir), overwrite)
+    planned = [f"{folder.name}/{img.name}" for folder in folders for img in folder.iterdir()
+               if img.suffix.lower() in IMAGE_EXTS] + ["manifest.jsonl", "meta.json"]
+    out = prepare_out_dir(Path(out_dir), overwrite, planned=planned)
     large_slots = large_slots or {}
     records = []
     for folder in folders:
@@ -109,6 +111,6 @@ def convert_official(src_dir, out_dir, overwrite: bool = False,
     tmp = manifest.with_name(manifest.name + ".tmp")
     tmp.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     os.replace(tmp, manifest)
-    write_json_atomic(out / "meta.json", {"kind": "official_comco", "src_dir": str(src),
-                                          "folders": [f.name for f in folders], "num_images": len(records)})
+    write_meta(out, {"kind": "official_comco", "src_dir": str(src),
+                     "folders": [f.name for f in folders], "num_images": len(records)})
     return manifest

@@ -79,10 +79,26 @@ def write_json_atomic(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
+def write_meta(out_dir: Path, meta: dict) -> dict:
+    """Write ``out_dir/meta.json`` (atomically) with data_prep's ``writer`` marker; return the dict written.
+
+    Every data_prep writer goes through here, so :func:`recorded_files` can tell our folders apart.
+    """
+    meta = {**meta, "writer": WRITER}
+    write_json_atomic(Path(out_dir) / "meta.json", meta)
+    return meta
+
+
 #: ``meta.json`` kinds that data_prep writes (synth, laion, comco ``objects``/``shapes``, official, coco).
-#: A folder whose ``meta.json`` names one of them holds data_prep's record of what it wrote there.
 DATA_PREP_KINDS = ("synth", "laion", "objects", "shapes", "official_comco", "coco")
+#: Marker every data_prep writer puts in ``meta.json`` (:func:`write_meta`): a folder holds data_prep's
+#: record of what it wrote only if its ``meta.json`` has ``"writer": WRITER`` and a data_prep kind
+#: (a generic ``"kind": "laion"`` alone could be another tool's).
+WRITER = "clip-bias-lab/data_prep"
 RECORD_FILES = ("meta.json", "sizes.json", "manifest.jsonl")
+#: Hint for files left or refused: folders written before the marker existed count as foreign.
+_OLD_HINT = ("output written by data_prep before its meta.json carried "
+             f'"writer": "{WRITER}" counts as foreign too: move it away')
 
 
 class OutDirError(ValueError):
@@ -127,7 +143,8 @@ def _safe_rel(name) -> str | None:
 def recorded_files(out_dir: Path) -> set[str]:
     """Relative paths that a previous data_prep run recorded writing into ``out_dir``.
 
-    The record is a ``meta.json`` naming a data_prep kind (else: empty set, nothing is ours): its
+    The record is a ``meta.json`` with data_prep's ``writer`` marker and kind (else: empty set,
+    nothing is ours; e.g. folders written before the marker existed, or another tool's): its
     ``files`` list (synth writes it before its shards, so a killed run is covered), the shards in
     ``sizes.json`` with img2dataset's ``<shard>_stats.json`` / ``<shard>.parquet`` beside them
     (laion), the images in ``manifest.jsonl`` (comco, official), and those record files themselves.
@@ -137,7 +154,7 @@ def recorded_files(out_dir: Path) -> set[str]:
         meta = json.loads((out_dir / "meta.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return set()
-    if not isinstance(meta, dict) or meta.get("kind") not in DATA_PREP_KINDS:
+    if not isinstance(meta, dict) or meta.get("writer") != WRITER or meta.get("kind") not in DATA_PREP_KINDS:
         return set()
     names: set = set(RECORD_FILES) | set(meta.get("files") or [])
     try:
@@ -189,22 +206,26 @@ def prepare_out_dir(out_dir: Path, overwrite: bool, planned: Iterable[str] = ())
                 f"--out {out_dir}: {_shown(clash)} would be replaced, but data_prep did not write "
                 f"{'it' if len(clash) == 1 else 'them'} (no data_prep meta.json there records "
                 f"{'it' if len(clash) == 1 else 'them'}); --overwrite only replaces files data_prep wrote. "
-                "Move them away or choose another --out")
+                f"Move them away or choose another --out ({_OLD_HINT})")
+        root = out_dir.resolve()
         removed_dirs = set()
         for rel in sorted(ours):
             p = out_dir / rel
+            parent = p.parent.resolve()
+            if parent != root and root not in parent.parents:
+                continue  # reached through a symlinked folder: its target is not ours to delete
             if p.is_file() or p.is_symlink():
                 p.unlink()
                 removed_dirs.update(p.parents)
         for d in sorted((d for d in removed_dirs if out_dir in d.parents), key=lambda d: -len(d.parts)):
-            if d.is_dir() and not any(d.iterdir()):
+            if d.is_dir() and not d.is_symlink() and not any(d.iterdir()):
                 d.rmdir()
         if foreign:
             tars = [f for f in foreign if f.endswith(".tar")]
             warnings.warn(
                 f"--out {out_dir}: left {len(foreign)} file(s) that data_prep did not write: {_shown(foreign)}"
                 + (f"; a '*.tar' glob over this folder would mix {_shown(tars)} with the new shards "
-                   "(sizes.json lists exactly the new ones)" if tars else ""), stacklevel=2)
+                   "(sizes.json lists exactly the new ones)" if tars else "") + f" ({_OLD_HINT})", stacklevel=2)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:

@@ -24,7 +24,8 @@ from tqdm.auto import tqdm
 
 from .captions import TEMPLATES, make_caption
 from .render import render_scene, size_for_area
-from .shards import encode_jpeg, prepare_out_dir, sample_key, shard_name, write_json_atomic, write_tar_atomic
+from .shards import (encode_jpeg, prepare_out_dir, sample_key, shard_name, write_json_atomic, write_meta,
+                     write_tar_atomic)
 from .vocab import check_names, list_objects
 
 SIZE_MODES = ("one_large", "mixed")
@@ -159,31 +160,27 @@ def write_corpus(out_dir, num_samples: int, seed: int = 0, image_size: int = 64,
             "caption_order_rule": "largest-first (by visible area) with p_large_first, else random order "
                                   "whose first object is not the largest",
             "files": files}
-    # meta.json first: it records every file this run writes, so that after a kill (-9, OOM, power)
-    # `--overwrite` can remove the partial corpus, and only ours. An interruption this process sees
-    # (error, Ctrl-C) removes it again: then only complete shards remain, as a shard is whole or absent.
+    # meta.json first: it records every file this run writes, so that after an interruption (error,
+    # Ctrl-C, or a kill -9/OOM/power loss) `--overwrite` can remove the partial corpus, and only ours.
+    # It stays on failure; only complete shards remain beside it, as a shard is whole or absent.
     # sizes.json last: its presence marks a whole corpus.
-    write_json_atomic(out / "meta.json", meta)
-    try:
-        jobs = [(s, s * shard_size, min((s + 1) * shard_size, num_samples)) for s in range(n_shards)]
-        sizes: dict[str, int] = {}
-        bar = tqdm(total=num_samples, desc="synth", unit="img", disable=not progress)
-        if workers == 1:
-            for shard, start, stop in jobs:
-                def counted(shard=shard, start=start, stop=stop):
-                    for i in range(start, stop):
-                        yield make_sample(i, key=sample_key(shard, i - start, shard_size), **kw)
-                        bar.update(1)
-                sizes[shard_name(shard)] = write_tar_atomic(out / shard_name(shard), counted())
-        else:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
-                futs = {pool.submit(_write_shard, str(out), s, a, b, shard_size, kw): s for s, a, b in jobs}
-                for fut, shard in futs.items():
-                    sizes[shard_name(shard)] = fut.result()
-                    bar.update(sizes[shard_name(shard)])
-        bar.close()
-    except BaseException:
-        (out / "meta.json").unlink(missing_ok=True)
-        raise
+    meta = write_meta(out, meta)
+    jobs = [(s, s * shard_size, min((s + 1) * shard_size, num_samples)) for s in range(n_shards)]
+    sizes: dict[str, int] = {}
+    bar = tqdm(total=num_samples, desc="synth", unit="img", disable=not progress)
+    if workers == 1:
+        for shard, start, stop in jobs:
+            def counted(shard=shard, start=start, stop=stop):
+                for i in range(start, stop):
+                    yield make_sample(i, key=sample_key(shard, i - start, shard_size), **kw)
+                    bar.update(1)
+            sizes[shard_name(shard)] = write_tar_atomic(out / shard_name(shard), counted())
+    else:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            futs = {pool.submit(_write_shard, str(out), s, a, b, shard_size, kw): s for s, a, b in jobs}
+            for fut, shard in futs.items():
+                sizes[shard_name(shard)] = fut.result()
+                bar.update(sizes[shard_name(shard)])
+    bar.close()
     write_json_atomic(out / "sizes.json", sizes)
     return meta

@@ -109,7 +109,8 @@ def test_interrupted_run_leaves_no_partial_shard(tmp_path, monkeypatch):
     monkeypatch.setattr(synth, "make_sample", failing)
     with pytest.raises(KeyboardInterrupt):
         write_corpus(tmp_path, num_samples=20, shard_size=5, progress=False)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["00000.tar"]  # complete shard only
+    # complete shards only, beside the meta.json that records them (so `--overwrite` can remove them)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["00000.tar", "meta.json"]
 
 
 @pytest.mark.parametrize("kw, flag", [

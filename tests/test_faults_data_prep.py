@@ -10,7 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from _coco_fixture import make_coco
+from data_prep import synth
 from data_prep.cli import main as cli_main
+from data_prep.shards import WRITER
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -91,6 +94,84 @@ def test_comco_overwrite_removes_its_old_images_and_keeps_foreign_files(tmp_path
     manifest = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
     on_disk = {p.relative_to(out).as_posix() for p in out.rglob("*.png")}
     assert on_disk == {r["image"] for r in manifest}
+
+
+def test_foreign_folder_with_a_data_prep_kind_is_not_ours(tmp_path, capsys):
+    out = tmp_path / "other_tool"  # another tool's folder that happens to use kind "laion" + sizes.json
+    out.mkdir()
+    (out / "meta.json").write_text(json.dumps({"kind": "laion"}))
+    (out / "sizes.json").write_text(json.dumps({"00000.tar": 4, "00001.tar": 4}))
+    for name in ("00000.tar", "00001.tar"):
+        (out / name).write_bytes(b"their shard")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(SystemExit) as err:
+        _synth(out, 4, "--overwrite")
+    assert err.value.code == 2
+    msg = capsys.readouterr().err
+    assert "00000.tar, meta.json, sizes.json would be replaced, but data_prep did not write them" in msg
+    assert "move it away" in msg
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    # with the shards renamed, its meta.json and sizes.json (planned names) are still not replaced
+    for name in ("00000.tar", "00001.tar"):
+        (out / name).rename(out / name.replace("0000", "0010"))
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(SystemExit):
+        _synth(out, 4, "--overwrite")
+    assert "meta.json, sizes.json would be replaced" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_data_prep_meta_carries_the_writer_marker(tmp_path):
+    _synth(tmp_path / "c", 4)
+    assert json.loads((tmp_path / "c" / "meta.json").read_text())["writer"] == WRITER
+
+
+def test_coco_overwrite_refuses_to_replace_a_foreign_shard(tmp_path, capsys):
+    make_coco(tmp_path / "coco")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "00000.tar").write_bytes(b"precious")
+    with pytest.raises(SystemExit) as err:
+        cli_main(["coco", "--images", str(tmp_path / "coco" / "images"), "--captions",
+                  str(tmp_path / "coco" / "captions.json"), "--instances", str(tmp_path / "coco" / "instances.json"),
+                  "--out", str(out), "--no-progress", "--overwrite"])
+    assert err.value.code == 2
+    assert "00000.tar would be replaced, but data_prep did not write it" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["00000.tar"]
+    assert (out / "00000.tar").read_bytes() == b"precious"
+
+
+def test_overwrite_does_not_delete_through_a_symlinked_subfolder(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "00000.png").write_bytes(b"not yours")
+    out = tmp_path / "evalset"
+    out.mkdir()
+    (out / "single").symlink_to(outside, target_is_directory=True)
+    (out / "meta.json").write_text(json.dumps({"kind": "shapes", "writer": WRITER}))
+    (out / "manifest.jsonl").write_text(json.dumps({"image": "single/00000.png"}) + "\n")
+    _synth(out, 4, "--overwrite")
+    assert (outside / "00000.png").read_bytes() == b"not yours"
+    assert (out / "single").is_symlink() and not (out / "manifest.jsonl").exists()
+
+
+def test_synth_overwrite_after_an_interrupted_run(tmp_path, monkeypatch):
+    out = tmp_path / "corpus"
+    real = synth.make_sample
+
+    def failing(index, **kw):
+        if index == 5:
+            raise KeyboardInterrupt
+        return real(index, **kw)
+
+    monkeypatch.setattr(synth, "make_sample", failing)
+    with pytest.raises(KeyboardInterrupt):
+        _synth(out, 12)
+    assert sorted(p.name for p in out.iterdir()) == ["00000.tar", "meta.json"]
+    monkeypatch.setattr(synth, "make_sample", real)
+    _synth(out, 8, "--overwrite")  # no foreign files: no warning, no refusal
+    assert sorted(p.name for p in out.iterdir()) == ["00000.tar", "00001.tar", "meta.json", "sizes.json"]
+    assert json.loads((out / "sizes.json").read_text()) == {"00000.tar": 4, "00001.tar": 4}
 
 
 @pytest.mark.parametrize("command", [
