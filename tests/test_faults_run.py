@@ -348,3 +348,35 @@ def test_callback_bad_argument_is_one_readable_error_line(tmp_path, tiny_shards,
     assert errors[0].startswith("error: trainer.callbacks[0] (eval.callback.BiasEvalCallback): ")
     assert "every_n_steps" in errors[0] and "got 0" in errors[0]
     assert not (tmp_path / "cb").exists()
+
+
+def test_checkpoint_of_another_run_is_not_resumed_into_an_existing_run(tmp_path, tiny_shards):
+    """--ckpt_path from run b into run a (which holds a run) would append b's history to a's files."""
+    from test_train_fit import fit_args
+
+    from train.cli import main
+    from train.run_dir import RunDirError
+
+    fast = ("--trainer.callbacks=[]", "--trainer.max_steps=1", "--run.checkpoint_every_n_steps=1",
+            "--trainer.limit_val_batches=0")
+    main(fit_args(tiny_shards, tmp_path, "a", *fast))
+    main(fit_args(tiny_shards, tmp_path, "b", *fast))
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in (tmp_path / "a").rglob("*") if p.is_file())
+    with pytest.raises(RunDirError, match="is not a checkpoint of .*would mix two runs"):
+        main(fit_args(tiny_shards, tmp_path, "a", *fast, "--trainer.max_steps=2",
+                      f"--ckpt_path={tmp_path / 'b/checkpoints/last.ckpt'}"))
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in (tmp_path / "a").rglob("*") if p.is_file()) == before
+    # a fresh run may start from another run's checkpoint
+    main(fit_args(tiny_shards, tmp_path, "c", *fast, "--trainer.max_steps=2",
+                  f"--ckpt_path={tmp_path / 'b/checkpoints/last.ckpt'}"))
+
+
+def test_stale_temp_with_this_process_pid_is_removed_at_start(tmp_path):
+    """A container restarts its trainer under the same pid: that pid's old temp is a leftover."""
+    import os
+
+    from train.run_dir import TMP_MARK, clean_stale_temps
+
+    own = tmp_path / f".last.ckpt{TMP_MARK}{os.getpid()}"
+    own.write_bytes(b"partial")
+    assert clean_stale_temps(tmp_path) == [own] and not own.exists()

@@ -240,7 +240,7 @@ class ClipCLI(LightningCLI):
     def _run_subcommand(self, subcommand: str) -> None:
         try:
             ckpt_path = self._get(self.config, "ckpt_path", default=None)
-            if subcommand == "fit" and ckpt_path and is_launching_process():
+            if subcommand == "fit" and ckpt_path:  # every rank: one that went on would wait for the others
                 path = last_checkpoint(self._run_config()) if ckpt_path == "last" else Path(ckpt_path)
                 message = finished_message(path, self.trainer.max_steps) if path is not None else None
                 if message:

@@ -129,7 +129,9 @@ class CLIPModule(L.LightningModule):
             nan_policy: On a non-finite loss, ``raise`` (stop naming the step) or ``skip`` the step
                 (no update; counted as ``train/skipped_steps``, no loss logged for it).
             max_consecutive_skips: With ``nan_policy=skip``, stop the run when more than this many
-                steps in a row had a non-finite loss (0: stop at the first, like ``raise``).
+                steps in a row had a non-finite loss (0: stop at the first, like ``raise``). Under
+                gradient accumulation both count training batches (micro-batches), not optimizer
+                steps, and a window with some skipped batches still updates from the others.
             trim_text: Run the text tower only up to the batch's last end-of-text token
                 (``eval.text_encoding``): equal results to ~1e-6, several times faster for short
                 captions; towers where that is not exact fall back to open_clip's ``encode_text``.

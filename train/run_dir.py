@@ -168,9 +168,13 @@ class RunCheckpoint(ModelCheckpoint):
         super().on_train_start(trainer, pl_module)
         if not self.last_model_path and self.dirpath:
             self.last_model_path = os.path.join(self.dirpath, self.CHECKPOINT_NAME_LAST + self.FILE_EXTENSION)
+        if trainer.ckpt_path:  # resumed: this step is saved already; never save again mid-accumulation
+            self._last_global_step_saved = trainer.global_step
 
     def _save_final_last(self, trainer) -> None:
         if trainer.fast_dev_run or trainer.sanity_checking or self._last_global_step_saved == trainer.global_step:
+            return
+        if _mid_accumulation(trainer):  # the partial window's gradients are not in a checkpoint
             return
         self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
@@ -186,6 +190,18 @@ class RunCheckpoint(ModelCheckpoint):
 
         if isinstance(exception, SIGTERMException) and trainer.state.fn == "fit":
             self._save_final_last(trainer)
+
+
+def _mid_accumulation(trainer) -> bool:
+    """True when the batches trained so far end inside a gradient-accumulation window."""
+    accumulate = getattr(trainer, "accumulate_grad_batches", 1) or 1
+    if accumulate <= 1:
+        return False
+    try:
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
+    except AttributeError:
+        return False
+    return done % accumulate != 0
 
 
 def build_checkpoint_callback(run: RunConfig) -> Callback:
@@ -454,6 +470,11 @@ def check_before_fit(run: RunConfig, ckpt_path: str | None) -> None:
         if inside and contents:
             raise RunDirError(f"--run.overwrite true moves {run.dir} aside and starts afresh, --ckpt_path "
                               f"{ckpt_path} resumes from that run: pass one of them, not both.")
+    if contents and ckpt_path and ckpt_path != "last" and not run.overwrite \
+            and run.dir.resolve() not in Path(ckpt_path).resolve().parents:
+        raise RunDirError(f"--ckpt_path {ckpt_path} is not a checkpoint of {run.dir}, which already holds a run; "
+                          "resuming it there would mix two runs. Resume it under its own --run.name, or start "
+                          "from it in a new, empty --run.name.")
     if contents and not ckpt_path and not run.overwrite:
         shown = ", ".join(contents[:6]) + (", ..." if len(contents) > 6 else "")
         raise RunDirError(f"{run.dir} already holds a run ({shown}); fit will not mix a second run into it. "
@@ -537,7 +558,9 @@ def clean_stale_temps(directory: Path) -> list[Path]:
         return removed
     for p in Path(directory).glob(f".*{TMP_MARK}*"):
         pid = p.name.rsplit(TMP_MARK, 1)[1]
-        if not pid.isdigit() or int(pid) == os.getpid() or _pid_alive(int(pid)):
+        # called at start, before this process writes any checkpoint: a temp with our own pid is a
+        # leftover of an earlier process that had the same pid (containers often start at pid 1)
+        if not pid.isdigit() or (int(pid) != os.getpid() and _pid_alive(int(pid))):
             continue
         with contextlib.suppress(FileNotFoundError):
             p.unlink()
