@@ -43,6 +43,9 @@ from eval.stats import proportion
 PROBE_NAMES: tuple[str, ...] = ("tor", "toc", "ior", "ioc", "i2tor", "itm", "claim1")
 #: key of a probe result's summary indices (module docstring)
 SUMMARY_KEY = "summary"
+#: fewest items behind a conditional index: below it the index is ``None`` ("n/a", the denominator
+#: says N_cond), never a number built on one or two items; the conditional shares keep their counts
+MIN_CONDITIONAL = 20
 
 
 def position_labels(n: int) -> list[str]:
@@ -66,6 +69,7 @@ def retrieval_shares(
     targets: torch.Tensor,
     labels: Sequence[str],
     index_name: str = "bias",
+    min_conditional: int = MIN_CONDITIONAL,
 ) -> dict:
     """Which of each query's objects wins a nearest-neighbour lookup in the gallery.
 
@@ -75,6 +79,7 @@ def retrieval_shares(
         targets: ``[N, n]`` gallery indices of each query's objects, in position/role order.
         labels: ``n`` names for the positions/roles (e.g. ``pos1..`` or ``large, small1..``).
         index_name: key of the summary index ``share(labels[0]) - mean share(others)``.
+        min_conditional: the conditional index is ``None`` below this many conditional items.
 
     Returns:
         ``conditional``: among queries whose top-n gallery items are exactly their n objects
@@ -110,7 +115,8 @@ def retrieval_shares(
     }
     out["unconditional"]["none"] = proportion(n_none, n_items)
     indices = {index_name: _lead_index(out["unconditional"], labels),
-               f"{index_name}_conditional": _lead_index(out["conditional"], labels)}
+               f"{index_name}_conditional": _lead_index(out["conditional"], labels) if n_cond >= min_conditional
+               else None}
     out[SUMMARY_KEY] = retrieval_summary({**out, **indices}, index_name)
     return out
 
@@ -171,21 +177,21 @@ def _lead_index(shares: Mapping[str, dict], labels: Sequence[str]) -> float | No
     return values[0] - sum(values[1:]) / (len(values) - 1)
 
 
-def tor(captions: torch.Tensor, names: torch.Tensor, targets: torch.Tensor) -> dict:
+def tor(captions: torch.Tensor, names: torch.Tensor, targets: torch.Tensor, min_conditional: int = MIN_CONDITIONAL) -> dict:
     """TOR: captions ``[N, D]`` vs object-name embeddings ``[V, D]``; ``targets`` in mention order."""
-    res = retrieval_shares(captions, names, targets, position_labels(targets.shape[1]), "order_bias")
+    res = retrieval_shares(captions, names, targets, position_labels(targets.shape[1]), "order_bias", min_conditional)
     return {"probe": "tor", **res}
 
 
-def ior(images: torch.Tensor, singles: torch.Tensor, targets: torch.Tensor) -> dict:
+def ior(images: torch.Tensor, singles: torch.Tensor, targets: torch.Tensor, min_conditional: int = MIN_CONDITIONAL) -> dict:
     """IOR: multi-object images vs single-object image embeddings; ``targets`` in role order."""
-    res = retrieval_shares(images, singles, targets, role_labels(targets.shape[1]), "size_bias")
+    res = retrieval_shares(images, singles, targets, role_labels(targets.shape[1]), "size_bias", min_conditional)
     return {"probe": "ior", **res}
 
 
-def i2tor(images: torch.Tensor, names: torch.Tensor, targets: torch.Tensor) -> dict:
+def i2tor(images: torch.Tensor, names: torch.Tensor, targets: torch.Tensor, min_conditional: int = MIN_CONDITIONAL) -> dict:
     """I2TOR: multi-object images vs object-name text embeddings; ``targets`` in role order."""
-    res = retrieval_shares(images, names, targets, role_labels(targets.shape[1]), "size_bias")
+    res = retrieval_shares(images, names, targets, role_labels(targets.shape[1]), "size_bias", min_conditional)
     return {"probe": "i2tor", **res}
 
 
@@ -369,6 +375,8 @@ def claim1(large_first: dict, small_first: dict) -> dict:
 
     def gap(kind: str) -> float | None:
         a, b = large_first[kind]["pos1"]["share"], small_first[kind]["pos1"]["share"]
+        if kind == "conditional" and min(large_first["n_conditional"], small_first["n_conditional"]) < MIN_CONDITIONAL:
+            return None  # too few items behind one of the two conditional shares (MIN_CONDITIONAL)
         return None if a is None or b is None else a - b
 
     out = {

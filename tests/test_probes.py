@@ -98,9 +98,12 @@ def test_summary_index_is_first_minus_mean_of_others():
     winner = torch.tensor([0, 0, 1, 2])  # shares 0.5, 0.25, 0.25
     weights = 0.3 + 0.7 * torch.nn.functional.one_hot(winner, 3).float()
     cap = F.normalize((weights[:, :, None] * g[t]).sum(1), dim=-1)
-    res = probes.tor(cap, g, t)
+    res = probes.tor(cap, g, t, min_conditional=4)
     assert [res["conditional"][p]["share"] for p in ("pos1", "pos2", "pos3")] == [0.5, 0.25, 0.25]
     assert res["summary"]["order_bias"]["value"] == pytest.approx(0.25) and res["summary"]["order_bias_conditional"]["value"] == pytest.approx(0.25)
+    # below the minimum number of conditional items the index is n/a, the denominator still says N_cond
+    small = probes.tor(cap, g, t)["summary"]["order_bias_conditional"]
+    assert small == {"value": None, "denominator": "N_cond=4/4"} and probes.MIN_CONDITIONAL > 4
     assert probes.ior(cap, g, t)["summary"]["size_bias"]["value"] == pytest.approx(0.25)
 
 
