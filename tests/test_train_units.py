@@ -95,6 +95,26 @@ def test_config_lookup(tmp_path):
     argv = resolve_config_args(["fit", "--config", "quickstart.yaml", "--config=laion_small", "--trainer.max_steps=3"])
     assert argv[2].endswith("configs/quickstart.yaml") and argv[3].endswith("configs/laion_small.yaml")
     assert resolve_config_args(["fit"])[1:3] == ["--config", find_config("quickstart.yaml")]
+    # overlays are listed (a mistyped name shows them too) and are refused without a base config
+    assert "mitigation/caption_shuffle.yaml" in list_configs()
+    with pytest.raises(FileNotFoundError, match="nope.yaml.*mitigation/caption_shuffle.yaml"):
+        find_config("nope.yaml")
+    with pytest.raises(ValueError, match=r"--config mitigation/caption_shuffle.yaml only changes a base config; "
+                                         r"add one first, e.g. --config quickstart.yaml --config mitigation/"):
+        resolve_config_args(["fit", "--config", "mitigation/caption_shuffle.yaml"])
+    argv = resolve_config_args(["fit", "--config", "quickstart", "--config", "mitigation/caption_shuffle.yaml"])
+    assert argv[4].endswith("configs/mitigation/caption_shuffle.yaml")
+
+
+def test_config_errors_from_the_shell_are_one_line():
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parent.parent
+    for args, want in ((["--config", "mitigation/crop.yaml"], "only changes a base config"),
+                       (["--config", "nope.yaml"], "is neither a file nor a config")):
+        out = subprocess.run([sys.executable, "-m", "train", "fit", *args], cwd=repo, capture_output=True, text=True)
+        assert out.returncode == 2 and want in out.stderr and "Traceback" not in out.stderr, out.stderr[-1500:]
 
 
 def test_wandb_offline_without_key(tmp_path, monkeypatch):

@@ -38,8 +38,17 @@ class ConfigError(ValueError):
 
 
 def list_configs() -> list[str]:
-    """Config names usable with ``--config NAME``."""
-    return sorted(p.name for p in CONFIG_DIR.glob("*.yaml"))
+    """Config names usable with ``--config NAME``: base configs, then overlays (``mitigation/...``)."""
+    names = [p.relative_to(CONFIG_DIR).as_posix() for p in CONFIG_DIR.rglob("*.yaml")]
+    return sorted(names, key=lambda n: ("/" in n, n))
+
+
+def is_overlay(path: str) -> bool:
+    """A config in a subfolder of ``configs/`` (``mitigation/...``): it changes a base config, it is none."""
+    try:
+        return len(Path(path).resolve().relative_to(CONFIG_DIR.resolve()).parts) > 1
+    except ValueError:
+        return False
 
 
 def find_config(value: str) -> str:
@@ -73,6 +82,12 @@ def resolve_config_args(argv: list[str]) -> list[str]:
         i += 1
     if not seen_config and out and out[0] in SUBCOMMANDS and not {"-h", "--help"} & set(out):
         out[1:1] = ["--config", str(CONFIG_DIR / DEFAULT_CONFIG)]
+    configs = [out[k + 1] for k, a in enumerate(out[:-1]) if a in ("--config", "-c")]
+    configs += [a.split("=", 1)[1] for a in out if a.startswith("--config=")]
+    if configs and all(is_overlay(c) for c in configs):
+        shown = " ".join(f"--config {Path(c).resolve().relative_to(CONFIG_DIR.resolve()).as_posix()}" for c in configs)
+        raise ConfigError(f"{shown} only changes a base config; add one first, e.g. "
+                          f"--config {DEFAULT_CONFIG} {shown}")
     return out
 
 
@@ -259,7 +274,13 @@ class ClipCLI(LightningCLI):
 def main(argv: list[str] | None = None) -> ClipCLI:
     """Entry point of ``python -m train``."""
     from_command_line = argv is None
-    args = resolve_config_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        args = resolve_config_args(list(sys.argv[1:] if argv is None else argv))
+    except (ConfigError, FileNotFoundError) as err:
+        if not from_command_line or os.environ.get(TRACEBACK_ENV, "") not in ("", "0"):
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
     if from_command_line:  # LightningCLI warns when given args beside a non-empty sys.argv
         sys.argv[1:], args = args, None
     if torch.cuda.is_available():
