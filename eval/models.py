@@ -206,12 +206,22 @@ def _load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], path: s
         )
 
 
+def plain_open_clip_recipe(model_name: str, out_path: str | Path) -> str:
+    """The lines that load an :func:`export_checkpoint` output in plain open_clip."""
+    config_json = Path(out_path).with_name(f"{model_name}.json")
+    lines = ["import open_clip"]
+    if config_json.exists():
+        lines.append(f"open_clip.add_model_config({str(config_json)!r})")
+    lines.append(f"model = open_clip.create_model({model_name!r}, pretrained={str(out_path)!r})")
+    return "\n".join("  " + line for line in lines)
+
+
 def export_checkpoint(ckpt_path: str | Path, out_path: str | Path) -> tuple[str, Path]:
     """Write the CLIP weights of ``ckpt_path`` to ``out_path`` (and the model config beside it).
 
-    Load with ``open_clip.create_model(model_name, pretrained=out_path)`` (for the tiny configs call
-    :func:`register_model_configs` first). ``<out_path>.config.json`` records the model name and
-    its open_clip config, so the weights stay usable without this package.
+    Beside it goes ``<model_name>.json``, the model's open_clip config in the form
+    ``open_clip.add_model_config`` takes, so plain open_clip loads the weights without this package:
+    ``open_clip.add_model_config(json_path); open_clip.create_model(model_name, pretrained=out_path)``.
     Returns ``(model_name, out_path)``.
     """
     ckpt = load_checkpoint(ckpt_path)
@@ -223,6 +233,9 @@ def export_checkpoint(ckpt_path: str | Path, out_path: str | Path) -> tuple[str,
     tmp = out_path.with_name(out_path.name + ".tmp")
     torch.save(state, tmp)
     os.replace(tmp, out_path)
-    meta = out_path.with_name(out_path.name + ".config.json")
-    meta.write_text(json.dumps({"model_name": name, "model_cfg": cfg}, indent=2))
+    if cfg:
+        config_json = out_path.with_name(f"{name}.json")
+        tmp = config_json.with_name(config_json.name + ".tmp")
+        tmp.write_text(json.dumps(cfg, indent=2))
+        os.replace(tmp, config_json)
     return name, out_path

@@ -97,8 +97,22 @@ def test_checkpoint_exports_to_plain_open_clip(tmp_path, tiny_shards):
         assert torch.equal(plain.encode_text(texts), want_t)
         fresh = open_clip.create_model(model_name).eval()
         assert not torch.allclose(fresh.encode_image(images), want_i)
-    meta = json.loads(out.with_name("model.pt.config.json").read_text())
-    assert meta["model_name"] == "clip-micro" and meta["model_cfg"]["vision_cfg"]["image_size"] == 32
+    cfg = json.loads(out.with_name("clip-micro.json").read_text())
+    assert cfg["vision_cfg"]["image_size"] == 32
+    # plain open_clip, without this package's registry: the exported JSON is all it needs
+    import subprocess
+    import sys
+
+    code = ("import open_clip, torch; torch.manual_seed(0); "
+            f"open_clip.add_model_config({str(out.with_name('clip-micro.json'))!r}); "
+            f"m = open_clip.create_model('clip-micro', pretrained={str(out)!r}).eval(); "
+            "t = open_clip.get_tokenizer('clip-micro')(['a red dot']); "
+            "print(float(m.encode_text(t).double().sum()))")
+    got = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert got.returncode == 0, got.stderr[-1500:]
+    with torch.no_grad():
+        want = float(trained.encode_text(open_clip.get_tokenizer(model_name)(["a red dot"])).double().sum())
+    assert float(got.stdout.strip().splitlines()[-1]) == pytest.approx(want, abs=1e-4)
 
 
 def test_nan_loss_stops_with_step_or_skips(tmp_path, tiny_shards, monkeypatch):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from eval.models import export_checkpoint
+from eval.models import export_checkpoint, plain_open_clip_recipe
 
 __all__ = ["export_checkpoint", "main"]
 
@@ -17,4 +17,4 @@ def main(argv: list[str]) -> None:
     parser.add_argument("out", help="output .pt file with the open_clip state_dict")
     args = parser.parse_args(argv)
     name, out = export_checkpoint(args.ckpt, args.out)
-    print(f"wrote {out}; load with: open_clip.create_model({name!r}, pretrained={str(out)!r})")
+    print(f"wrote {out}; load it in plain open_clip with:\n{plain_open_clip_recipe(name, out)}")
