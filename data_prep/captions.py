@@ -1,6 +1,8 @@
 """Caption templates. Names are always joined in the order given (mention order = list order)."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 def article(name: str) -> str:
     """``"a dog"`` / ``"an apple"``."""
@@ -24,6 +26,26 @@ TEMPLATES: dict[str, str] = {
     "next_to": "{chain}",
     "and_chain": "{and_chain}",
 }
+
+
+#: templates the rendered training corpus never uses by default, so every order-bias probe has a
+#: held-out version: the paper's bare "A and B and C" form and a natural sentence ("there is ...").
+#: The probes score them next to "photo", which the corpus does use (in-distribution).
+HELD_OUT_TEMPLATES: tuple[str, ...] = ("and_chain", "there_is")
+
+
+def training_templates(held_out: Sequence[str] = HELD_OUT_TEMPLATES) -> list[str]:
+    """Template ids a corpus draws from: :data:`TEMPLATES` minus ``held_out`` (order kept).
+
+    Raises ``ValueError`` naming an unknown id, or when nothing would be left to draw from.
+    """
+    unknown = [t for t in held_out if t not in TEMPLATES]
+    if unknown:
+        raise ValueError(f"unknown held-out caption template(s) {unknown} (valid: {', '.join(TEMPLATES)})")
+    left = [t for t in TEMPLATES if t not in held_out]
+    if not left:
+        raise ValueError(f"holding out every caption template ({', '.join(held_out)}) leaves none to train on")
+    return left
 
 
 def caption_bare(names: list[str]) -> str:

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from . import synth as synth_mod
+from .captions import HELD_OUT_TEMPLATES, TEMPLATES
 from .shards import OutDirError, check_writable
 
 
@@ -67,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--shard-size", type=_positive("--shard-size"), default=1000, help="samples per tar")
     s.add_argument("--workers", type=_positive("--workers"), default=1, help="processes (same bytes for any value)")
     s.add_argument("--objects", nargs="+", default=None, help="restrict to these object names (default: all)")
+    s.add_argument("--held-out-templates", nargs="*", default=list(HELD_OUT_TEMPLATES), metavar="TEMPLATE",
+                   help="caption templates no sample uses, so probes can score them as held-out forms "
+                        f"(default: {' '.join(HELD_OUT_TEMPLATES)}; give the flag with no value to use all "
+                        f"of {', '.join(TEMPLATES)})")
     s.add_argument("--overwrite", action="store_true", help="allow a non-empty --out")
     s.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
@@ -145,14 +150,16 @@ def build_parser() -> argparse.ArgumentParser:
 def _run_synth(p, args) -> None:
     try:
         synth_mod.validate_args(args.num_samples, args.image_size, args.min_objects, args.max_objects,
-                                args.size_mode, args.p_large_first, args.shard_size, args.workers, args.objects)
+                                args.size_mode, args.p_large_first, args.shard_size, args.workers, args.objects,
+                                args.held_out_templates)
     except ValueError as e:
         p.error(str(e))
     _check_out(p, args.out, args.overwrite)
     try:
         meta = synth_mod.write_corpus(args.out, args.num_samples, args.seed, args.image_size, args.min_objects,
                                       args.max_objects, args.size_mode, args.p_large_first, args.shard_size,
-                                      args.overwrite, not args.no_progress, args.workers, args.objects)
+                                      args.overwrite, not args.no_progress, args.workers, args.objects,
+                                      args.held_out_templates, desc="rendering training corpus")
     except OutDirError as e:  # --overwrite would replace a file data_prep did not write
         p.error(str(e))
     print(f"wrote {meta['num_samples']} samples in {meta['num_shards']} shards to {args.out}")

@@ -22,7 +22,7 @@ from typing import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from .captions import TEMPLATES, make_caption
+from .captions import HELD_OUT_TEMPLATES, TEMPLATES, make_caption, training_templates
 from .render import render_scene, size_for_area
 from .shards import (encode_jpeg, prepare_out_dir, sample_key, shard_name, write_json_atomic, write_meta,
                      write_tar_atomic)
@@ -56,9 +56,14 @@ def caption_mention_order(areas: Sequence[int], p_large_first: float,
 
 def validate_args(num_samples: int, image_size: int, min_objects: int, max_objects: int, size_mode: str,
                   p_large_first: float, shard_size: int, workers: int = 1,
-                  objects: Sequence[str] | None = None) -> None:
+                  objects: Sequence[str] | None = None,
+                  held_out_templates: Sequence[str] = HELD_OUT_TEMPLATES) -> None:
     """Collect every problem with the arguments and raise one ``ValueError`` naming the flags."""
     errs = []
+    try:
+        training_templates(held_out_templates)
+    except ValueError as e:
+        errs.append(f"--held-out-templates: {e}")
     if objects is not None:
         try:
             check_names(list(objects))
@@ -91,7 +96,8 @@ def validate_args(num_samples: int, image_size: int, min_objects: int, max_objec
 
 def make_sample(index: int, seed: int, image_size: int, min_objects: int, max_objects: int,
                 size_mode: str, p_large_first: float, key: str,
-                objects: Sequence[str] | None = None) -> tuple[str, bytes, str, dict]:
+                objects: Sequence[str] | None = None,
+                held_out_templates: Sequence[str] = HELD_OUT_TEMPLATES) -> tuple[str, bytes, str, dict]:
     """Render sample ``index``: ``(key, jpg bytes, caption, json dict)``; depends only on its args."""
     rng = np.random.default_rng([seed, index])
     names = sorted(objects) if objects is not None else list_objects()
@@ -105,7 +111,8 @@ def make_sample(index: int, seed: int, image_size: int, min_objects: int, max_ob
     scene_seed = int(rng.integers(2**31))
     image, truth = render_scene(chosen, sizes, "random", image_size, "random", seed=scene_seed)
     order, large_first = caption_mention_order([t["area"] for t in truth], p_large_first, rng)
-    template = list(TEMPLATES)[int(rng.integers(len(TEMPLATES)))]
+    templates = training_templates(held_out_templates)
+    template = templates[int(rng.integers(len(templates)))]
     caption = make_caption([chosen[i] for i in order], template)
     mention = {obj: pos for pos, obj in enumerate(order)}
     drawing = sorted(range(n), key=lambda i: truth[i]["draw_index"])
@@ -125,7 +132,8 @@ def _write_shard(out_dir: str, shard: int, start: int, stop: int, shard_size: in
 def write_corpus(out_dir, num_samples: int, seed: int = 0, image_size: int = 64, min_objects: int = 2,
                  max_objects: int = 4, size_mode: str = "one_large", p_large_first: float = 0.9,
                  shard_size: int = 1000, overwrite: bool = False, progress: bool = True,
-                 workers: int = 1, objects: Sequence[str] | None = None) -> dict:
+                 workers: int = 1, objects: Sequence[str] | None = None,
+                 held_out_templates: Sequence[str] = HELD_OUT_TEMPLATES, desc: str = "rendering corpus") -> dict:
     """Write the rendered corpus as img2dataset-style shards + ``sizes.json`` + ``meta.json``.
 
     Args:
@@ -140,22 +148,26 @@ def write_corpus(out_dir, num_samples: int, seed: int = 0, image_size: int = 64,
         overwrite: in a non-empty ``out_dir``, delete the files a previous data_prep run recorded
             writing there (its ``meta.json``) instead of refusing; other files are left alone (a
             warning names them), and one that a new shard would replace makes it refuse.
-        progress: show a tqdm bar.
+        progress: show a tqdm bar (labelled ``desc``).
         workers: processes rendering whole shards in parallel (output bytes are the same).
         objects: restrict the vocabulary to these names (default: all of ``vocab.OBJECTS``).
+        held_out_templates: caption templates no sample uses (default
+            ``captions.HELD_OUT_TEMPLATES``), so the probes can score them as held-out forms.
     Returns:
         the meta dict written to ``meta.json``.
     """
     validate_args(num_samples, image_size, min_objects, max_objects, size_mode, p_large_first, shard_size, workers,
-                  objects)
+                  objects, held_out_templates)
     n_shards = math.ceil(num_samples / shard_size)
     files = [shard_name(s) for s in range(n_shards)] + ["sizes.json", "meta.json"]
     out = prepare_out_dir(Path(out_dir), overwrite, planned=files)
     kw = dict(seed=seed, image_size=image_size, min_objects=min_objects, max_objects=max_objects,
               size_mode=size_mode, p_large_first=p_large_first,
-              objects=sorted(objects) if objects is not None else None)
+              objects=sorted(objects) if objects is not None else None,
+              held_out_templates=list(held_out_templates))
     meta = {"kind": "synth", "num_samples": num_samples, "num_shards": n_shards, **kw,
-            "shard_size": shard_size, "templates": TEMPLATES, "vocabulary": kw["objects"] or list_objects(),
+            "shard_size": shard_size,
+            "templates": {t: TEMPLATES[t] for t in training_templates(held_out_templates)}, "vocabulary": kw["objects"] or list_objects(),
             "size_ranges": {"large": LARGE_RANGE, "small": SMALL_RANGE, "mixed": MIXED_RANGE},
             "caption_order_rule": "largest-first (by visible area) with p_large_first, else random order "
                                   "whose first object is not the largest",
@@ -167,7 +179,7 @@ def write_corpus(out_dir, num_samples: int, seed: int = 0, image_size: int = 64,
     meta = write_meta(out, meta)
     jobs = [(s, s * shard_size, min((s + 1) * shard_size, num_samples)) for s in range(n_shards)]
     sizes: dict[str, int] = {}
-    bar = tqdm(total=num_samples, desc="synth", unit="img", disable=not progress)
+    bar = tqdm(total=num_samples, desc=desc, unit="img", disable=not progress)
     if workers == 1:
         for shard, start, stop in jobs:
             def counted(shard=shard, start=start, stop=stop):

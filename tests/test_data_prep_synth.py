@@ -160,3 +160,49 @@ def test_objects_subset_and_unknown_name(tmp_path):
         write_corpus(tmp_path / "b", num_samples=3, objects=["dog", "unicorn"], progress=False)
     with pytest.raises(ValueError, match="--max-objects must be <= the number of objects"):
         write_corpus(tmp_path / "b", num_samples=3, objects=["dog", "car"], max_objects=4, progress=False)
+
+
+def _templates_used(out: Path) -> set[str]:
+    urls = [str(p) for p in sorted(out.glob("*.tar"))]
+    return {json.loads(s["json"])["template"] for s in wds.WebDataset(urls, shardshuffle=False)}
+
+
+def test_held_out_templates_never_appear_in_the_corpus_and_meta_says_so(tmp_path):
+    from data_prep.captions import HELD_OUT_TEMPLATES, TEMPLATES
+
+    assert set(HELD_OUT_TEMPLATES) == {"and_chain", "there_is"}
+    meta = write_corpus(tmp_path / "default", num_samples=300, seed=1, progress=False)
+    used = _templates_used(tmp_path / "default")
+    assert used == set(TEMPLATES) - set(HELD_OUT_TEMPLATES)  # the other five are all drawn in 300 samples
+    assert meta["held_out_templates"] == list(HELD_OUT_TEMPLATES) and set(meta["templates"]) == used
+    write_corpus(tmp_path / "all", num_samples=300, seed=1, progress=False, held_out_templates=[])
+    assert _templates_used(tmp_path / "all") == set(TEMPLATES)
+    write_corpus(tmp_path / "one", num_samples=50, seed=1, progress=False,
+                 held_out_templates=[t for t in TEMPLATES if t != "photo"])
+    assert _templates_used(tmp_path / "one") == {"photo"}
+
+
+def test_held_out_templates_keep_the_images_and_objects_of_every_sample(tmp_path):
+    """The template draw consumes the same RNG step whatever is held out: scenes do not change."""
+    a = synth.make_sample(7, 0, 64, 2, 4, "one_large", 0.9, key="k")
+    b = synth.make_sample(7, 0, 64, 2, 4, "one_large", 0.9, key="k", held_out_templates=[])
+    assert a[1] == b[1] and a[3]["objects"] == b[3]["objects"]
+
+
+@pytest.mark.parametrize("held_out, needle", [(["nope"], "unknown held-out caption template(s) ['nope']"),
+                                              (None, "leaves none to train on")])
+def test_bad_held_out_templates_are_refused_naming_the_flag(tmp_path, held_out, needle):
+    from data_prep.captions import TEMPLATES
+
+    held_out = list(TEMPLATES) if held_out is None else held_out
+    with pytest.raises(ValueError, match="--held-out-templates") as e:
+        write_corpus(tmp_path / "x", num_samples=10, progress=False, held_out_templates=held_out)
+    assert needle in str(e.value) and not (tmp_path / "x").exists()
+
+
+def test_synthetic_corpus_config_names_bad_held_out_templates():
+    from train.data import SyntheticCorpus
+
+    problems = SyntheticCorpus(held_out_templates=["nope"]).problems()
+    assert len(problems) == 1 and problems[0].startswith("data.synthetic.held_out_templates: unknown")
+    assert SyntheticCorpus().cache_path("c", "train") != SyntheticCorpus(held_out_templates=[]).cache_path("c", "train")

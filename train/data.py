@@ -19,7 +19,7 @@ import random
 import re
 import shutil
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -28,6 +28,7 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from data_prep.captions import HELD_OUT_TEMPLATES
 from data_prep.synth import validate_args as validate_synth_args
 from train.data_samples import CountingHandler, SampleProcessor, StallGuard, derive_seed
 from train.transforms import SampleTransform
@@ -48,6 +49,9 @@ class SyntheticCorpus:
         size_mode: ``data_prep`` size mode (e.g. ``one_large``).
         shard_size: Samples per tar.
         val_num_samples: If > 0, also render a validation corpus (seed + 1) for retrieval R@k.
+        held_out_templates: Caption templates no training sample uses (default
+            ``data_prep.captions.HELD_OUT_TEMPLATES``: the paper's bare "A and B and C" form and
+            "there is ..."), so the bias probes score them as held-out forms; ``[]`` uses all.
     """
 
     num_samples: int = 40000
@@ -59,6 +63,7 @@ class SyntheticCorpus:
     size_mode: str = "one_large"
     shard_size: int = 1000
     val_num_samples: int = 0
+    held_out_templates: list[str] = field(default_factory=lambda: list(HELD_OUT_TEMPLATES))
 
     def problems(self, prefix: str = "data.synthetic") -> list[str]:
         """Every problem with these values, named by their config path (``data.synthetic.seed``).
@@ -81,7 +86,8 @@ class SyntheticCorpus:
             errs.append(f"{prefix}.val_num_samples must be >= 0, got {self.val_num_samples}")
         try:
             validate_synth_args(self.num_samples, self.image_size, self.min_objects, self.max_objects,
-                                self.size_mode, self.p_large_first, self.shard_size)
+                                self.size_mode, self.p_large_first, self.shard_size,
+                                held_out_templates=self.held_out_templates)
         except ValueError as e:
             flag = lambda m: f"{prefix}.{m.group(1).replace('-', '_')}"  # noqa: E731
             errs.extend(re.sub(r"--([a-z][a-z0-9-]*)", flag, part) for part in str(e).split("; "))
@@ -348,7 +354,7 @@ class WebDataModule(L.LightningDataModule):
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.parent.mkdir(parents=True, exist_ok=True)
             try:
-                write_corpus(tmp, **self.synthetic.corpus_kwargs(split))
+                write_corpus(tmp, **self.synthetic.corpus_kwargs(split), desc=f"rendering {split} corpus")
                 os.replace(tmp, path)  # atomic: a half-written corpus is never mistaken for a cached one
             except OSError:
                 if not (path / "sizes.json").exists():
