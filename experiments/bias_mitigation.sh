@@ -1,42 +1,62 @@
 #!/usr/bin/env bash
-# The issue-5 experiment: quickstart baseline vs mitigations vs the corpus caption-order knob,
-# two seeds each, then one report over all runs.
+# The mitigation experiment: the quickstart baseline vs data mitigations (caption shuffle, random and
+# object-aware crops) vs auxiliary objectives (order-invariant text loss, per-object region loss),
+# three seeds each, then one summary across seeds that also rewrites the README's results block.
 #
-#   bash experiments/bias_mitigation.sh            # all runs (about 12 x quickstart time on 2 CPU cores)
-#   SEEDS="0" bash experiments/bias_mitigation.sh  # one seed only
+#   bash experiments/bias_mitigation.sh                    # 6 configurations x 3 seeds, then the summary
+#   SEEDS="0" bash experiments/bias_mitigation.sh          # one seed only (no intervals: n/a (N = 1))
 #   RUNS="baseline caption_shuffle" bash experiments/bias_mitigation.sh
+#   RUNS="baseline p_large_first_0.0 p_large_first_0.5" bash experiments/bias_mitigation.sh  # the corpus knob
+#   JOBS=1 THREADS=2 bash experiments/bias_mitigation.sh   # one run at a time on two threads
 #
-# Every run is the quickstart (configs/quickstart.yaml: tiny CLIP, rendered corpus, P(large first)
-# = 0.9, BiasEvalCallback on 3-object probes) plus one overlay from configs/mitigation/. Runs land
-# in runs/exp-<name>-s<seed>/; a finished run (bias.jsonl with its final record and last.ckpt) is
-# skipped, so the script can be re-run after an interruption. The report goes to runs/exp-report/.
+# Every run is the quickstart (configs/quickstart.yaml) plus one overlay from configs/mitigation/,
+# with --seed_everything <seed>: the seed sets model init, data order and mitigation draws together;
+# the rendered corpus (data.synthetic.seed) is the same for all runs on purpose. A seed's step-0
+# model is therefore the same in every configuration, which is what makes the comparison paired.
+# Runs go to runs/exp-<name>-s<seed>/; a finished run (last.ckpt + plots/.done) is skipped, so the
+# script resumes a sweep after an interruption. JOBS runs go side by side, each on THREADS torch
+# threads (default 2 x 1 on a 2-core machine); a run's numbers depend on its thread count (fp32
+# reductions), so keep THREADS fixed to reproduce the README. Then experiments/summarize.py writes
+# docs/figures/bias_mitigation.{md,png} and the README block between <!-- results:begin/end -->.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SEEDS=${SEEDS:-"0 1"}
-RUNS=${RUNS:-"baseline caption_shuffle crop object_crop p_large_first_0.0 p_large_first_0.5"}
+SEEDS=${SEEDS:-"0 1 2"}
+RUNS=${RUNS:-"baseline caption_shuffle crop object_crop order_invariant region_loss"}
+JOBS=${JOBS:-2}
+THREADS=${THREADS:-1}
 
-overlay() {  # run name -> extra --config args
-  case "$1" in
-    baseline) ;;   # quickstart itself: P = 0.9
-    *) echo "--config mitigation/$1.yaml" ;;
-  esac
-}
+if [ "${1:-}" = "--one" ]; then   # internal: one run, called in parallel below
+  name=$2; seed=$3; run="exp-$name-s$seed"
+  if [ -f "runs/$run/checkpoints/last.ckpt" ] && [ -f "runs/$run/plots/.done" ]; then
+    echo "== $run: done, skipping"; exit 0
+  fi
+  overlay=(); [ "$name" = baseline ] || overlay=(--config "mitigation/$name.yaml")
+  resume=()
+  if [ -f "runs/$run/checkpoints/last.ckpt" ]; then resume=(--ckpt_path last)   # interrupted: continue exactly
+  elif [ -d "runs/$run" ]; then resume=(--run.overwrite true); fi              # died before a checkpoint: moved aside
+  echo "== $run start $(date -u +%H:%M:%S)"
+  start=$(date +%s)
+  OMP_NUM_THREADS=$THREADS python -m train fit --config quickstart.yaml "${overlay[@]}" \
+    --run.name "$run" --seed_everything "$seed" --trainer.enable_progress_bar false "${resume[@]}" \
+    > "runs/$run.log" 2>&1 || { echo "== $run FAILED, see runs/$run.log"; exit 1; }
+  echo "$(( $(date +%s) - start ))" > "runs/$run/plots/.done"
+  echo "== $run took $(cat "runs/$run/plots/.done") s"
+  exit 0
+fi
 
+for name in $RUNS; do   # refuse a typo before hours of work
+  [ "$name" = baseline ] || [ -f "configs/mitigation/$name.yaml" ] || {
+    echo "error: no configs/mitigation/$name.yaml (RUNS=\"$RUNS\")" >&2; exit 2; }
+done
+mkdir -p runs
 dirs=()
+jobs=()
 for seed in $SEEDS; do      # seeds outermost: an interrupted sweep still has every configuration once
   for name in $RUNS; do
-    run="exp-$name-s$seed"
-    dirs+=("runs/$run")
-    if [ -f "runs/$run/checkpoints/last.ckpt" ] && [ -f "runs/$run/plots/.done" ]; then
-      echo "== $run: done, skipping"; continue
-    fi
-    echo "== $run ($(date -u +%H:%M:%S))"
-    start=$(date +%s)
-    # shellcheck disable=SC2046
-    python -m train fit --config quickstart.yaml $(overlay "$name") \
-      --run.name "$run" --seed_everything "$seed" --trainer.enable_progress_bar false
-    echo "$(( $(date +%s) - start ))" > "runs/$run/plots/.done"
-    echo "== $run took $(cat "runs/$run/plots/.done") s"
+    dirs+=("runs/exp-$name-s$seed")
+    jobs+=("$name $seed")
   done
 done
-python -m eval report "${dirs[@]}" --out runs/exp-report
+printf '%s\n' "${jobs[@]}" | xargs -P "$JOBS" -L 1 bash "$0" --one || echo "== some runs failed (see above); summarising the finished ones"
+python experiments/summarize.py "${dirs[@]}" --out docs/figures/bias_mitigation --readme README.md \
+  --command "${SUMMARY_COMMAND:-bash experiments/bias_mitigation.sh}"

@@ -1,39 +1,57 @@
-"""Summarise the mitigation sweep: init vs final bias indices per configuration and seed.
+"""Summarise the mitigation sweep across seeds: init → final change of each bias index per
+configuration (mean and 95 % t-interval over seeds), and the paired comparison with the baseline.
 
-    python experiments/summarize.py runs/exp-*-s* --out docs/figures/bias_mitigation
+    python experiments/summarize.py runs/exp-*-s* --out docs/figures/bias_mitigation [--readme README.md]
 
-Reads ``bias.jsonl`` of runs named ``exp-<config>-s<seed>`` (as written by
-``experiments/bias_mitigation.sh``) and writes ``<out>.md`` (a markdown table) and ``<out>.png``
-(one panel per index: hollow = step 0, filled = end of training, one marker per seed).
-
-A thin caller of ``python -m eval report``'s table (``eval.report.init_final_rows``): the same
-init → final values and denominators, read from each result's ``summary``, pivoted to one row per
-configuration and seed with the indices below as columns.
+Reads ``bias.jsonl`` (3-object probes) and ``metrics.csv`` (final val R@1) of runs named
+``exp-<config>-s<seed>`` (as ``experiments/bias_mitigation.sh`` writes them) and writes
+``<out>.md`` (tables), ``<out>.png`` (one panel per index: each seed's change and the mean with
+its interval) and, with ``--readme``, replaces the block between ``<!-- results:begin -->`` and
+``<!-- results:end -->`` of that file with the same tables, so the README's numbers come from this
+command alone. Values are read from each result's ``summary`` via ``eval.report.init_final_rows``;
+the statistics across seeds are ``eval.seed_stats``'s.
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import re
 from collections import defaultdict
 from pathlib import Path
 
 from eval.records import read_records
 from eval.report import init_final_rows
+from eval.seed_stats import SeedMean, paired_difference, seed_mean
 
-# (label, probe, summary index; "<variant>/<index>" for a TOR variant) — the issue's three indices
-# plus the photo-template TOR
+#: (label, probe, summary index; "<variant>/<index>" for a TOR template variant)
 INDICES = (
-    ("TOR order bias", "tor", "order_bias"),
-    ("TOR order bias (photo template)", "tor", "photo/order_bias"),
-    ("IOR size bias", "ior", "size_bias"),
-    ("I2TOR size bias", "i2tor", "size_bias"),
+    ("TOR order, and-chain (held-out)", "tor", "order_bias"),
+    ("TOR order, photo (in-dist.)", "tor", "photo/order_bias"),
+    ("TOR order, there-is (held-out)", "tor", "there_is/order_bias"),
+    ("IOR size", "ior", "size_bias"),
+    ("I2TOR size", "i2tor", "size_bias"),
     ("ITM gap S1-S2", "itm", "gap"),
 )
+RETRIEVAL = ("val i2t R@1", "val/i2t_R@1")
+BASELINE = "baseline"
 RUN_NAME = re.compile(r"exp-(?P<config>.+)-s(?P<seed>\d+)$")
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+
+
+def final_metric(metrics_csv: Path, column: str) -> float | None:
+    """Last non-empty value of ``column`` in a Lightning ``metrics.csv`` (None if never logged)."""
+    if not metrics_csv.is_file():
+        return None
+    last = None
+    with open(metrics_csv, newline="") as f:
+        for row in csv.DictReader(f):
+            if row.get(column) not in (None, ""):
+                last = float(row[column])
+    return last
 
 
 def collect(run_dirs: list[Path], n_objects: int = 3) -> dict[str, dict[int, dict[str, tuple]]]:
-    """config -> seed -> index label -> (init, final, final denominator text)."""
+    """config -> seed -> label -> (init, final, final denominator); plus the R@1 label -> (None, R@1, "")."""
     table: dict[str, dict[int, dict[str, tuple]]] = defaultdict(dict)
     for run in run_dirs:
         m = RUN_NAME.match(run.name)
@@ -45,56 +63,141 @@ def collect(run_dirs: list[Path], n_objects: int = 3) -> dict[str, dict[int, dic
         for label, probe, index in INDICES:
             if (r := rows.get((probe, index))) is not None:
                 row[label] = (r["init"], r["final"], r["final_denominator"])
+        row[RETRIEVAL[0]] = (None, final_metric(run / "metrics.csv", RETRIEVAL[1]), "")
         table[m["config"]][int(m["seed"])] = row
-    return table
+    return dict(table)
+
+
+def _values(runs: dict[int, dict], label: str, what: str) -> dict[int, float | None]:
+    """seed -> init, final or change (final − init) of ``label``."""
+    out = {}
+    for seed, row in runs.items():
+        if label not in row:
+            continue
+        init, final, _ = row[label]
+        out[seed] = {"init": init, "final": final,
+                     "change": None if init is None or final is None else final - init}[what]
+    return out
+
+
+def statistics(table: dict) -> dict:
+    """config -> label -> {"init", "final", "change", "vs_baseline"}: :class:`SeedMean` each.
+
+    ``vs_baseline`` is the paired difference of the changes (of the final value for R@1, which has
+    no init) against the ``baseline`` configuration over their common seeds; None for the baseline
+    itself or when there is no baseline.
+    """
+    labels = [lab for lab, _, _ in INDICES] + [RETRIEVAL[0]]
+    out: dict = {}
+    for config, runs in table.items():
+        out[config] = {}
+        for label in labels:
+            key = "final" if label == RETRIEVAL[0] else "change"
+            stats = {what: seed_mean(list(_values(runs, label, what).values())) for what in ("init", "final", "change")}
+            stats["vs_baseline"] = (paired_difference(_values(runs, label, key), _values(table[BASELINE], label, key))
+                                    if config != BASELINE and BASELINE in table else None)
+            out[config][label] = stats
+    return out
+
+
+def _cell(s: SeedMean | None, flag: bool = False) -> str:
+    if s is None:
+        return "–"
+    return s.text() + (" **✱**" if flag and s.beyond_noise else "")
+
+
+def markdown(table: dict, command: str) -> str:
+    """The README block: change per configuration, the paired comparison, the init baseline, per seed."""
+    stats = statistics(table)
+    labels = [lab for lab, _, _ in INDICES]
+    configs = sorted(table, key=lambda c: (c != BASELINE, c))
+    seeds = sorted({s for runs in table.values() for s in runs})
+    samples = sorted({row["samples"] for runs in table.values() for row in runs.values()})
+    lines = [f"Reproduce: `{command}` — {len(configs)} configurations × seeds {', '.join(map(str, seeds))}; "
+             f"3-object probes; end of training at {', '.join(f'{s:,}' for s in samples)} samples. "
+             "Intervals are 95 % Student-t intervals across seeds (with 3 seeds: mean ± 4.30·sd/√3).",
+             "", "**Change from step 0 to the end of training** (mean [95 % interval] across seeds; "
+             "val R@1 = final value):", "",
+             "| config | seeds | " + " | ".join(labels) + f" | {RETRIEVAL[0]} |",
+             "|---|---|" + "---|" * (len(labels) + 1)]
+    for c in configs:
+        cells = [_cell(stats[c][lab]["change"]) for lab in labels]
+        cells.append(stats[c][RETRIEVAL[0]]["final"].text(signed=False))
+        lines.append(f"| {c} | {len(table[c])} | " + " | ".join(cells) + " |")
+    if BASELINE in table:
+        lines += ["", "**Paired against the baseline** (same seeds: change of config − change of baseline; "
+                  "val R@1: final − final). **✱** = the 95 % interval excludes 0 (beyond seed noise); "
+                  "without ✱ the difference is within seed noise:", "",
+                  "| config | " + " | ".join(labels) + f" | {RETRIEVAL[0]} |",
+                  "|---|" + "---|" * (len(labels) + 1)]
+        for c in configs:
+            if c == BASELINE:
+                continue
+            cells = [_cell(stats[c][lab]["vs_baseline"], flag=True) for lab in labels + [RETRIEVAL[0]]]
+            lines.append(f"| {c} | " + " | ".join(cells) + " |")
+        base = stats[BASELINE]
+        lines += ["", "**Baseline, step 0 and end** (mean [95 % interval] across seeds; step 0 is the same "
+                  "random model for every configuration of a seed):", "",
+                  "| | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels),
+                  "| step 0 | " + " | ".join(_cell(base[lab]["init"]) for lab in labels) + " |",
+                  "| end | " + " | ".join(_cell(base[lab]["final"]) for lab in labels) + " |"]
+    lines += ["", "<details><summary>Per seed: init → final (final denominator)</summary>", "",
+              "| config | seed | " + " | ".join(labels) + " |", "|---|---|" + "---|" * len(labels)]
+    for c in configs:
+        for seed, row in sorted(table[c].items()):
+            cells = [f"{_fmt(row[lab][0])} → {_fmt(row[lab][1])} ({row[lab][2]})" if lab in row else "–"
+                     for lab in labels]
+            lines.append(f"| {c} | {seed} | " + " | ".join(cells) + " |")
+    lines += ["", "</details>"]
+    return "\n".join(lines) + "\n"
 
 
 def _fmt(x: float | None) -> str:
     return "n/a" if x is None else f"{x:+.3f}"
 
 
-def markdown(table: dict) -> str:
-    labels = [lab for lab, _, _ in INDICES]
-    lines = ["| config | seed | samples seen | " + " | ".join(f"{lab}: init → final" for lab in labels) + " |",
-             "|---|---|---|" + "---|" * len(labels)]
-    for config in table:
-        for seed, row in sorted(table[config].items()):
-            cells = [f"{_fmt(row[lab][0])} → {_fmt(row[lab][1])} ({row[lab][2]})" if lab in row else "–"
-                     for lab in labels]
-            lines.append(f"| {config} | {seed} | {row['samples']} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
 def figure(table: dict, out_png: Path) -> None:
+    """One panel per index: grey dots = each seed's change, black = mean with its 95 % interval."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    configs = list(table)
-    fig, axes = plt.subplots(1, len(INDICES), figsize=(3.2 * len(INDICES), 3.6), sharey=False)
-    for ax, (label, _, _) in zip(axes, INDICES):
+    stats = statistics(table)
+    configs = sorted(table, key=lambda c: (c != BASELINE, c))
+    labels = [lab for lab, _, _ in INDICES]
+    fig, axes = plt.subplots(1, len(labels), figsize=(3.0 * len(labels), 3.8))
+    for ax, label in zip(axes, labels):
         for x, config in enumerate(configs):
-            for k, (seed, row) in enumerate(sorted(table[config].items())):
-                if label not in row:
-                    continue
-                init, final, _ = row[label]
-                dx = x + (k - 0.5) * 0.2
-                if init is not None:
-                    ax.plot(dx, init, "o", mfc="none", mec="grey")
-                if final is not None:
-                    ax.plot(dx, final, "o", color="C0")
-                if init is not None and final is not None:
-                    ax.plot([dx, dx], [init, final], "-", color="lightgrey", zorder=0)
+            changes = [v for v in _values(table[config], label, "change").values() if v is not None]
+            ax.plot([x] * len(changes), changes, "o", color="grey", alpha=0.6, ms=4)
+            s = stats[config][label]["change"]
+            if s.mean is not None:
+                err = None if s.lo is None else [[s.mean - s.lo], [s.hi - s.mean]]
+                ax.errorbar(x + 0.15, s.mean, yerr=err, fmt="s", color="C3" if x else "black", capsize=3, ms=5)
         ax.axhline(0, color="black", lw=0.5)
         ax.set_xticks(range(len(configs)), configs, rotation=60, ha="right", fontsize=8)
         ax.set_title(label, fontsize=9)
+        ax.set_ylabel("change from step 0", fontsize=8)
         ax.grid(alpha=0.3)
-    fig.suptitle("3-object probes: hollow = step 0, filled = after 40k samples (one marker per seed)", fontsize=9)
+    fig.suptitle("3-object probes, change from step 0 to end of training: dots = seeds, squares = mean ± 95 % "
+                 "t-interval across seeds", fontsize=9)
     fig.tight_layout()
     tmp = out_png.with_name(out_png.name + ".tmp.png")
     fig.savefig(tmp, dpi=90)
     tmp.replace(out_png)
+
+
+def replace_block(path: Path, block: str) -> None:
+    """Replace the text between :data:`BEGIN` and :data:`END` in ``path`` (atomic write)."""
+    text = path.read_text(encoding="utf-8")
+    if BEGIN not in text or END not in text:
+        raise ValueError(f"{path} has no {BEGIN} ... {END} block to replace")
+    head, rest = text.split(BEGIN, 1)
+    tail = rest.split(END, 1)[1]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(f"{head}{BEGIN}\n{block}{END}{tail}", encoding="utf-8")
+    tmp.replace(path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,14 +205,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("runs", nargs="+", type=Path, help="run directories exp-<config>-s<seed>")
     p.add_argument("--out", type=Path, required=True, help="output prefix for .md and .png")
     p.add_argument("--n-objects", type=int, default=3)
+    p.add_argument("--readme", type=Path, help="also replace the results block of this markdown file")
+    p.add_argument("--command", default="bash experiments/bias_mitigation.sh",
+                   help="the command quoted as the way to reproduce the tables")
     args = p.parse_args(argv)
     table = collect(args.runs, args.n_objects)
     if not table:
         p.error("no run directory named exp-<config>-s<seed> with a bias.jsonl among the arguments")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    text = markdown(table)
-    args.out.with_suffix(".md").write_text(text, encoding="utf-8")
+    text = markdown(table, args.command)
+    tmp = args.out.with_name(args.out.name + ".md.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(args.out.with_suffix(".md"))
     figure(table, args.out.with_suffix(".png"))
+    if args.readme:
+        replace_block(args.readme, text)
     print(text)
     return 0
 

@@ -40,16 +40,83 @@ def _write_run(root: Path, name: str, tor_values: list[float], gap_values: list[
 
 
 @pytest.mark.parametrize("legacy", [True, False], ids=["old-records-top-level-indices", "summary-key-only"])
-def test_summary_takes_first_and_last_record_per_seed(tmp_path, legacy):
+def test_per_seed_rows_take_first_and_last_record(tmp_path, legacy):
     mod = _load()
-    runs = [_write_run(tmp_path, "exp-base-s0", [0.1, 0.5, 0.3], [0.0, 0.2, 0.4], legacy),
-            _write_run(tmp_path, "exp-base-s1", [0.2, 0.0, -0.1], [0.1, 0.1, 0.1], legacy),
+    runs = [_write_run(tmp_path, "exp-baseline-s0", [0.1, 0.5, 0.3], [0.0, 0.2, 0.4], legacy),
+            _write_run(tmp_path, "exp-baseline-s1", [0.2, 0.0, -0.1], [0.1, 0.1, 0.1], legacy),
             _write_run(tmp_path, "not-a-sweep-run", [9.0], [9.0], legacy)]
     out = tmp_path / "out" / "summary"
     assert mod.main([str(r) for r in runs] + ["--out", str(out)]) == 0
     text = out.with_suffix(".md").read_text()
-    assert "| base | 0 | 160 | +0.100 → +0.300 (N=5) | -0.100 → -0.300 (N=5) |" in text
-    assert "| base | 1 | 160 | +0.200 → -0.100 (N=5)" in text
+    assert "| baseline | 0 | +0.100 → +0.300 (N=5) | -0.100 → -0.300 (N=5) |" in text
+    assert "| baseline | 1 | +0.200 → -0.100 (N=5)" in text
     assert "+0.000 → +0.400 (pairs S1=12, S2=12)" in text
     assert "not-a-sweep" not in text and "+9.000" not in text
     assert out.with_suffix(".png").stat().st_size > 1000
+
+
+def _write_metrics(run: Path, r1: float) -> None:
+    (run / "metrics.csv").write_text(f"step,train/loss,val/i2t_R@1\n0,4.8,\n9,3.0,{r1 / 2}\n19,2.5,{r1}\n20,2.4,\n")
+
+
+def test_changes_get_t_intervals_across_seeds_and_a_paired_comparison_with_the_baseline(tmp_path):
+    """Hand-computed: baseline changes (+0.2, +0.1, +0.3) -> mean +0.2, sd 0.1, half-width 4.303 * 0.1 / sqrt(3);
+    treated changes are the baseline's minus (0.10, 0.12, 0.11) per seed -> the paired difference is -0.11
+    with sd 0.01 (beyond noise), while an unpaired look would drown it in the seeds' spread."""
+    mod = _load()
+    base_changes, cuts = [0.2, 0.1, 0.3], [0.10, 0.12, 0.11]
+    runs = []
+    for seed, (c, cut) in enumerate(zip(base_changes, cuts)):
+        init = 0.05 * seed
+        runs.append(_write_run(tmp_path, f"exp-baseline-s{seed}", [init, init + c], [0.0, 0.1], legacy=False))
+        runs.append(_write_run(tmp_path, f"exp-shuffle-s{seed}", [init, init + c - cut], [0.0, 0.1], legacy=False))
+        _write_metrics(runs[-2], 0.10 + 0.01 * seed)
+        _write_metrics(runs[-1], 0.10 + 0.01 * seed - 0.02)
+    stats = mod.statistics(mod.collect(runs))
+    label = mod.INDICES[0][0]
+    base = stats["baseline"][label]["change"]
+    half = 4.303 * 0.1 / 3 ** 0.5
+    assert base.n == 3 and base.mean == pytest.approx(0.2) and base.lo == pytest.approx(0.2 - half, abs=1e-9)
+    paired = stats["shuffle"][label]["vs_baseline"]
+    assert paired.mean == pytest.approx(-0.11) and paired.hi == pytest.approx(-0.11 + 4.303 * 0.01 / 3 ** 0.5)
+    assert paired.beyond_noise and not stats["shuffle"]["ITM gap S1-S2"]["vs_baseline"].beyond_noise
+    r1 = stats["shuffle"][mod.RETRIEVAL[0]]
+    assert r1["final"].mean == pytest.approx(0.09) and r1["vs_baseline"].mean == pytest.approx(-0.02)
+    assert stats["baseline"][label]["vs_baseline"] is None
+
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\nbefore\n{mod.BEGIN}\nold numbers\n{mod.END}\nafter\n")
+    out = tmp_path / "fig" / "sweep"
+    assert mod.main([str(r) for r in runs] + ["--out", str(out), "--readme", str(readme), "--command", "CMD"]) == 0
+    text = readme.read_text()
+    assert "old numbers" not in text and text.startswith("# x\nbefore\n") and text.endswith(f"{mod.END}\nafter\n")
+    assert "Reproduce: `CMD`" in text and "-0.110 [-0.135, -0.085] **✱**" in text
+    assert out.with_suffix(".md").read_text() in text
+
+
+def test_one_seed_gives_no_interval_never_a_number_built_on_one_run(tmp_path):
+    mod = _load()
+    run = _write_run(tmp_path, "exp-baseline-s0", [0.1, 0.4], [0.0, 0.1], legacy=False)
+    text = mod.markdown(mod.collect([run]), "CMD")
+    assert "+0.300 (interval n/a, N = 1)" in text and "[" not in text.split("Per seed")[0].split("|---|")[1]
+
+
+def test_t_quantiles_and_seed_mean_match_scipy():
+    from eval.seed_stats import seed_mean, t975
+
+    stats = pytest.importorskip("scipy.stats")
+    for df in (1, 2, 3, 10, 30, 31, 60, 200):
+        assert t975(df) == pytest.approx(stats.t.ppf(0.975, df), abs=2e-3)
+    xs = [0.3, -0.1, 0.25, 0.4]
+    lo, hi = stats.t.interval(0.95, len(xs) - 1, loc=sum(xs) / 4, scale=stats.sem(xs))
+    s = seed_mean(xs + [None])
+    assert s.n == 4 and s.lo == pytest.approx(lo, abs=1e-3) and s.hi == pytest.approx(hi, abs=1e-3)
+
+
+def test_sweep_script_refuses_an_unknown_configuration_before_any_run(tmp_path):
+    import os
+    import subprocess
+
+    res = subprocess.run(["bash", str(REPO / "experiments" / "bias_mitigation.sh")], capture_output=True, text=True,
+                         env={**os.environ, "RUNS": "baseline caption_shufle", "SEEDS": "0"}, timeout=60)
+    assert res.returncode == 2 and "no configs/mitigation/caption_shufle.yaml" in res.stderr
