@@ -8,14 +8,26 @@ their summary indices. The caption/item builders below turn an eval set into tha
 Summary indices live under one key, ``result["summary"]`` (:data:`SUMMARY_KEY`), in every probe
 result (nested ones too: TOR ``variants``, Claim-1 ``large_first``/``small_first``)::
 
-    {"<index>": {"value": float | None, "denominator": "<text, e.g. N=62>"}, ...}
+    {"<index>": {"value": float | None, "denominator": "<text, e.g. N=62>",
+                 "ci": [lo, hi] | None}, ...}
 
-- TOR: ``order_bias`` (unconditional shares, ``N=<n_items>``) and ``order_bias_conditional``
-  (``N_cond=<n_conditional>/<n_items>``); IOR, I2TOR: ``size_bias``, ``size_bias_conditional``.
+- TOR: ``order_bias`` (unconditional shares, ``N=<n_items>``), ``order_bias_conditional``
+  (``N_cond=<n_conditional>/<n_items>``) and ``order_bias_own`` (own-object shares, ``N=<n_items>``);
+  IOR, I2TOR: ``size_bias``, ``size_bias_conditional``, ``size_bias_own``.
 - ITM: ``gap`` (S1 − S2, ``pairs S1=<P>, S2=<P>``).
 - Claim 1: ``first_share_gap``, ``first_share_gap_conditional`` (``N=<large-first>/<small-first>``).
 - TOC, IOC: ``{}`` (accuracies only).
 
+The three retrieval views (:func:`retrieval_shares`): *unconditional* = which gallery item is the
+top-1 (one of the item's objects at position/role k, or "none"); *conditional* = the same among
+items whose top-n are exactly their n objects (DESIGN.md's "paper's number"; empty on weak
+models); *own_objects* = which of the item's own n objects is most similar (the paper's "which of
+the image's own objects ranks highest", no "none", defined at any scale).
+
+``ci`` is a 95 % interval: for the retrieval indices the normal interval of the mean per-item score
+with its exact multinomial variance (:func:`eval.stats.lead_index_interval`), for the gaps
+Newcombe's interval of a difference of two proportions (:func:`eval.stats.difference_interval`).
+It is ``None`` where the value is (and in records written before intervals existed).
 ``value`` is ``None`` where a denominator is 0. Plots, reports, the experiment summary and the
 logged scalars (``bias/<probe>/n<k>/<index>``, see ``eval.records.flatten``) and ``eval comco``'s
 tables read this key; it is the indices' only home (results written before it existed carry them
@@ -38,7 +50,7 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 
-from eval.stats import proportion
+from eval.stats import difference_interval, lead_index_interval, proportion
 
 PROBE_NAMES: tuple[str, ...] = ("tor", "toc", "ior", "ioc", "i2tor", "itm", "claim1")
 #: key of a probe result's summary indices (module docstring)
@@ -87,7 +99,10 @@ def retrieval_shares(
         at each position. ``unconditional``: top-1 = object at each position over all ``n_items``
         queries, plus ``none``. The index is computed on unconditional shares (always defined);
         ``<index_name>_conditional`` on conditional ones (``None`` if the denominator is 0); both
-        under ``summary`` (:func:`retrieval_summary`).
+        under ``summary`` (:func:`retrieval_summary`). ``own_objects``: over all ``n_items``, the
+        share whose most similar object among its own n is the one at each position (ties:
+        :func:`own_object_winners`; no "none"), with the index ``<index_name>_own``. Every index
+        has a 95 % ``ci`` (:func:`eval.stats.lead_index_interval` on its own denominator).
     """
     n_items, n = targets.shape
     if len(labels) != n:
@@ -102,6 +117,7 @@ def retrieval_shares(
     n_cond = int(exact.sum())
     cond_counts = (hit & exact[:, None]).sum(dim=0).tolist()
     uncond_counts = hit.sum(dim=0).tolist()
+    own_counts = own_object_winners(sims.gather(1, targets)).sum(dim=0).tolist()
     n_none = n_items - int(hit.any(dim=1).sum())
     out: dict = {
         "labels": list(labels),
@@ -112,40 +128,90 @@ def retrieval_shares(
         if n_cond
         else "no item's top-n gallery matches were exactly its n objects (denominator 0)",
         "unconditional": {lab: proportion(c, n_items) for lab, c in zip(labels, uncond_counts)},
+        "own_objects": {lab: proportion(c, n_items) for lab, c in zip(labels, own_counts)},
     }
     out["unconditional"]["none"] = proportion(n_none, n_items)
-    indices = {index_name: _lead_index(out["unconditional"], labels),
-               f"{index_name}_conditional": _lead_index(out["conditional"], labels) if n_cond >= min_conditional
-               else None}
+    cond_ok = n_cond >= min_conditional
+    indices = {
+        index_name: _lead_index(out["unconditional"], labels),
+        f"{index_name}_ci": lead_index_interval(uncond_counts, n_items),
+        f"{index_name}_conditional": _lead_index(out["conditional"], labels) if cond_ok else None,
+        f"{index_name}_conditional_ci": lead_index_interval(cond_counts, n_cond) if cond_ok else None,
+        f"{index_name}_own": _lead_index(out["own_objects"], labels),
+        f"{index_name}_own_ci": lead_index_interval(own_counts, n_items),
+    }
     out[SUMMARY_KEY] = retrieval_summary({**out, **indices}, index_name)
     return out
 
 
-def _entry(value: float | None, denominator: str) -> dict:
-    return {"value": value, "denominator": denominator}
+#: own-object similarities closer than this (cosine) to an item's best one count as tied with it
+OWN_TIE_TOLERANCE = 1e-6
+
+
+def own_object_winners(own_sims: torch.Tensor, tol: float = OWN_TIE_TOLERANCE) -> torch.Tensor:
+    """``[N, n]`` bool, one True per row: which of the item's own n objects is most similar.
+
+    ``own_sims[i, k]`` is item i's similarity to its object at position/role k. Objects within
+    ``tol`` of the row's best are tied; item i gives the win to its ``(i mod t)``-th tied object
+    (t = number tied), so an order-free encoder, whose similarities tie up to rounding, is not
+    credited to position 1 by ``argmax`` (over a counterbalanced set ties spread evenly).
+    """
+    best = own_sims.max(dim=1, keepdim=True).values
+    tied = own_sims >= best - tol
+    rank = tied.long().cumsum(dim=1) - 1  # order among the tied objects
+    pick = torch.arange(len(own_sims), device=own_sims.device) % tied.sum(dim=1)
+    return tied & (rank == pick[:, None])
+
+
+def _entry(value: float | None, denominator: str, ci: Sequence[float] | None = None) -> dict:
+    return {"value": value, "denominator": denominator, "ci": None if ci is None or value is None else list(ci)}
 
 
 def retrieval_summary(res: Mapping, index_name: str) -> dict:
-    """``summary`` of a TOR/IOR/I2TOR result from its top-level terms (missing ones read as None)."""
+    """``summary`` of a TOR/IOR/I2TOR result from its top-level terms (missing ones read as None).
+
+    ``<index>``, ``<index>_conditional`` and, if present, ``<index>_own``; each interval is read
+    from ``<term>_ci`` (absent in results written before intervals existed: ``ci`` None).
+    """
     n_items, n_cond = res.get("n_items"), res.get("n_conditional")
-    return {index_name: _entry(res.get(index_name), f"N={n_items}"),
-            f"{index_name}_conditional": _entry(res.get(f"{index_name}_conditional"), f"N_cond={n_cond}/{n_items}")}
+    out = {index_name: _entry(res.get(index_name), f"N={n_items}", res.get(f"{index_name}_ci")),
+           f"{index_name}_conditional": _entry(res.get(f"{index_name}_conditional"), f"N_cond={n_cond}/{n_items}",
+                                               res.get(f"{index_name}_conditional_ci"))}
+    if f"{index_name}_own" in res:
+        out[f"{index_name}_own"] = _entry(res.get(f"{index_name}_own"), f"N={n_items}", res.get(f"{index_name}_own_ci"))
+    return out
 
 
 def itm_summary(res: Mapping) -> dict:
-    """``summary`` of an ITM result: the gap with the pair counts of both scenarios."""
-    totals = [res[s].get("total") if isinstance(res.get(s), Mapping) else None for s in ("s1", "s2")]
-    return {"gap": _entry(res.get("gap"), "pairs S1={}, S2={}".format(*totals))}
+    """``summary`` of an ITM result: the gap with the pair counts of both scenarios and, from
+    them, Newcombe's interval of the difference (:func:`eval.stats.difference_interval`).
+
+    S1 and S2 are scored on the same images and distractors; the interval treats them as
+    independent samples (the counts are all a summary holds)."""
+    s1, s2 = (res[s] if isinstance(res.get(s), Mapping) else {} for s in ("s1", "s2"))
+    ci = None
+    if all(isinstance(s.get(k), int) for s in (s1, s2) for k in ("count", "total")):
+        ci = difference_interval(s1["count"], s1["total"], s2["count"], s2["total"])
+    return {"gap": _entry(res.get("gap"), "pairs S1={}, S2={}".format(s1.get("total"), s2.get("total")), ci)}
 
 
 def claim1_summary(res: Mapping) -> dict:
-    """``summary`` of a Claim-1 result: both gaps with the large-first/small-first denominators."""
+    """``summary`` of a Claim-1 result: both gaps with the large-first/small-first denominators and
+    Newcombe intervals of the difference of the two pos1 shares (independent caption sets)."""
     def dens(key: str) -> str:
         return "N=" + "/".join(str(res[g].get(key)) for g in ("large_first", "small_first")
                                if isinstance(res.get(g), Mapping))
 
-    return {"first_share_gap": _entry(res.get("first_share_gap"), dens("n_items")),
-            "first_share_gap_conditional": _entry(res.get("first_share_gap_conditional"), dens("n_conditional"))}
+    def ci(kind: str) -> tuple[float, float] | None:
+        try:
+            a, b = (res[g][kind]["pos1"] for g in ("large_first", "small_first"))
+            return difference_interval(a["count"], a["total"], b["count"], b["total"])
+        except (KeyError, TypeError):
+            return None
+
+    return {"first_share_gap": _entry(res.get("first_share_gap"), dens("n_items"), ci("unconditional")),
+            "first_share_gap_conditional": _entry(res.get("first_share_gap_conditional"), dens("n_conditional"),
+                                                  ci("conditional"))}
 
 
 #: top-level index names of results written before ``summary`` existed -> the builder of their summary
@@ -160,7 +226,9 @@ _LEGACY_INDICES = {
 def legacy_summary(res: Mapping) -> dict:
     """``summary`` rebuilt from a result that has only top-level indices (``bias.jsonl`` of older runs).
 
-    Keeps only the entries whose top-level term is present; ``{}`` if the result has none.
+    Keeps only the entries whose top-level term is present; ``{}`` if the result has none. Their
+    ``ci`` is ``None`` for retrieval indices (the old records kept no interval); the ITM and
+    Claim-1 gaps get theirs from the counts the records hold.
     """
     out: dict = {}
     for name, build in _LEGACY_INDICES.items():

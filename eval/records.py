@@ -6,9 +6,11 @@ summary indices under ``result["summary"]``, see ``eval.probes``), unchanged. Re
 
 - :func:`flatten` -> scalars for loggers, ``tor/n3/unconditional/pos1`` (= share),
   ``.../pos1/count``, ``.../pos1/total``, ``.../pos1/ci_lo``, ``.../pos1/ci_hi``, and each summary
-  index as ``tor/n3/order_bias`` (its ``value``; the name has no ``summary/`` in it).
+  index as ``tor/n3/order_bias`` (its ``value``; the name has no ``summary/`` in it) with its 95 %
+  interval as ``tor/n3/order_bias/ci_lo`` and ``.../ci_hi`` where it has one.
 - :func:`share_groups` -> ``{"unconditional": {"pos1": 0.4, ...}, ...}`` for curves.
-- :func:`summary_of` -> ``{"order_bias": {"value", "denominator"}, ...}`` for tables and index curves.
+- :func:`summary_of` -> ``{"order_bias": {"value", "denominator", "ci"}, ...}`` for tables and index
+  curves (``ci`` is ``[lo, hi]`` or None; records written before intervals existed have none).
 
 Records of older runs, written before results had ``summary``, stay readable: :func:`scan_records`
 rebuilds their ``summary`` from the top-level index terms they carry (``order_bias``, ``size_bias``,
@@ -51,13 +53,17 @@ def flatten(obj: Any, prefix: str) -> dict[str, float]:
 
     A proportion dict becomes ``<path>`` (its share) plus ``/count``, ``/total``, ``/ci_lo``, ``/ci_hi``.
     A ``summary`` dict becomes ``<prefix>/<index>`` = its ``value`` for each index (so the names
-    stay ``bias/tor/n3/order_bias`` as before ``summary`` existed).
+    stay ``bias/tor/n3/order_bias`` as before ``summary`` existed), plus ``<prefix>/<index>/ci_lo``
+    and ``/ci_hi`` when the entry has a ``ci``.
     """
     out: dict[str, float] = {}
     if isinstance(obj, Mapping) and isinstance(obj.get(SUMMARY_KEY), Mapping):
         for index, entry in obj[SUMMARY_KEY].items():
             if isinstance(entry, Mapping) and (value := _number(entry.get("value"))) is not None:
                 out[f"{prefix}/{index}"] = value
+                ci = entry.get("ci")
+                if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(_number(c) is not None for c in ci):
+                    out[f"{prefix}/{index}/ci_lo"], out[f"{prefix}/{index}/ci_hi"] = (float(c) for c in ci)
         obj = {k: v for k, v in obj.items() if k != SUMMARY_KEY}
     if is_proportion(obj):
         if _number(obj["share"]) is not None:
@@ -97,7 +103,8 @@ def share_groups(result: Mapping, path: str = "") -> dict[str, dict[str, float |
 
 
 def summary_of(result: Mapping) -> dict[str, dict]:
-    """The summary indices of a probe result: ``{index: {"value": float | None, "denominator": str}}``.
+    """The summary indices of a probe result: ``{index: {"value": float | None, "denominator": str,
+    "ci": [lo, hi] | None}}`` (``ci`` may be absent in old records: read it with ``.get``).
 
     ``{}`` for a result without any (TOC, IOC). Readers of records use this, never key suffixes.
     """

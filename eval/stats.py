@@ -1,9 +1,18 @@
-"""Binomial proportions with 95 % Wilson score intervals (the probes' error bars)."""
+"""Binomial proportions with 95 % Wilson score intervals (the probes' error bars), and the 95 %
+intervals of the summary indices built from them.
+
+- :func:`lead_index_interval`: ``share(first) − mean share(others)`` of a multinomial (the
+  retrieval indices ``order_bias``, ``size_bias`` and their ``_conditional``/``_own`` forms).
+- :func:`difference_interval`: ``p1 − p2`` of two independent proportions (the ITM gap, Claim 1).
+"""
 from __future__ import annotations
+
+import math
+from collections.abc import Sequence
 
 from data_prep.stats import Z95, wilson_interval
 
-__all__ = ["Z95", "proportion", "wilson_interval"]
+__all__ = ["Z95", "difference_interval", "lead_index_interval", "proportion", "wilson_interval"]
 
 
 def proportion(count: int, total: int, z: float = Z95) -> dict:
@@ -15,3 +24,53 @@ def proportion(count: int, total: int, z: float = Z95) -> dict:
         "total": int(total),
         "ci": list(ci) if ci is not None else None,
     }
+
+
+def lead_index_interval(counts: Sequence[int], total: int, z: float = Z95) -> tuple[float, float] | None:
+    """95 % normal interval of ``share(first) − mean share(others)`` over ``total`` items.
+
+    ``counts[k]`` items have outcome k (k = 0 the first position/role, 1..n−1 the others); the
+    remaining ``total − sum(counts)`` items have an outcome outside them ("none"). Each item scores
+
+        X = 1{outcome 0} − (1/(n−1)) · Σ_{k≥1} 1{outcome k}
+
+    so the index is the mean of X. The outcomes are exclusive, hence with p_k = counts[k]/total
+
+        E[X]  = p_0 − (1/(n−1)) Σ_{k≥1} p_k            (the index)
+        E[X²] = p_0 + (1/(n−1)²) Σ_{k≥1} p_k
+        Var(index) = (E[X²] − E[X]²) / total
+
+    (the exact multinomial variance of the plug-in index, = the delta method, which is exact for a
+    linear function of the shares). Returns ``index ± z·sqrt(Var)`` clipped to X's range
+    ``[−1/(n−1), 1]``; ``None`` if ``total == 0`` or n < 2. Like any Wald interval it collapses to
+    a point when every item has the same outcome (e.g. all at position 1).
+    """
+    n = len(counts)
+    if total <= 0 or n < 2:
+        return None
+    if any(c < 0 for c in counts) or sum(counts) > total:
+        raise ValueError(f"need counts >= 0 summing to <= total, got counts={list(counts)}, total={total}")
+    p = [c / total for c in counts]
+    w = 1.0 / (n - 1)
+    mean = p[0] - w * sum(p[1:])
+    second = p[0] + w * w * sum(p[1:])
+    half = z * math.sqrt(max(0.0, second - mean * mean) / total)
+    return max(-w, mean - half), min(1.0, mean + half)
+
+
+def difference_interval(count1: int, total1: int, count2: int, total2: int,
+                        z: float = Z95) -> tuple[float, float] | None:
+    """Newcombe's hybrid score interval of ``p1 − p2`` for two independent proportions.
+
+    With Wilson intervals ``[l_i, u_i]`` of ``p_i``: ``[d − sqrt((p1−l1)² + (u2−p2)²),
+    d + sqrt((u1−p1)² + (p2−l2)²)]``, d = p1 − p2 (Newcombe 1998, method 10; unlike the Wald
+    difference interval it stays sensible at shares 0 and 1). ``None`` if either total is 0.
+    """
+    a, b = wilson_interval(count1, total1, z), wilson_interval(count2, total2, z)
+    if a is None or b is None:
+        return None
+    p1, p2 = count1 / total1, count2 / total2
+    d = p1 - p2
+    lo = d - math.sqrt((p1 - a[0]) ** 2 + (b[1] - p2) ** 2)
+    hi = d + math.sqrt((a[1] - p1) ** 2 + (p2 - b[0]) ** 2)
+    return max(-1.0, lo), min(1.0, hi)

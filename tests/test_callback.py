@@ -297,3 +297,20 @@ def test_ddp_two_cpu_ranks_rank0_only_and_no_deadlock(tmp_path, eval_dir, mode):
         assert proc.returncode != 0
         for rank in (0, 1):
             assert "rank-0 failure" in (tmp_path / f"error_rank{rank}.txt").read_text()
+
+
+def test_itm_with_every_absent_object_as_distractor(tmp_path, tiny_name, eval_dir):
+    """``itm_distractors: null`` (the paper's ITM) reaches the suite: one pair per image and absent object."""
+    module = TinyCLIPModule(tiny_name)
+    cb = BiasEvalCallback(probes=["itm"], n_objects=[2], items_per_probe=8, itm_distractors=None,
+                          every_n_steps=100, data_dir=str(eval_dir), plots=False)
+    assert cb.suite.itm_distractors is None
+    _trainer(tmp_path, [cb], False, max_steps=1).fit(module, train_dataloaders=random_batches(module, 1))
+    records = read_records(tmp_path)
+    assert [r["step"] for r in records] == [0, 1]
+    vocab, images = len(cb._prepared.vocabulary), len(cb._prepared.tasks["itm"][2]["s1"]["image"].unique())
+    for rec in records:
+        res = rec["result"]
+        assert res["s1"]["total"] == res["s2"]["total"] == images * (vocab - 2)
+        gap = res["summary"]["gap"]
+        assert gap["ci"][0] <= gap["value"] <= gap["ci"][1]

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from eval import probes
 from eval.manifest import ManifestError, load_eval_set
-from eval.stats import proportion, wilson_interval
+from eval.stats import difference_interval, lead_index_interval, proportion, wilson_interval
 
 VOCAB = [f"obj{i:02d}" for i in range(12)]
 
@@ -103,7 +103,7 @@ def test_summary_index_is_first_minus_mean_of_others():
     assert res["summary"]["order_bias"]["value"] == pytest.approx(0.25) and res["summary"]["order_bias_conditional"]["value"] == pytest.approx(0.25)
     # below the minimum number of conditional items the index is n/a, the denominator still says N_cond
     small = probes.tor(cap, g, t)["summary"]["order_bias_conditional"]
-    assert small == {"value": None, "denominator": "N_cond=4/4"} and probes.MIN_CONDITIONAL > 4
+    assert small == {"value": None, "denominator": "N_cond=4/4", "ci": None} and probes.MIN_CONDITIONAL > 4
     assert probes.ior(cap, g, t)["summary"]["size_bias"]["value"] == pytest.approx(0.25)
 
 
@@ -269,21 +269,27 @@ def test_every_probe_returns_its_summary_indices_under_one_key():
     t = targets_of(probes.latin_square_lists(VOCAB, 3, 24))
     tor = probes.tor(g[t[:, 0]], g, t)  # top-3 never exact: conditional index undefined
     assert tor[probes.SUMMARY_KEY] == {
-        "order_bias": {"value": 1.0, "denominator": "N=24"},
-        "order_bias_conditional": {"value": None, "denominator": "N_cond=0/24"},
+        "order_bias": {"value": 1.0, "denominator": "N=24", "ci": [1.0, 1.0]},  # no variance: every item pos1
+        "order_bias_conditional": {"value": None, "denominator": "N_cond=0/24", "ci": None},
+        "order_bias_own": {"value": 1.0, "denominator": "N=24", "ci": [1.0, 1.0]},
     }
-    assert set(probes.ior(g[t[:, 0]], g, t)["summary"]) == {"size_bias", "size_bias_conditional"}
-    assert set(probes.i2tor(g[t[:, 0]], g, t)["summary"]) == {"size_bias", "size_bias_conditional"}
+    assert set(probes.ior(g[t[:, 0]], g, t)["summary"]) == {"size_bias", "size_bias_conditional", "size_bias_own"}
+    assert set(probes.i2tor(g[t[:, 0]], g, t)["summary"]) == {"size_bias", "size_bias_conditional", "size_bias_own"}
     assert probes.toc(g[t[:, 0]], t, len(VOCAB))["summary"] == {}
     itm = probes.itm(proportion(9, 10), proportion(2, 10))
-    assert itm["summary"] == {"gap": {"value": pytest.approx(0.7), "denominator": "pairs S1=10, S2=10"}}
+    gap = itm["summary"]["gap"]
+    assert gap["value"] == pytest.approx(0.7) and gap["denominator"] == "pairs S1=10, S2=10"
+    assert gap["ci"] == pytest.approx(list(difference_interval(9, 10, 2, 10)))
     c1 = probes.claim1(tor, probes.tor(g[t[:, 1]], g, t))
-    assert c1["summary"] == {"first_share_gap": {"value": 1.0, "denominator": "N=24/24"},
-                             "first_share_gap_conditional": {"value": None, "denominator": "N=0/0"}}
-    # results written before "summary" existed: the same summary is rebuilt from the top-level terms
+    assert c1["summary"]["first_share_gap"]["value"] == 1.0
+    assert c1["summary"]["first_share_gap"]["ci"] == pytest.approx(list(difference_interval(24, 24, 0, 24)))
+    assert c1["summary"]["first_share_gap_conditional"] == {"value": None, "denominator": "N=0/0", "ci": None}
+    # results written before "summary" existed: the same summary is rebuilt from the top-level terms;
+    # retrieval intervals were never stored, so theirs is None (the gaps' come from the counts)
     for res in (tor, itm, c1):
         old = {k: v for k, v in res.items() if k != "summary"} | {k: e["value"] for k, e in res["summary"].items()}
-        assert probes.legacy_summary(old) == res["summary"]
+        expect = {k: {**e, "ci": None} if res is tor else e for k, e in res["summary"].items()}
+        assert probes.legacy_summary(old) == expect
         assert not set(res["summary"]) & set(res)  # the indices' only home is "summary"
 
 

@@ -273,3 +273,15 @@ def test_suite_config_normalises_loose_values_and_names_every_bad_one():
                     "train_frac"]
     assert err.value.messages({"probes": "X.probes"})[0] == "X.probes: none given; valid: " + ", ".join(
         SuiteConfig.probes)
+
+
+def test_itm_every_absent_object_as_distractor(eval_set):
+    """``itm_distractors=None`` (the paper's ITM): one pair per image and absent object."""
+    adapter = FakeAdapter()
+    prepared = _prepare(adapter, eval_set, probes=("itm",), n_objects=(2,), itm_distractors=None)
+    itm = run_suite(adapter, prepared)["itm"][2]
+    n_images = len(prepared.tasks["itm"][2]["s1"]["image"].unique())
+    assert n_images == 24 and itm["s1"]["total"] == itm["s2"]["total"] == n_images * (len(NAMES) - 2)
+    assert itm["summary"]["gap"]["value"] == 1.0 and itm["summary"]["gap"]["denominator"] == "pairs S1=240, S2=240"
+    lo, hi = itm["summary"]["gap"]["ci"]
+    assert 0.95 < lo < hi == 1.0

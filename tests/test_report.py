@@ -150,4 +150,16 @@ def test_old_bias_jsonl_without_summary_reads_as_before(tmp_path):
     assert "summary" not in (old / "bias.jsonl").read_text()
     table = {name: summary_table({"r": read_records(d)}) for name, d in (("new", new), ("old", old))}
     assert table["old"] == table["new"] and "order_bias_conditional" in table["old"]
-    assert read_records(old)[0]["result"]["summary"] == read_records(new)[0]["result"]["summary"]
+    old_summary, new_summary = (read_records(d)[0]["result"]["summary"] for d in (old, new))
+    assert set(old_summary) == set(new_summary)
+    for key, entry in new_summary.items():  # old records kept no retrieval interval: ci None, the rest equal
+        assert old_summary[key] == {**entry, "ci": entry["ci"] if key == "gap" else None}, key
+
+
+def test_flatten_logs_summary_intervals():
+    flat = flatten(_tor(3), "bias/tor/n2")
+    lo, hi = flat["bias/tor/n2/order_bias/ci_lo"], flat["bias/tor/n2/order_bias/ci_hi"]
+    assert lo < 0.5 < hi and _tor(3)["summary"]["order_bias"]["ci"] == [lo, hi]
+    assert "bias/tor/n2/order_bias_conditional/ci_lo" not in flat  # n/a below MIN_CONDITIONAL
+    legacy = {"summary": {"order_bias": {"value": 0.5, "denominator": "N=4"}}}  # no "ci" key at all
+    assert flatten(legacy, "p") == {"p/order_bias": 0.5}
