@@ -8,7 +8,10 @@ forward passes plus a few matrix products.
 
 ``run_suite`` returns ``{probe: {n: result}}`` (the layout of ``eval.records.make_records``).
 TOR results carry their other caption templates and the "split" text encoding under
-``variants``; ITM and Claim-1 likewise for "split".
+``variants``; ITM and Claim-1 likewise for "split". Every TOR result (headline and template
+variants) names its ``template`` and its ``template_split``: ``"held_out"`` if the training
+corpus leaves that template out by default (``data_prep.captions.HELD_OUT_TEMPLATES``),
+``"in_distribution"`` if it uses it, ``None`` for the "split" encoding.
 """
 from __future__ import annotations
 
@@ -27,8 +30,28 @@ from eval import probes as P
 from eval.manifest import EvalItem, EvalSet
 
 TEXT_ENCODINGS = ("plain", "split")
-#: the paper's bare "A and B and C" form first, then a natural-language template
-DEFAULT_TEMPLATES = ("and_chain", "photo")
+#: the paper's bare "A and B and C" form first (held out of the training corpus), then a natural
+#: template the corpus uses ("photo", in-distribution) and one it holds out ("there_is")
+DEFAULT_TEMPLATES = ("and_chain", "photo", "there_is")
+
+
+def held_out_templates() -> tuple[str, ...] | None:
+    """``data_prep.captions.HELD_OUT_TEMPLATES`` (templates the training corpus leaves out by
+    default), or ``None`` where data_prep does not define it."""
+    from data_prep import captions
+
+    held = getattr(captions, "HELD_OUT_TEMPLATES", None)
+    return tuple(held) if held is not None else None
+
+
+def template_split(template: str) -> str | None:
+    """``"held_out"`` or ``"in_distribution"`` for a caption template id (by
+    :func:`held_out_templates`, i.e. the corpus default); ``None`` if unknown (no such list, or
+    ``"split"``, which is an encoding, not a template)."""
+    held = held_out_templates()
+    if held is None or template == "split":
+        return None
+    return "held_out" if template in held else "in_distribution"
 
 
 class Adapter(Protocol):
@@ -59,7 +82,9 @@ class SuiteConfig:
             (:func:`select_images`). ``PreparedSuite.balance()`` shows how evenly objects fill each role.
             ``None`` = one block: the vocabulary size (each object once in every position).
         templates: caption templates (``data_prep.captions.TEMPLATES`` ids); the first is the
-            headline TOR/TOC/ITM/Claim-1 template, the others are reported as TOR variants.
+            headline TOR/TOC/ITM/Claim-1 template, the others are reported as TOR variants, each
+            marked held-out or in-distribution (:func:`template_split`). Default: the paper's
+            "A and B and C" (held out), "a photo of ..." (in-distribution), "there is ..." (held out).
         gallery_template: text gallery prompt per object name, ``"{}"`` = bare name.
         text_encodings: ``"plain"`` and/or ``"split"`` (per-object caption splitting,
             ``eval.text_split.encode_split``) for TOR, ITM and Claim-1.
@@ -207,6 +232,7 @@ class PreparedSuite:
             "n_texts": len(self.texts),
             "n_images": 0 if self.images is None else int(self.images.shape[0]),
             "balance": self.balance(),
+            "template_split": {t: template_split(t) for t in self.config.templates},
         }
 
     def balance(self) -> dict[str, dict[str, list[int]]]:
@@ -425,13 +451,15 @@ def run_suite(adapter: Adapter, prepared: PreparedSuite) -> dict[str, dict[int, 
         out[probe] = {}
         for n, task in per_n.items():
             if probe == "tor":
-                res = {t: P.tor(emb(rows), names, task["targets"]) for t, rows in task["variants"].items()}
+                res = {t: {**P.tor(emb(rows), names, task["targets"]), "template": t, "template_split": template_split(t)}
+                       for t, rows in task["variants"].items()}
                 main = res.pop(headline) if plain else None
                 if split:
-                    res["split"] = P.tor(split_emb(task["lists"]), names, task["targets"])
+                    res["split"] = {**P.tor(split_emb(task["lists"]), names, task["targets"]),
+                                    "template": "split", "template_split": None}
                 if main is None:
                     main = res.pop("split")
-                main = {**main, "template": headline if plain else "split"}
+                main = dict(main)
                 if res:
                     main["variants"] = res
                 out[probe][n] = main

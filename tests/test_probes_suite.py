@@ -285,3 +285,24 @@ def test_itm_every_absent_object_as_distractor(eval_set):
     assert itm["summary"]["gap"]["value"] == 1.0 and itm["summary"]["gap"]["denominator"] == "pairs S1=240, S2=240"
     lo, hi = itm["summary"]["gap"]["ci"]
     assert 0.95 < lo < hi == 1.0
+
+
+def test_tor_template_variants_marked_held_out_or_in_distribution(eval_set, monkeypatch):
+    from data_prep import captions
+
+    assert SuiteConfig().templates == ("and_chain", "photo", "there_is")
+    adapter = FakeAdapter()
+    tor = run_suite(adapter, _prepare(adapter, eval_set, probes=("tor",), n_objects=(2,),
+                                      templates=SuiteConfig().templates, text_encodings=("plain", "split")))["tor"][2]
+    held = set(captions.HELD_OUT_TEMPLATES)
+    assert held == {"and_chain", "there_is"}
+    assert tor["template"] == "and_chain" and tor["template_split"] == "held_out"
+    assert set(tor["variants"]) == {"photo", "there_is", "split"}
+    assert tor["variants"]["photo"]["template_split"] == "in_distribution"
+    assert tor["variants"]["there_is"]["template_split"] == "held_out"
+    assert tor["variants"]["split"]["template_split"] is None
+    # a data_prep without the list: nothing is claimed
+    monkeypatch.delattr(captions, "HELD_OUT_TEMPLATES")
+    from eval.suite import template_split
+
+    assert template_split("photo") is None
