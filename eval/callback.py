@@ -62,6 +62,9 @@ class BiasEvalCallback(L.Callback):
             ``~/.cache/clip_bias_lab``, read when the set is needed; shared with ``python -m eval comco``,
             see :mod:`eval.eval_sets`).
         image_size: pixel size of the rendered default set (default: the model's input size).
+        eval_set_blocks: counterbalanced blocks per setting in the rendered default set (1 block =
+            62 images per large slot, 186 for n = 3); more blocks give IOR/I2TOR/ITM more images and
+            narrower intervals (4 blocks: 744 images for n = 3, index half-width about ±0.05).
         templates: caption templates (``data_prep.captions.TEMPLATES`` ids), the first is the headline.
         text_encodings: ``plain`` and/or ``split`` (per-object caption splitting) for TOR, ITM, Claim 1.
         run_dir: where ``bias.jsonl`` and ``plots/`` go; None = ``trainer.default_root_dir``.
@@ -86,6 +89,7 @@ class BiasEvalCallback(L.Callback):
         data_dir: str | None = None,
         cache_dir: str | None = None,
         image_size: int | None = None,
+        eval_set_blocks: int = 1,
         templates: Sequence[str] = SuiteConfig.templates,
         text_encodings: Sequence[str] = SuiteConfig.text_encodings,
         run_dir: str | None = None,
@@ -97,7 +101,8 @@ class BiasEvalCallback(L.Callback):
         v = self._checked(
             probes=probes, n_objects=n_objects, items_per_probe=items_per_probe, itm_distractors=itm_distractors,
             every_n_steps=every_n_steps, evaluations_per_run=evaluations_per_run, data_dir=data_dir,
-            cache_dir=cache_dir, image_size=image_size, templates=templates, text_encodings=text_encodings,
+            cache_dir=cache_dir, image_size=image_size, eval_set_blocks=eval_set_blocks, templates=templates,
+            text_encodings=text_encodings,
             run_dir=run_dir, eval_at_end=eval_at_end, plots=plots, seed=seed)
         #: the probe options (the suite's own defaults and checks)
         self.suite: SuiteConfig = v["suite"]
@@ -107,6 +112,7 @@ class BiasEvalCallback(L.Callback):
         self.data_dir = data_dir
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.image_size: int | None = v["image_size"]
+        self.eval_set_blocks: int = v["eval_set_blocks"]
         self.run_dir = run_dir
         self.eval_at_end = eval_at_end
         self.plots = plots
@@ -145,6 +151,9 @@ class BiasEvalCallback(L.Callback):
             out[key], problem = check_int(args[key], low, optional=True, hint=hint)
             if problem:
                 errs.append(key + problem)
+        out["eval_set_blocks"], problem = check_int(args["eval_set_blocks"], 1)
+        if problem:
+            errs.append("eval_set_blocks" + problem)
         if out["every_n_steps"] is not None and out["evaluations_per_run"] is not None:
             errs.append(f"give every_n_steps ({out['every_n_steps']}) or evaluations_per_run "
                         f"({out['evaluations_per_run']}), not both")
@@ -160,7 +169,8 @@ class BiasEvalCallback(L.Callback):
             if problem := n_objects_problem(out["suite"].n_objects, "n_objects"):
                 errs.append(problem)
             cache = Path(args["cache_dir"]) if args["cache_dir"] else None
-            if problem := eval_set_cache_problem(cache, out["suite"].seed, out["image_size"], "cache_dir"):
+            if problem := eval_set_cache_problem(cache, out["suite"].seed, out["image_size"], "cache_dir",
+                                                 out["eval_set_blocks"] or 1):
                 errs.append(problem)
         if args["run_dir"] is not None:
             try:
@@ -296,7 +306,7 @@ class BiasEvalCallback(L.Callback):
         """The default ComCO-style set at the model's input size, rendered once into the cache
         shared with ``python -m eval comco`` (:func:`eval.eval_sets.default_eval_set`)."""
         size = self.image_size or model_image_size(pl_module)
-        return default_eval_set(self.cache_dir, self.suite.seed, size, progress=False)
+        return default_eval_set(self.cache_dir, self.suite.seed, size, progress=False, blocks=self.eval_set_blocks)
 
     def _log(self, trainer: L.Trainer, records: list[dict], samples: int, seconds: float) -> None:
         metrics: dict[str, float] = {"samples_seen": float(samples), "bias/eval_seconds": seconds}

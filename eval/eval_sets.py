@@ -24,12 +24,17 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "clip_bias_lab")
 
 
-def default_eval_set(cache_dir: Path | None, seed: int, image_size: int, progress: bool = True) -> Path:
+def default_eval_set(cache_dir: Path | None, seed: int, image_size: int, progress: bool = True,
+                     blocks: int = 1) -> Path:
     """Render the default eval set once (atomically) into ``cache_dir`` and return its folder.
 
-    ``cache_dir`` None = :func:`default_cache_dir`.
+    ``cache_dir`` None = :func:`default_cache_dir`. ``blocks``: counterbalanced blocks per large-slot
+    setting (each block = every vocabulary object once in every slot), so the set holds
+    ``blocks × V × n`` images per n (V = 62 objects): more blocks, narrower probe intervals.
     """
-    target = _sets_dir(cache_dir) / f"comco-objects-seed{seed}-px{image_size}"
+    if isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 1:
+        raise ValueError(f"eval set blocks must be an integer >= 1, got {blocks!r}")
+    target = _sets_dir(cache_dir) / set_name(seed, image_size, blocks)
     if (target / "manifest.jsonl").is_file():
         return target
     from data_prep.comco import write_eval_set
@@ -37,7 +42,10 @@ def default_eval_set(cache_dir: Path | None, seed: int, image_size: int, progres
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
     try:
-        write_eval_set(tmp, seed=seed, image_size=image_size, n_objects=DEFAULT_N_OBJECTS, progress=progress)
+        from data_prep.comco import vocabulary
+
+        write_eval_set(tmp, seed=seed, image_size=image_size, n_objects=DEFAULT_N_OBJECTS, progress=progress,
+                       items_per_setting=None if blocks == 1 else blocks * len(vocabulary("objects")))
         os.replace(tmp, target)
     except OSError:
         if not (target / "manifest.jsonl").is_file():  # lost a race with another process: fine
@@ -48,7 +56,13 @@ def default_eval_set(cache_dir: Path | None, seed: int, image_size: int, progres
     return target
 
 
-def eval_set_cache_problem(cache_dir: Path | None, seed: int, image_size: int | None, flag: str) -> str | None:
+def set_name(seed: int, image_size: int | str, blocks: int = 1) -> str:
+    """Cache folder name of a default eval set (``-b<blocks>`` only when more than one block)."""
+    return f"comco-objects-seed{seed}-px{image_size}" + (f"-b{blocks}" if blocks > 1 else "")
+
+
+def eval_set_cache_problem(cache_dir: Path | None, seed: int, image_size: int | None, flag: str,
+                           blocks: int = 1) -> str | None:
     """Why the default eval set cannot be rendered into ``cache_dir`` (checked before any work), or None.
 
     Fine if the set is already there (a read-only shared cache is fine; with ``image_size`` unknown
@@ -58,7 +72,7 @@ def eval_set_cache_problem(cache_dir: Path | None, seed: int, image_size: int | 
 
     sets = _sets_dir(cache_dir)
     size = "*" if image_size is None else str(image_size)
-    if any((d / "manifest.jsonl").is_file() for d in sets.glob(f"comco-objects-seed{seed}-px{size}")):
+    if any((d / "manifest.jsonl").is_file() for d in sets.glob(set_name(seed, size, blocks))):
         return None
     try:
         check_writable(sets, flag, is_dir=True)

@@ -12,6 +12,8 @@ import torch
 import yaml
 
 from _clip_fixtures import TinyCLIPModule, random_batches, register_tiny
+from data_prep.captions import HELD_OUT_TEMPLATES
+from data_prep.comco import vocabulary
 from eval.callback import BiasEvalCallback
 from eval.manifest import load_eval_set
 from eval.records import read_records
@@ -45,9 +47,18 @@ def test_quickstart_cadence_is_derived_from_corpus_and_batch():
     assert "every_n_steps" not in cb and cb["evaluations_per_run"] == 6
     every = BiasEvalCallback.spacing(steps, cb["evaluations_per_run"])
     assert every == 52 and bias_points(steps, every) == [0, 52, 104, 156, 208, 260, 312]  # 7 points
-    assert cb["items_per_probe"] is None  # one per vocabulary object (62)
+    # probe sizes: whole Latin squares of the 62 objects, half-width of an index about +-0.05 or less
+    vocab = len(vocabulary("objects"))
+    assert vocab == 62 and cb["items_per_probe"] == 13 * vocab == 806
+    assert cb["eval_set_blocks"] == 4 and cb["itm_distractors"] == 1  # 4 x 62 x 3 settings = 744 images, n = 3
+    assert cb["templates"] == ["and_chain", "photo", "there_is"]
+    assert set(cb["templates"]) - set(HELD_OUT_TEMPLATES) == {"photo"}  # one in-distribution, two held out
+    for n_items in (806, 744):  # TOR captions; IOR/I2TOR images. Shares 0.5 / 0.2 / 0.2 (+ none 0.1):
+        x_var = (0.5 + 0.25 * 0.4) - (0.5 - 0.2) ** 2  # per-item score 1{pos1} - mean 1{pos k}
+        assert 1.96 * (x_var / n_items) ** 0.5 <= 0.052
     # the header states the derived values
-    for claim in ("40000 // 128 = 312 steps", "steps 156 and 312", "ceil(312 / 6) = 52", "7 points", "(62"):
+    for claim in ("40000 // 128 = 312 steps", "steps 156 and 312", "ceil(312 / 6) = 52", "7 points", "13 x 62",
+                  "744 images"):
         assert claim in text, claim
 
 
