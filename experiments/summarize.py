@@ -29,6 +29,7 @@ INDICES = (
     ("TOR order, photo (in-dist.)", "tor", "photo/order_bias"),
     ("TOR order, there-is (held-out)", "tor", "there_is/order_bias"),
     ("IOR size", "ior", "size_bias"),
+    ("IOR size, own objects", "ior", "size_bias_own"),
     ("I2TOR size", "i2tor", "size_bias"),
     ("ITM gap S1-S2", "itm", "gap"),
 )
