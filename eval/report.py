@@ -34,16 +34,18 @@ def run_labels(run_dirs: Sequence[Path]) -> list[str]:
 
 
 def index_entries(result: Mapping, variants: bool = False) -> dict[str, dict]:
-    """``{index: {"value", "denominator"}}`` of one probe result, from its ``summary``.
+    """``{index: {"value", "denominator", "ci"}}`` of one probe result, from its ``summary``.
 
     With ``variants``, the summaries of ``result["variants"]`` (TOR's other templates, the "split"
-    encoding) follow as ``<variant>/<index>``.
+    encoding) follow as ``<variant>/<index>``, each entry with the variant's ``template_split``
+    (``"held_out"``/``"in_distribution"``, None if unknown) added.
     """
     out = summary_of(result)
     if variants and isinstance(result.get("variants"), Mapping):
         for name, var in result["variants"].items():
             if isinstance(var, Mapping):
-                out.update({f"{name}/{k}": e for k, e in summary_of(var).items()})
+                out.update({f"{name}/{k}": {**e, "template_split": var.get("template_split")}
+                            for k, e in summary_of(var).items()})
     return out
 
 
@@ -51,8 +53,10 @@ def init_final_rows(runs: Mapping[str, Sequence[Mapping]], variants: bool = Fals
     """The init → final table: one row per (run, probe, n, summary index).
 
     Each row: ``run``, ``probe``, ``n``, ``index``, ``init`` and ``final`` (values, None if
-    undefined or absent at the end), ``init_samples``, ``final_samples``, ``init_denominator``,
-    ``final_denominator`` (``"-"`` if absent). Init = first evaluation, final = last one (by
+    undefined or absent at the end), ``init_ci`` and ``final_ci`` (95 % intervals, None where
+    undefined or not recorded), ``init_samples``, ``final_samples``, ``init_denominator``,
+    ``final_denominator`` (``"-"`` if absent), ``template_split`` (the result's or variant's
+    ``"held_out"``/``"in_distribution"``, None if unknown or not a template). Init = first evaluation, final = last one (by
     ``samples_seen``); the indices are those of the first evaluation. ``variants`` as in
     :func:`index_entries`.
     """
@@ -63,8 +67,10 @@ def init_final_rows(runs: Mapping[str, Sequence[Mapping]], variants: bool = Fals
             final = index_entries(last["result"], variants)
             for key, e0 in index_entries(first["result"], variants).items():
                 e1 = final.get(key, {"value": None, "denominator": "-"})
+                split = e0["template_split"] if "template_split" in e0 else first["result"].get("template_split")
                 rows.append({"run": name, "probe": probe, "n": n, "index": key,
                              "init": e0.get("value"), "final": e1.get("value"),
+                             "init_ci": e0.get("ci"), "final_ci": e1.get("ci"), "template_split": split,
                              "init_samples": first["samples_seen"], "final_samples": last["samples_seen"],
                              "init_denominator": e0.get("denominator"), "final_denominator": e1.get("denominator")})
     return rows
@@ -74,22 +80,33 @@ def _fmt(x: float | None, signed: bool = False) -> str:
     return "n/a" if x is None else (f"{x:+.3f}" if signed else f"{x:.3f}")
 
 
+def _fmt_ci(ci: Sequence[float] | None) -> str:
+    return "-" if not ci else f"[{ci[0]:+.3f}, {ci[1]:+.3f}]"
+
+
+_SPLIT_NOTE = {"held_out": " (held-out template)", "in_distribution": " (in-distribution template)"}
+
+
 def summary_table(runs: Mapping[str, Sequence[Mapping]]) -> str:
-    """Markdown table: init vs final value of every summary index, with denominators."""
+    """Markdown table: init vs final value of every summary index (TOR template variants too,
+    marked held-out / in-distribution), with denominators and 95 % intervals."""
     lines = [
-        "| run | probe | n | index | init (samples) | final (samples) | change | denominators init → final |",
-        "|---|---|---|---|---|---|---|---|",
+        "| run | probe | n | index | init (samples) | final (samples) | change | denominators init → final "
+        "| 95 % CI init → final |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in init_final_rows(runs):
+    for r in init_final_rows(runs, variants=True):
         v0, v1 = r["init"], r["final"]
         change = None if v0 is None or v1 is None else v1 - v0
+        index = r["index"] + (_SPLIT_NOTE.get(r["template_split"], "") if r["probe"] == "tor" else "")
         lines.append(
-            f"| {r['run']} | {r['probe']} | {r['n']} | {r['index']} | {_fmt(v0, True)} ({r['init_samples']}) "
+            f"| {r['run']} | {r['probe']} | {r['n']} | {index} | {_fmt(v0, True)} ({r['init_samples']}) "
             f"| {_fmt(v1, True)} ({r['final_samples']}) | {_fmt(change, True)} "
-            f"| {r['init_denominator']} → {r['final_denominator']} |"
+            f"| {r['init_denominator']} → {r['final_denominator']} "
+            f"| {_fmt_ci(r['init_ci'])} → {_fmt_ci(r['final_ci'])} |"
         )
     if len(lines) == 2:
-        lines.append("| (no summary indices: run tor, ior, i2tor, itm or claim1) | | | | | | | |")
+        lines.append("| (no summary indices: run tor, ior, i2tor, itm or claim1) | | | | | | | | |")
     return "\n".join(lines) + "\n"
 
 
@@ -111,8 +128,9 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path) -> list[Pa
     figures = plot_runs(runs, out_dir)
     table = summary_table(runs)
     text = (f"# Bias report\n\nRuns: {', '.join(f'`{d}`' for d in run_dirs)}\n\n"
-            "Indices on unconditional shares unless marked `_conditional`; init = first evaluation "
-            "(step 0), final = last one.\n\n" + table + "\n"
+            "Indices on unconditional shares unless marked `_conditional` (top-n = own objects, n/a below "
+            "the minimum N) or `_own` (which of the item's own objects ranks highest); init = first "
+            "evaluation (step 0), final = last one; 95 % intervals as in `eval.stats`.\n\n" + table + "\n"
             + "".join(f"![{p.stem}]({p.name})\n" for p in figures)
             + ("\n## Skipped lines\n\n" + "".join(f"- {line}\n" for line in skipped) if skipped else ""))
     summary = out_dir / SUMMARY_FILE

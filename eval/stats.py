@@ -12,7 +12,8 @@ from collections.abc import Sequence
 
 from data_prep.stats import Z95, wilson_interval
 
-__all__ = ["Z95", "difference_interval", "lead_index_interval", "proportion", "wilson_interval"]
+__all__ = ["Z95", "difference_interval", "difference_items_needed", "lead_index_interval", "lead_index_items_needed",
+           "proportion", "wilson_interval"]
 
 
 def proportion(count: int, total: int, z: float = Z95) -> dict:
@@ -74,3 +75,21 @@ def difference_interval(count1: int, total1: int, count2: int, total2: int,
     lo = d - math.sqrt((p1 - a[0]) ** 2 + (b[1] - p2) ** 2)
     hi = d + math.sqrt((a[1] - p1) ** 2 + (p2 - b[0]) ** 2)
     return max(-1.0, lo), min(1.0, hi)
+
+
+def lead_index_items_needed(shares: Sequence[float], half_width: float = 0.05, z: float = Z95) -> int:
+    """Items N for a 95 % half-width <= ``half_width`` of :func:`lead_index_interval` at ``shares``
+    (first, others...; any remainder is "none"): ``ceil(z² · Var(X) / half_width²)``."""
+    n = len(shares)
+    if n < 2 or any(s < 0 for s in shares) or sum(shares) > 1 + 1e-12 or half_width <= 0:
+        raise ValueError(f"need >= 2 shares >= 0 summing to <= 1 and half_width > 0, got {list(shares)}, {half_width}")
+    w = 1.0 / (n - 1)
+    mean = shares[0] - w * sum(shares[1:])
+    var = shares[0] + w * w * sum(shares[1:]) - mean * mean
+    return math.ceil(z * z * var / half_width ** 2 - 1e-9)
+
+
+def difference_items_needed(p1: float, p2: float, half_width: float = 0.05, z: float = Z95) -> int:
+    """Pairs per sample (equal sizes) for a 95 % half-width <= ``half_width`` of ``p1 − p2`` (Wald
+    approximation of :func:`difference_interval`): ``ceil(z² (p1(1−p1) + p2(1−p2)) / half_width²)``."""
+    return math.ceil(z * z * (p1 * (1 - p1) + p2 * (1 - p2)) / half_width ** 2 - 1e-9)

@@ -138,3 +138,22 @@ def test_own_object_winners_one_per_row():
     win = probes.own_object_winners(sims)
     assert win.sum(1).tolist() == [1, 1, 1, 1]
     assert win.int().tolist() == [[1, 0, 0], [0, 0, 1], [0, 1, 0], [1, 0, 0]]  # row i takes tie (i mod t)
+
+
+def test_items_needed_for_a_half_width():
+    from eval.stats import difference_items_needed, lead_index_items_needed
+
+    def half(shares, n_items):  # the interval's half-width at these exact shares
+        w = 1 / (len(shares) - 1)
+        mean = shares[0] - w * sum(shares[1:])
+        return Z95 * math.sqrt((shares[0] + w * w * sum(shares[1:]) - mean ** 2) / n_items)
+
+    for shares in ([0.5, 0.2, 0.2], [0.5, 0.2], [0.6, 0.2, 0.2], [0.4, 0.15, 0.15, 0.15, 0.15]):
+        n = lead_index_items_needed(shares)
+        assert half(shares, n) <= 0.05 < half(shares, n - 1), shares
+    assert lead_index_items_needed([0.5, 0.2, 0.2]) == 784  # the quickstart sizing (n = 3)
+    assert lead_index_items_needed([1.0, 0.0]) == 0
+    with pytest.raises(ValueError):
+        lead_index_items_needed([0.9, 0.9])
+    p = difference_items_needed(0.5, 0.5)
+    assert p == 769 and difference_interval(p // 2, p, p // 2, p)[1] - difference_interval(p // 2, p, p // 2, p)[0] <= 0.1 + 1e-3

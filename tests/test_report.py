@@ -149,7 +149,11 @@ def test_old_bias_jsonl_without_summary_reads_as_before(tmp_path):
             fh.write(json.dumps(rec) + "\n")
     assert "summary" not in (old / "bias.jsonl").read_text()
     table = {name: summary_table({"r": read_records(d)}) for name, d in (("new", new), ("old", old))}
-    assert table["old"] == table["new"] and "order_bias_conditional" in table["old"]
+    def without_ci(text: str) -> list[str]:  # old records kept no retrieval interval: last column differs
+        return [line.rsplit("|", 2)[0] for line in text.splitlines()]
+
+    assert without_ci(table["old"]) == without_ci(table["new"]) and "order_bias_conditional" in table["old"]
+    assert "| [-0.980, +0.980] → [+1.000, +1.000] |" in table["new"] and "| - → - |" in table["old"]
     old_summary, new_summary = (read_records(d)[0]["result"]["summary"] for d in (old, new))
     assert set(old_summary) == set(new_summary)
     for key, entry in new_summary.items():  # old records kept no retrieval interval: ci None, the rest equal
@@ -163,3 +167,20 @@ def test_flatten_logs_summary_intervals():
     assert "bias/tor/n2/order_bias_conditional/ci_lo" not in flat  # n/a below MIN_CONDITIONAL
     legacy = {"summary": {"order_bias": {"value": 0.5, "denominator": "N=4"}}}  # no "ci" key at all
     assert flatten(legacy, "p") == {"p/order_bias": 0.5}
+
+
+def test_summary_table_marks_template_variants_and_gives_intervals():
+    def tor(wins: int) -> dict:
+        res = _tor(wins)
+        res.update(template="and_chain", template_split="held_out")
+        res["variants"] = {"photo": {**_tor(2), "template": "photo", "template_split": "in_distribution"},
+                           "there_is": {**_tor(4 - wins), "template": "there_is", "template_split": "held_out"}}
+        return res
+
+    recs = [r for step, wins in ((0, 2), (20, 4)) for r in make_records({"tor": {2: tor(wins)}}, step, step * 64)]
+    table = summary_table({"r": recs})
+    assert "| r | tor | 2 | order_bias (held-out template) | +0.000 (0) | +1.000 (1280) |" in table
+    assert "| r | tor | 2 | photo/order_bias (in-distribution template) | +0.000 (0) | +0.000 (1280) |" in table
+    assert "| r | tor | 2 | there_is/order_bias (held-out template) | +0.000 (0) | -1.000 (1280) |" in table
+    ci = _tor(4)["summary"]["order_bias"]["ci"]
+    assert f"→ [{ci[0]:+.3f}, {ci[1]:+.3f}] |" in table
