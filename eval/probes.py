@@ -159,7 +159,8 @@ def own_object_winners(own_sims: torch.Tensor, tol: float = OWN_TIE_TOLERANCE) -
     best = own_sims.max(dim=1, keepdim=True).values
     tied = own_sims >= best - tol
     rank = tied.long().cumsum(dim=1) - 1  # order among the tied objects
-    pick = torch.arange(len(own_sims), device=own_sims.device) % tied.sum(dim=1)
+    # clamp: a row of NaN similarities (a diverged model) ties nothing and gets no winner, not a crash
+    pick = torch.arange(len(own_sims), device=own_sims.device) % tied.sum(dim=1).clamp_min(1)
     return tied & (rank == pick[:, None])
 
 

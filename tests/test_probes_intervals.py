@@ -138,6 +138,8 @@ def test_own_object_winners_one_per_row():
     win = probes.own_object_winners(sims)
     assert win.sum(1).tolist() == [1, 1, 1, 1]
     assert win.int().tolist() == [[1, 0, 0], [0, 0, 1], [0, 1, 0], [1, 0, 0]]  # row i takes tie (i mod t)
+    nan = probes.own_object_winners(torch.tensor([[float("nan")] * 3, [0.1, 0.3, 0.2]]))
+    assert nan.int().tolist() == [[0, 0, 0], [0, 1, 0]]  # a diverged row has no winner, no crash
 
 
 def test_items_needed_for_a_half_width():
