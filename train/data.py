@@ -328,6 +328,9 @@ class WebDataModule(L.LightningDataModule):
         self.boxes_min_score = boxes_min_score
         self.boxes_vocabulary = boxes_vocabulary
         self._boxes: Callable | None = None
+        #: training batches carry per-sample meta (4th element): set in ``setup`` when a configured
+        #: aux loss of the LightningModule reads it (``train.aux_losses``); off, batches are unchanged
+        self.keep_meta = False
         self.preprocess_train: Callable | None = None
         self.preprocess_val: Callable | None = None
         self.tokenizer: Callable | None = None
@@ -387,6 +390,9 @@ class WebDataModule(L.LightningDataModule):
             if module is None or not hasattr(module, "tokenizer"):
                 raise RuntimeError("WebDataModule needs open_clip transforms: attach a CLIPModule or call set_model_transforms()")
             self.set_model_transforms(module.preprocess_train, module.preprocess_val, module.tokenizer)
+        if module is not None:
+            self.keep_meta = self.keep_meta or any(getattr(a, "needs_meta", False)
+                                                   for a in getattr(module, "aux_losses", None) or ())
         check_shards_exist(self._train_urls(), "training shards") if stage == "fit" else None
 
     @property
@@ -418,6 +424,7 @@ class WebDataModule(L.LightningDataModule):
             max_warnings=self.max_warnings,
             guard=guard,
             boxes=self._sidecar() if train else None,
+            keep_meta=self.keep_meta and train,
         )
         return proc, handler, guard
 

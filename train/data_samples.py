@@ -244,7 +244,11 @@ def _rank() -> int:
 
 class SampleProcessor:
     """Turns raw webdataset samples into ``(image_tensor, caption)`` and batches into
-    ``(images, tokens, stats)``; ``stats`` carries this worker's cumulative skip/transform counters."""
+    ``(images, tokens, stats)``; ``stats`` carries this worker's cumulative skip/transform counters.
+    With ``keep_meta`` (set when an aux loss reads per-sample meta) samples are ``(image, caption,
+    meta)`` and batches end with the list of meta dicts: the sample json after the transforms plus
+    ``caption`` (as tokenised), ``__key__``, ``source_size`` and ``preprocess`` (the source region
+    the model input shows). Without it nothing is added to the default path."""
 
     def __init__(
         self,
@@ -256,8 +260,10 @@ class SampleProcessor:
         max_warnings: int = 5,
         guard: StallGuard | None = None,
         boxes: Callable[..., dict] | None = None,
+        keep_meta: bool = False,
     ) -> None:
         self.preprocess = preprocess
+        self.keep_meta = keep_meta  # batches carry per-sample meta (aux losses): see ``collate``
         self.boxes = boxes
         self.tokenizer = tokenizer
         self.transforms = transforms
@@ -336,19 +342,41 @@ class SampleProcessor:
                 self._checked = True
             for t in self.transforms:
                 image, caption, meta = t(image, caption, meta, rng)
-            if preprocess_seeds is None:
-                image = self.preprocess(image)
-            else:
-                state = torch.random.get_rng_state()
-                torch.random.default_generator.manual_seed(preprocess_seeds.getrandbits(63))
-                try:
-                    image = self.preprocess(image)
-                finally:
-                    torch.random.set_rng_state(state)
+            size = image.size
+            seed = None if preprocess_seeds is None else preprocess_seeds.getrandbits(63)
+            image, geometry = self._preprocess(image, seed)
             if self.guard is not None:
                 self.guard.used()
             self.counts["ok"] += 1  # before the yield: a batch's stats count its own last sample
-            yield image, caption
+            if self.keep_meta:
+                key = sample.get("__key__")
+                yield image, caption, {**meta, "caption": caption, "__key__": key, "source_size": list(size),
+                                       "preprocess": geometry}
+            else:
+                yield image, caption
+
+    def _preprocess(self, image: Image.Image, seed: int | None) -> tuple[torch.Tensor, dict | None]:
+        """``(tensor, geometry)``: the preprocess, run with torch's CPU generator seeded by ``seed``
+        (state restored after) if given; with ``keep_meta``, also the source region it mapped onto the
+        output (:func:`train.aux_losses.geometry.preprocess_geometry`), drawn from the same generator
+        state so the image is the one it would be without it."""
+        if seed is None and not self.keep_meta:
+            return self.preprocess(image), None
+        state = torch.random.get_rng_state()
+        try:
+            if seed is not None:
+                torch.random.default_generator.manual_seed(seed)
+            geometry = None
+            if self.keep_meta:
+                from train.aux_losses.geometry import preprocess_geometry  # lazy: aux_losses imports this module
+
+                start = torch.random.get_rng_state()
+                geometry = preprocess_geometry(self.preprocess, image.size)
+                torch.random.set_rng_state(start)
+            return self.preprocess(image), geometry
+        finally:
+            if seed is not None:  # unseeded: the generator advances as it would without keep_meta
+                torch.random.set_rng_state(state)
 
     def stats(self) -> dict:
         counts = dict(self.counts)
@@ -359,7 +387,10 @@ class SampleProcessor:
                 counts[f"{type(t).__name__}/{k}"] = v
         return {"source": f"rank{_rank()}-worker{_worker_id()}", "counts": counts}
 
-    def collate(self, items: list[tuple[torch.Tensor, str]]) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        images = torch.stack([im for im, _ in items])
-        tokens = self.tokenizer([c for _, c in items])
+    def collate(self, items: list[tuple]) -> tuple:
+        """``(images, tokens, stats)``; with ``keep_meta`` also the list of per-sample meta dicts."""
+        images = torch.stack([item[0] for item in items])
+        tokens = self.tokenizer([item[1] for item in items])
+        if self.keep_meta:
+            return images, tokens, self.stats(), [item[2] for item in items]
         return images, tokens, self.stats()

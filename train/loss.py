@@ -25,12 +25,15 @@ def build_loss(kind: LossKind = "clip", rank: int = 0, world_size: int = 1) -> t
 
 
 def contrastive_loss(
-    model: torch.nn.Module, images: torch.Tensor, texts: torch.Tensor, loss_fn, trim_text: bool = True
+    model: torch.nn.Module, images: torch.Tensor, texts: torch.Tensor, loss_fn, trim_text: bool = True,
+    features: dict | None = None,
 ) -> torch.Tensor:
     """Forward both towers of an open_clip ``CLIP`` (possibly DDP-wrapped) and return the scalar loss.
 
     ``trim_text``: the text tower runs only up to the batch's last end-of-text token where that is
     exact (``eval.text_encoding.trimmed_forward``); otherwise open_clip's own path.
+    ``features``: a dict to receive what the loss was computed from (``image_features``,
+    ``text_features``, ``logit_scale``, ``logit_bias``), for the aux losses (``train.aux_losses``).
     """
     with trimmed_forward(model, enabled=trim_text):
         out = model(images, texts)
@@ -40,6 +43,9 @@ def contrastive_loss(
     else:
         image_features, text_features, logit_scale = out[:3]
         logit_bias = out[3] if len(out) > 3 else None
+    if features is not None:
+        features.update(image_features=image_features, text_features=text_features, logit_scale=logit_scale,
+                        logit_bias=logit_bias)
     if logit_bias is not None:
         return loss_fn(image_features, text_features, logit_scale, logit_bias)
     return loss_fn(image_features, text_features, logit_scale)

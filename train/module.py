@@ -16,6 +16,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from eval.samples_axis import define_samples_axis, samples_per_step
 from eval.text_encoding import encode_text
 from train import resume
+from train.aux_losses import AuxBatch, AuxLoss, aux_terms, capture_all, check_aux_losses
 from train.loss import LossKind, build_loss, contrastive_loss
 from train.models import build_model_and_transforms, check_model_name, model_config
 from train.optim import param_groups, warmup_cosine
@@ -112,6 +113,7 @@ class CLIPModule(L.LightningModule):
         nan_policy: Literal["raise", "skip"] = "raise",
         max_consecutive_skips: int = 3,
         trim_text: bool = True,
+        aux_losses: list[AuxLoss] | None = None,
     ) -> None:
         """
         Args:
@@ -135,6 +137,9 @@ class CLIPModule(L.LightningModule):
             trim_text: Run the text tower only up to the batch's last end-of-text token
                 (``eval.text_encoding``): equal results to ~1e-6, several times faster for short
                 captions; towers where that is not exact fall back to open_clip's ``encode_text``.
+            aux_losses: Auxiliary objectives added to the contrastive loss (``train.aux_losses``; each
+                ``class_path`` + ``init_args``), their terms logged as ``train/aux/<name>``; the
+                contrastive part alone as ``train/loss_contrastive`` when any is set.
         """
         super().__init__()
         problems = check_model_args(model_name, pretrained, loss, lr, weight_decay, betas, eps, warmup_steps,
@@ -149,6 +154,11 @@ class CLIPModule(L.LightningModule):
             model_name, pretrained, **extra
         )
         self.tokenizer = open_clip.get_tokenizer(model_name)
+        problems = check_aux_losses(aux_losses or [], self.model)
+        if problems:
+            raise ValueError("Invalid model config: " + "; ".join(problems))
+        self.aux_losses = torch.nn.ModuleList(aux_losses or [])  # parameter-free: no state_dict keys
+        self._aux_seed = 0
         self.loss_fn: torch.nn.Module | None = None
         self._per_device_batch: int | None = None
         self._last_step_time: float | None = None
@@ -170,6 +180,9 @@ class CLIPModule(L.LightningModule):
         dm = getattr(self.trainer, "datamodule", None)
         if dm is not None and getattr(dm, "batch_size", None):
             self._per_device_batch = int(dm.batch_size)
+        # aux losses' seeded draws: the data seed (= seed_everything unless set apart), as the mitigations'
+        seed = getattr(dm, "seed", None)
+        self._aux_seed = int(seed) if isinstance(seed, int) else int(os.environ.get("PL_GLOBAL_SEED", 0))
 
     @property
     def samples_seen(self) -> int:
@@ -268,7 +281,12 @@ class CLIPModule(L.LightningModule):
         if self._per_device_batch is None:
             self._per_device_batch = images.shape[0]
             self._check_batch_size_on_resume()
-        loss = contrastive_loss(self.model, images, texts, self.loss_fn, trim_text=self.hparams.trim_text)
+        features = {} if len(self.aux_losses) else None
+        with capture_all(self.aux_losses, self.model):
+            loss = contrastive_loss(self.model, images, texts, self.loss_fn, trim_text=self.hparams.trim_text,
+                                    features=features)
+        aux_logs = self._aux_step(batch, features, loss) if features is not None else {}
+        loss = aux_logs.pop("train/loss", loss)
         if not self._all_finite(loss):  # every rank takes the same branch, so all skip or all raise together
             step, hp = self.global_step, self.hparams
             advice = "Lower model.lr, raise model.warmup_steps, enable trainer.gradient_clip_val"
@@ -291,7 +309,23 @@ class CLIPModule(L.LightningModule):
             )
         self._consecutive_skips = 0
         self.log("train/loss", loss, prog_bar=True)
+        for name, value in aux_logs.items():
+            self.log(name, value)
         return loss
+
+    def _aux_step(self, batch, features: dict, loss: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The aux losses' terms: ``train/loss`` (contrastive + weighted terms), ``train/loss_contrastive``
+        and ``train/aux/<name>`` (each term's unweighted value, detached)."""
+        aux = AuxBatch(
+            images=batch[0], texts=batch[1], meta=batch[3] if len(batch) > 3 else None,
+            image_features=features["image_features"], text_features=features["text_features"],
+            logit_scale=features["logit_scale"], logit_bias=features["logit_bias"], model=self.model,
+            tokenizer=self.tokenizer, rank=self.global_rank, world_size=self.trainer.world_size,
+            seed=self._aux_seed, step=self.global_step, trim_text=self.hparams.trim_text,
+        )
+        extra, terms = aux_terms(self.aux_losses, aux)
+        logs = {f"train/aux/{name}": value.detach() for name, value in terms.items()}
+        return {"train/loss": loss + extra, "train/loss_contrastive": loss.detach(), **logs}
 
     def _drop_step_metric(self, name: str) -> None:
         """Keep a skipped step from logging ``name``'s last finite value again.

@@ -1,0 +1,95 @@
+"""DDP on CPU (gloo): the aux losses' gradients, 2 ranks x batch B == 1 process x batch 2B."""
+from __future__ import annotations
+
+import os
+
+import open_clip
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from test_aux_losses import _rendered_meta
+from test_train_ddp import _free_port, _grads, _model
+
+from train.aux_losses import AuxBatch, OrderInvariantText, RegionLoss, aux_terms, capture_all
+from train.loss import build_loss, contrastive_loss
+from train.models import register_model_configs
+
+B = 4  # per-rank batch
+NAMES = ["dog", "cat", "car", "apple", "tree"]
+SETUPS = {
+    "multi_positive": lambda: [OrderInvariantText(weight=1.0)],
+    "pull": lambda: [OrderInvariantText(weight=1.0, mode="pull")],
+    "region": lambda: [RegionLoss(weight=1.0)],
+}
+
+
+def _data(n: int) -> tuple[torch.Tensor, torch.Tensor, list[dict]]:
+    register_model_configs()  # spawned ranks start with open_clip's registry only
+    g = torch.Generator().manual_seed(1)
+    images = torch.randn(n, 3, 32, 32, generator=g)
+    metas = []
+    for i in range(n):
+        k = 1 + i % 3  # 1, 2 or 3 objects: some samples have no twin
+        names = [NAMES[(i + j * 2) % len(NAMES)] for j in range(k)]
+        boxes = [[(8 * j + i) % 24, (5 * i) % 24, 8 + 4 * j, 8] for j in range(k)]
+        metas.append(_rendered_meta(f"s{i:03d}", names, boxes))
+    metas[0]["objects"][0]["bbox"] = [40, 40, 4, 4]  # outside the image: refused on every setup alike
+    texts = open_clip.get_tokenizer("clip-micro")([m["caption"] for m in metas])
+    return images, texts, metas
+
+
+def _step(model, module, images, texts, metas, losses, rank: int, world: int, aux_world: int | None = None) -> torch.Tensor:
+    """Contrastive + aux loss of one rank; ``aux_world=1`` makes the aux losses act as if alone."""
+    feats: dict = {}
+    with capture_all(losses, module):
+        loss = contrastive_loss(model, images, texts, build_loss("clip", rank=rank, world_size=world), features=feats)
+    batch = AuxBatch(images=images, texts=texts, meta=metas, image_features=feats["image_features"],
+                     text_features=feats["text_features"], logit_scale=feats["logit_scale"], logit_bias=None,
+                     model=module, tokenizer=open_clip.get_tokenizer("clip-micro"), rank=rank if aux_world is None else 0,
+                     world_size=world if aux_world is None else aux_world,
+                     seed=5, step=3)
+    extra, _ = aux_terms(losses, batch)
+    return loss + extra
+
+
+def _rank_worker(rank: int, world: int, port: int, out: str) -> None:
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    images, texts, metas = _data(B * world)
+    mine = slice(rank * B, (rank + 1) * B)
+    results = {}
+    for label, make in SETUPS.items():
+        # "<label>/local": negative control, every rank pretends to be alone (no gather, local normalisation)
+        for aux_world, key in ((None, label), (1, f"{label}/local")):
+            model = torch.nn.parallel.DistributedDataParallel(_model())
+            loss = _step(model, model.module, images[mine], texts[mine], metas[mine], make(), rank, world, aux_world)
+            loss.backward()
+            mean_loss = loss.detach().clone()
+            dist.all_reduce(mean_loss)
+            results[key] = {"loss": mean_loss / world, "grads": _grads(model.module)}
+    if rank == 0:
+        torch.save(results, out)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def test_aux_losses_two_ranks_match_one_process_with_double_batch(tmp_path):
+    out = str(tmp_path / "ddp.pt")
+    mp.spawn(_rank_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+    ddp = torch.load(out, weights_only=False)
+    images, texts, metas = _data(2 * B)
+    for label, make in SETUPS.items():
+        model = _model()
+        loss = _step(model, model, images, texts, metas, make(), 0, 1)
+        loss.backward()
+        ref = _grads(model)
+        got = ddp[label]
+        assert got["loss"].item() == pytest.approx(loss.item(), abs=1e-5), label
+        assert set(got["grads"]) == set(ref)
+        for name, g in ref.items():
+            torch.testing.assert_close(got["grads"][name], g, atol=1e-5, rtol=1e-4, msg=f"{label}: {name}")
+        # the control must differ, otherwise this test could not catch a missing gather / local normalisation
+        worst = max((ddp[f"{label}/local"]["grads"][n] - g).abs().max().item() for n, g in ref.items())
+        assert worst > 1e-4, label
