@@ -274,7 +274,8 @@ def plot_probe(runs: Mapping[str, Sequence[Mapping]], probe: str, out_path: Path
             if row == len(groups) - 1:
                 ax.set_xlabel("samples seen")
     handles = [Line2D([], [], color=c, lw=2, label=lab) for lab, c in labels_seen.items()]
-    if any(variants.values()):
+    kinds = {v["kind"] for per in variants.values() for v in per.values()}
+    if kinds & {"held_out", "in_distribution"}:
         handles += [Line2D([], [], color="k", ls="--", label="held-out template"),
                     Line2D([], [], color="k", ls="-", label="in-distribution template")]
     if many:
