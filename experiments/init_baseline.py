@@ -310,6 +310,22 @@ def markdown(summary: dict, per_seed: list[dict], model_name: str, command: str)
     for name, entry in summary.items():
         for t in TEMPLATES:
             lines.append(f"| {name} | {t} | {_fmt(entry[t])} |")
+    if "as_is" in summary and len(summary) > 1:
+        lines += ["", "Paired change against `as_is` (same seeds): as_is − ablation, mean and 95 % CI (t):", "",
+                  "| ablation | and_chain | photo |", "|---|---|---|"]
+        for name in summary:
+            if name == "as_is":
+                continue
+            cells = []
+            for t in TEMPLATES:
+                d = describe([s["ablations"]["as_is"]["order_bias"][t] - s["ablations"][name]["order_bias"][t]
+                              for s in per_seed])
+                cells.append(f"{d['mean']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]")
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "Mean top-1 shares of `as_is` (pos1 / pos2 / pos3 / none): " + "; ".join(
+        t + " " + " / ".join(f"{statistics.fmean(s['ablations']['as_is']['shares'][t][k] for s in per_seed):.3f}"
+                             for k in ("pos1", "pos2", "pos3", "none")) for t in TEMPLATES)
+        if "as_is" in summary else ""]
     lines += ["", "Mean cosine of the caption embedding with the bare-name embedding of the object at each "
               "mention position (mean over captions and seeds):", "",
               "| ablation | template | pos1 | pos2 | pos3 | pos1 top-1 share |", "|---|---|---|---|---|---|"]
@@ -367,6 +383,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--config", default=str(DEFAULT_CONFIG), help="training config whose model.model_name is used")
     p.add_argument("--model", default=None, help="open_clip model name (overrides --config)")
     p.add_argument("--data", default=None, help="eval-set folder (default: the rendered set's vocabulary)")
+    p.add_argument("--from-json", default=None, metavar="JSON",
+                   help="rewrite <out>.md/.png from a <out>.json written before (no model is run)")
     p.add_argument("--ablations", default=",".join([*ABLATIONS, *GALLERY_CONTROLS]),
                    help=f"comma list from {[*ABLATIONS, *GALLERY_CONTROLS]}")
     args = p.parse_args(argv)
@@ -376,6 +394,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     bad = [a for a in ablations if a not in ABLATIONS and a not in GALLERY_CONTROLS]
     if bad:
         p.error(f"unknown ablations {bad}; valid: {[*ABLATIONS, *GALLERY_CONTROLS]}")
+    if args.from_json:
+        data = json.loads(Path(args.from_json).read_text())
+        model_name, per_seed = data["model"], data["per_seed"]
+        return _write(Path(args.out), model_name, per_seed, len(per_seed), data)
     model_name = args.model or model_from_config(Path(args.config))
     eval_set = default_vocabulary_set(args.data)
     per_seed = []
@@ -385,14 +407,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         per_seed.append(res)
         print(f"seed {seed}: " + ", ".join(f"{n} {r['order_bias']['and_chain']:+.3f}/{r['order_bias']['photo']:+.3f}"
                                           for n, r in res["ablations"].items()), flush=True)
+    return _write(Path(args.out), model_name, per_seed, args.seeds)
+
+
+def _write(out: Path, model_name: str, per_seed: list[dict], seeds: int, data: dict | None = None) -> int:
     summary = summarise(per_seed)
-    command = f"python experiments/init_baseline.py --seeds {args.seeds} --out {args.out}"
+    command = f"python experiments/init_baseline.py --seeds {seeds} --out {out}"
     md = markdown(summary, per_seed, model_name, command)
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text(md)
-    out.with_suffix(".json").write_text(json.dumps({"model": model_name, "summary": summary, "per_seed": per_seed},
-                                                   indent=1))
+    if data is None:
+        out.with_suffix(".json").write_text(json.dumps({"model": model_name, "summary": summary, "per_seed": per_seed}))
     plot(summary, per_seed, out.with_suffix(".png"), model_name)
     print(md)
     print(f"wrote {out.with_suffix('.md')}, {out.with_suffix('.png')}, {out.with_suffix('.json')}")

@@ -144,5 +144,9 @@ def test_cli_two_seeds(ib, tmp_path):
     data = json.loads(out.with_suffix(".json").read_text())
     assert data["model"] == MODEL and [s["seed"] for s in data["per_seed"]] == [0, 1]
     assert data["summary"]["as_is"]["and_chain"]["n"] == 2
+    assert "Paired change against `as_is`" in md
+    # md/png are rewritten from the json alone, to the same text
+    assert ib.main(["--from-json", str(out.with_suffix(".json")), "--out", str(out)]) == 0
+    assert out.with_suffix(".md").read_text() == md
     with pytest.raises(SystemExit):
         ib.main(["--seeds", "2", "--out", str(out), "--ablations", "nope"])
