@@ -16,13 +16,15 @@ and exports them):
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import pickle
+import re
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -83,9 +85,34 @@ def build_model_and_transforms(model_name: str, pretrained: str | None = None, *
     ``model_kwargs`` go to the model constructor (e.g. ``init_logit_bias`` for SigLIP).
     """
     check_model_name(model_name)
-    return open_clip.create_model_and_transforms(
-        model_name, pretrained=pretrained, pretrained_text=False, pretrained_image=False, **model_kwargs
-    )
+    with _random_init_expected(not pretrained):
+        return open_clip.create_model_and_transforms(
+            model_name, pretrained=pretrained, pretrained_text=False, pretrained_image=False, **model_kwargs
+        )
+
+
+class _NoRandomInitNotice(logging.Filter):
+    """Drops open_clip's "No pretrained weights loaded for model ... initialized randomly." notice."""
+
+    PATTERN = re.compile(r"^No pretrained weights loaded for model .*initialized randomly")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not self.PATTERN.search(record.getMessage())
+
+
+@contextlib.contextmanager
+def _random_init_expected(expected: bool = True) -> Iterator[None]:
+    """Silence open_clip's random-init notice (logged on the root logger) where random init is the
+    intent: training from scratch, or a model whose weights are loaded from a checkpoint next."""
+    if not expected:
+        yield
+        return
+    root, notice = logging.getLogger(), _NoRandomInitNotice()
+    root.addFilter(notice)
+    try:
+        yield
+    finally:
+        root.removeFilter(notice)
 
 
 def _register_cfg(name: str, cfg: dict) -> str:
@@ -189,7 +216,8 @@ def model_from_checkpoint(
         # CLIPModule stores the architecture itself: no registry lookup needed
         name = _register_cfg(name, dict(stored["model_cfg"]))
     check_model_name(name, where=f"{path}: ")
-    model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None)
+    with _random_init_expected():  # the checkpoint's weights are loaded right below
+        model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None)
     _load_weights(model, state_dict, path, name)
     return model, preprocess, open_clip.get_tokenizer(name), name
 

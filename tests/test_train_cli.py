@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from train.cli import CONFIG_DIR, main
+from train.cli import CONFIG_DIR, ConfigError, main
 
 CONFIGS = sorted(p.name for p in CONFIG_DIR.glob("*.yaml"))
 # configs in sub-folders (e.g. mitigation/) are overlays on a base config, as their headers say
@@ -83,7 +83,7 @@ def test_bad_batch_size_fails_before_training(tmp_path, tiny_shards):
 
 def test_laion_config_without_shards_says_how_to_get_them(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(FileNotFoundError, match=r"data/laion_small/00000\.tar.*python -m data_prep laion"):
+    with pytest.raises(ConfigError, match=r"(?s)data/laion_small/00000\.tar.*python -m data_prep laion --parquet"):
         main(["fit", "--config", "laion_small.yaml", "--trainer.accelerator=cpu", "--trainer.strategy=auto",
               "--trainer.devices=1", "--trainer.precision=32-true", f"--run.root={tmp_path}/runs",
               "--run.wandb_mode=disabled"])

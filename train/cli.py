@@ -1,22 +1,24 @@
 """``python -m train fit|validate --config NAME``: LightningCLI with config lookup in ``<repo>/configs/``."""
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sys
 import traceback
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from train.data import WebDataModule
+from train.data import WebDataModule, expand_shards
 from train.models import REPO_ROOT
 from train.module import CLIPModule
+from train.progress import ModelSummaryNoFlops, StepProgressBar
 from train.resume import ResumeMismatchError, refuse_changed_history
 from train.run_dir import (
     AtomicCheckpointIO, RunConfig, RunDirError, RunLock, build_checkpoint_callback, build_loggers, check_before_fit,
@@ -31,6 +33,22 @@ SUBCOMMANDS = ("fit", "validate", "test", "predict")
 SUBCOMMAND_USAGE = "%(prog)s [--config NAME] [--SECTION.KEY VALUE ...]"
 SIGTERM_EXIT = 143  # 128 + SIGTERM, as a shell reports a process the signal ended: stopped, not finished
 TRACEBACK_ENV = "CLIP_BIAS_LAB_TRACEBACK"  # set to 1 to see the traceback behind a one-line error
+HELP_FLAGS = ("-h", "--help")
+#: messages of the happy path that say nothing about this run, each matched exactly
+NOISE_LOGS = (
+    r"^💡 Tip: .*litlogger",  # Lightning advertising its cloud logger at every fit
+    # the CLI registers ModelSummaryNoFlops on purpose
+    r"^Trainer already configured with model summary callbacks: \[<class 'train\.progress\.ModelSummaryNoFlops'>\]",
+)
+NOISE_WARNINGS = (
+    # torch deprecates LeafSpec, Lightning 2.6 still calls it: nothing the user can change
+    (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning),
+    # WebDataModule sizes every worker's share itself (with_epoch per worker), so __len__ is exact
+    (r"Your `IterableDataset` has `__len__` defined", UserWarning),
+    # only a resume meets its own checkpoints: the run-dir rule refuses a fresh fit in a used directory
+    (r"Checkpoint directory .* exists and is not empty", UserWarning),
+)
+_NOISE_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")
 
 
 class ConfigError(ValueError):
@@ -89,6 +107,89 @@ def resolve_config_args(argv: list[str]) -> list[str]:
         raise ConfigError(f"{shown} only changes a base config; add one first, e.g. "
                           f"--config {DEFAULT_CONFIG} {shown}")
     return out
+
+
+class _DropMessages(logging.Filter):
+    """Drops log records whose message matches one of ``patterns``; lets everything else through."""
+
+    def __init__(self, patterns: tuple[str, ...]) -> None:
+        super().__init__()
+        self.patterns = [re.compile(p) for p in patterns]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(p.search(record.getMessage()) for p in self.patterns)
+
+
+def quiet_known_noise() -> None:
+    """Silence the exact happy-path messages in :data:`NOISE_LOGS` / :data:`NOISE_WARNINGS`; other
+    warnings stay. Idempotent."""
+    for name in _NOISE_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropMessages) for f in logger.filters):
+            logger.addFilter(_DropMessages(NOISE_LOGS))
+    for message, category in NOISE_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)
+
+
+def missing_shards_error(section) -> ConfigError | None:
+    """One error naming missing local ``data.train_shards`` / ``data.val_shards`` and the command that
+    downloads LAION shards, checked from the config alone (before the model is built)."""
+    data = section.get("data") if hasattr(section, "get") else None
+    if data is None or not hasattr(data, "get"):
+        return None
+    for key in ("train_shards", "val_shards"):
+        pattern = data.get(key)
+        if not pattern or (key == "train_shards" and data.get("synthetic") is not None):
+            continue
+        try:
+            urls = expand_shards(pattern)
+        except ValueError as err:
+            return ConfigError(f"data.{key}: {err}")
+        local = [u for u in urls if "://" not in u and not u.startswith("pipe:")]
+        missing = [u for u in local if not os.path.exists(u)]
+        if not urls or missing:
+            shown = (f"{len(missing)} of {len(urls)} shards are missing ({missing[0]}"
+                     f"{', ...' if len(missing) > 1 else ''})" if urls else "the pattern expands to no files")
+            folder = Path(missing[0]).parent if missing else Path("DIR")
+            return ConfigError(
+                f"data.{key}: {shown}.\nDownload LAION-style shards with `python -m data_prep laion --parquet "
+                f"PARQUET --out {folder}{_image_size_flag(section)}` (PARQUET: a file with url and caption columns; "
+                f"needs pip install -e '.[laion]', see README 'On LAION') and point data.{key} at what it writes, "
+                f"or train on the rendered corpus: --config {DEFAULT_CONFIG}")
+    return None
+
+
+def _image_size_flag(section) -> str:
+    """`` --image-size N`` for the configured model (from its JSON config; nothing is built)."""
+    model = section.get("model")
+    name = model.get("model_name") if hasattr(model, "get") else None
+    try:
+        from eval.models import model_config
+
+        size = (model_config(name) or {}).get("vision_cfg", {}).get("image_size")
+    except Exception:  # noqa: BLE001 - an unknown model is reported by the model's own check
+        return ""
+    return f" --image-size {size}" if isinstance(size, int) else ""
+
+
+def help_config_args(args: list[str]) -> tuple[list[str], list[str]]:
+    """For ``SUBCOMMAND [--config NAME ...] --help``: the arguments without the ``--config`` pairs,
+    and the config files whose values ``--help`` should show as defaults (the default config when
+    none is given, as ``fit`` without ``--config`` trains it)."""
+    if not args or args[0] not in SUBCOMMANDS or not set(HELP_FLAGS) & set(args):
+        return args, []
+    rest, configs, i = [], [], 0
+    while i < len(args):
+        if args[i] in ("--config", "-c") and i + 1 < len(args):
+            configs.append(args[i + 1])
+            i += 2
+            continue
+        if args[i].startswith("--config="):
+            configs.append(args[i].split("=", 1)[1])
+        else:
+            rest.append(args[i])
+        i += 1
+    return rest, configs or [str(CONFIG_DIR / DEFAULT_CONFIG)]
 
 
 def _exception_chain(err: BaseException) -> list[BaseException]:
@@ -178,6 +279,8 @@ class ClipCLI(LightningCLI):
             check_before_fit(run, section.get("ckpt_path"))
         else:  # validate/test/predict: no run-dir rule, but an unreadable checkpoint is still named
             check_resume_checkpoint(run, section.get("ckpt_path"))
+        if (error := missing_shards_error(section)) is not None:
+            raise error
 
     def instantiate_classes(self) -> None:
         try:
@@ -228,7 +331,12 @@ class ClipCLI(LightningCLI):
             if not any(isinstance(c, DataStatsLogger) for c in callbacks):
                 callbacks.append(DataStatsLogger())
             if trainer_cfg.get("enable_progress_bar", True) is not False:
-                callbacks.append(RichProgressBar())
+                callbacks.append(StepProgressBar())
+            if trainer_cfg.get("enable_model_summary", True) is not False:
+                callbacks.append(ModelSummaryNoFlops())
+            from train.summary import RunSummary  # after the config's callbacks: reads what they wrote
+
+            callbacks.append(RunSummary(config=self._resolved_config()))
             if trainer_cfg.get("logger", True) is not False:
                 kwargs.setdefault("logger", build_loggers(run, resume))
             kwargs.setdefault("default_root_dir", str(run.dir))
@@ -242,6 +350,14 @@ class ClipCLI(LightningCLI):
         except BaseException:
             self._release_run_lock()
             raise
+
+    def _resolved_config(self) -> dict:
+        """This subcommand's resolved config as plain data (what config.yaml holds), for W&B."""
+        section = self.config.get(str(self.subcommand), self.config) if self.subcommand else self.config
+        try:
+            return section.clone().as_dict()
+        except Exception:  # noqa: BLE001 - the summary must never stop a run
+            return {}
 
     def before_fit(self) -> None:
         """Refuse a resume that would change the run's history before ``fit`` writes anything."""
@@ -271,6 +387,17 @@ class ClipCLI(LightningCLI):
             self._run_lock = None
 
 
+def subcommand_parser_kwargs(sub: str, help_configs: list[str]) -> dict:
+    """Parser options of ``python -m train SUB``: its own prog and short usage; under ``--help``,
+    the given configs as default config files, so the defaults shown are theirs."""
+    kwargs: dict = {"usage": SUBCOMMAND_USAGE.replace("%(prog)s", f"python -m train {sub}")}
+    if help_configs:
+        kwargs["default_config_files"] = help_configs
+        kwargs["description"] = (f"Options of `python -m train {sub}`; defaults shown are those of "
+                                 f"{' + '.join(Path(c).name for c in help_configs)}.")
+    return kwargs
+
+
 def main(argv: list[str] | None = None) -> ClipCLI:
     """Entry point of ``python -m train``."""
     from_command_line = argv is None
@@ -281,10 +408,12 @@ def main(argv: list[str] | None = None) -> ClipCLI:
             raise
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+    args, help_configs = help_config_args(args)
     if from_command_line:  # LightningCLI warns when given args beside a non-empty sys.argv
         sys.argv[1:], args = args, None
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")
+    quiet_known_noise()
     try:
         return ClipCLI(
             CLIPModule,
@@ -297,7 +426,7 @@ def main(argv: list[str] | None = None) -> ClipCLI:
                 "description": "Train a CLIP from scratch (open_clip + Lightning). --config NAME is looked up in "
                 "configs/ (default quickstart.yaml). Export a checkpoint to plain open_clip with "
                 "'python -m train export CKPT OUT.pt'.",
-                **{sub: {"usage": SUBCOMMAND_USAGE} for sub in SUBCOMMANDS},
+                **{sub: subcommand_parser_kwargs(sub, help_configs) for sub in SUBCOMMANDS},
             },
         )
     except SIGTERMException:

@@ -38,6 +38,8 @@ class RunConfig:
         wandb_project: W&B project.
         wandb_mode: ``auto`` = online if an API key is configured, else offline (never prompts);
             the ``WANDB_MODE`` environment variable overrides ``auto``.
+        wandb_group: W&B run group (e.g. one sweep or experiment); None = no group.
+        wandb_tags: W&B run tags (e.g. the mitigation), for filtering runs in the W&B UI.
         overwrite: ``fit`` on a run directory that already holds a run: move the old run aside to
             ``<root>/<name>.old-<UTC time>`` (nothing is deleted) and start afresh. Without it such a
             ``fit`` refuses unless it resumes (``--ckpt_path last``).
@@ -48,12 +50,17 @@ class RunConfig:
     checkpoint_every_n_steps: int = 500
     wandb_project: str = "clip-bias-lab"
     wandb_mode: WandbMode = "auto"
+    wandb_group: str | None = None
+    wandb_tags: list[str] | None = None
     overwrite: bool = False
 
     def __post_init__(self) -> None:
         if self.checkpoint_every_n_steps <= 0:
             raise ValueError(f"run.checkpoint_every_n_steps must be > 0, got {self.checkpoint_every_n_steps}")
         validate_run_name(self.name)
+        bad = [t for t in self.wandb_tags or [] if not isinstance(t, str) or not 0 < len(t) <= 64]
+        if bad:
+            raise ValueError(f"run.wandb_tags must be strings of 1 to 64 characters (W&B's limit), got {bad}")
 
     @property
     def dir(self) -> Path:
@@ -109,14 +116,34 @@ def wandb_run_id(run: RunConfig, resume: bool) -> str:
     return run_id
 
 
+#: ``metrics.csv`` column groups, in order: training first, evaluations after, everything else last
+_COLUMN_ORDER = ("step", "epoch", "train/", "samples_seen", "val/", "data/", "bias/")
+
+
+def column_order(key: str) -> tuple[int, str]:
+    """Sort key of a ``metrics.csv`` column: ``step``, ``train/*``, ``samples_seen``, ``val/*``,
+    ``data/*``, ``bias/*``, then anything else; alphabetical within a group."""
+    for rank, prefix in enumerate(_COLUMN_ORDER):
+        if key == prefix or (prefix.endswith("/") and key.startswith(prefix)):
+            return rank, key
+    return len(_COLUMN_ORDER), key
+
+
 class _AppendingWriter(ExperimentWriter):
-    """Keeps an existing ``metrics.csv`` (Lightning's writer deletes it) and appends to it."""
+    """Keeps an existing ``metrics.csv`` (Lightning's writer deletes it) and appends to it; columns
+    in :func:`column_order` (Lightning's sort would put the ~140 ``bias/*`` columns before the loss)."""
 
     def _check_log_dir_exists(self) -> None:
         if self._fs.isfile(self.metrics_file_path):
             with self._fs.open(self.metrics_file_path, "r", newline="") as f:
                 header = f.readline().strip()
-            self.metrics_keys = sorted(k for k in header.split(",") if k)
+            self.metrics_keys = sorted((k for k in header.split(",") if k), key=column_order)
+
+    def _record_new_keys(self) -> set[str]:
+        new_keys = set().union(*self.metrics) - set(self.metrics_keys)
+        self.metrics_keys.extend(new_keys)
+        self.metrics_keys.sort(key=column_order)
+        return new_keys
 
 
 class ResumableCSVLogger(CSVLogger):
@@ -139,18 +166,28 @@ class ResumableCSVLogger(CSVLogger):
         return CSVLogger.experiment.fget.__wrapped__(self)
 
 
+def _wandb_logger(**kwargs: Any) -> Logger:
+    """Lightning's ``WandbLogger`` without its ``anonymous=None`` init argument, which W&B >= 0.19
+    answers with "The anonymous setting has no effect" on every run."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    logger = WandbLogger(**kwargs)
+    if logger._wandb_init.get("anonymous") is None:
+        logger._wandb_init.pop("anonymous", None)
+    return logger
+
+
 def build_loggers(run: RunConfig, resume: bool) -> list[Logger]:
     """CSVLogger first (so ``trainer.log_dir`` is the run dir, where config.yaml lands), then W&B."""
     loggers: list[Logger] = [ResumableCSVLogger(save_dir=run.root, name=run.name, version="", resume=resume)]
     mode = resolve_wandb_mode(run.wandb_mode)
     if mode != "disabled":
-        from lightning.pytorch.loggers import WandbLogger
-
         os.environ.setdefault("WANDB_SILENT", "true")
         loggers.append(
-            WandbLogger(
+            _wandb_logger(
                 project=run.wandb_project, name=run.name, id=wandb_run_id(run, resume), save_dir=str(run.dir),
-                offline=mode == "offline", resume="allow", log_model=False,
+                offline=mode == "offline", resume="allow", log_model=False, group=run.wandb_group,
+                tags=list(run.wandb_tags) if run.wandb_tags else None,
             )
         )
     return loggers
@@ -450,7 +487,8 @@ def check_resume_checkpoint(run: RunConfig, ckpt_path: str | None) -> None:
         return
     path = Path(ckpt_path)
     if not path.is_file():
-        raise RunDirError(f"--ckpt_path {ckpt_path}: no such file")
+        raise RunDirError(f"--ckpt_path {ckpt_path}: no such file; pass a checkpoint file, or 'last' to resume "
+                          f"{run.dir / 'checkpoints' / 'last.ckpt'}")
     problem = checkpoint_problem(path)
     if problem:
         raise RunDirError(f"--ckpt_path {path} is unreadable ({problem}). " + _instead(path.parent, (path,)))
