@@ -19,7 +19,7 @@ from train import resume
 from train.aux_losses import AuxBatch, AuxLoss, aux_terms, capture_all, check_aux_losses
 from train.loss import LossKind, build_loss, contrastive_loss
 from train.models import build_model_and_transforms, check_model_name, model_config
-from train.optim import param_groups, warmup_cosine
+from train.optim import adamw, fused_allowed, param_groups, warmup_cosine
 from train.retrieval import retrieval_recall
 
 LOGIT_SCALE_MAX = math.log(100.0)
@@ -385,7 +385,10 @@ class CLIPModule(L.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        opt = torch.optim.AdamW(param_groups(self.model, hp.weight_decay), lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps)
+        # the fused kernel where torch has one for the device (CPU, CUDA) and Lightning allows it:
+        # same update, one pass per tensor (train.optim.adamw)
+        opt = adamw(param_groups(self.model, hp.weight_decay), lr=hp.lr, betas=hp.betas, eps=hp.eps,
+                    allow_fused=fused_allowed(self._trainer))
         # on resume, on_load_checkpoint has set the stored length (history); read lazily, so that also
         # holds where a strategy restores the checkpoint after configuring the optimizers
         self._total_steps = hp.total_steps or self._total_steps or self._total_steps_from_trainer()
