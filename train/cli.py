@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from lightning.pytorch.callbacks import ModelSummary, ProgressBar
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -330,9 +331,12 @@ class ClipCLI(LightningCLI):
             from train.data_stats import DataStatsLogger  # data/<reason> metrics, beside the data module
             if not any(isinstance(c, DataStatsLogger) for c in callbacks):
                 callbacks.append(DataStatsLogger())
-            if trainer_cfg.get("enable_progress_bar", True) is not False:
+            # defaults a config may replace with its own bar or summary
+            if trainer_cfg.get("enable_progress_bar", True) is not False \
+                    and not any(isinstance(c, ProgressBar) for c in callbacks):
                 callbacks.append(StepProgressBar())
-            if trainer_cfg.get("enable_model_summary", True) is not False:
+            if trainer_cfg.get("enable_model_summary", True) is not False \
+                    and not any(isinstance(c, ModelSummary) for c in callbacks):
                 callbacks.append(ModelSummaryNoFlops())
             from train.summary import RunSummary  # after the config's callbacks: reads what they wrote
 
