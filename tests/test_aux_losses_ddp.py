@@ -93,3 +93,36 @@ def test_aux_losses_two_ranks_match_one_process_with_double_batch(tmp_path):
         # the control must differ, otherwise this test could not catch a missing gather / local normalisation
         worst = max((ddp[f"{label}/local"]["grads"][n] - g).abs().max().item() for n, g in ref.items())
         assert worst > 1e-4, label
+
+
+@pytest.mark.slow
+def test_cli_fit_two_cpu_processes_with_both_aux_losses(tmp_path):
+    """The real path: Lightning's DDP strategy, meta through DataLoader workers, two losses (overlay + append)."""
+    import csv
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(repo), "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable, "-m", "train", "fit", "--config", "quickstart.yaml", "--config", "mitigation/order_invariant.yaml",
+        "--model.aux_losses+={\"class_path\": \"train.aux_losses.RegionLoss\", \"init_args\": {\"weight\": 0.5}}",
+        "--model.model_name=clip-micro", "--model.warmup_steps=1", "--data.synthetic.num_samples=128",
+        "--data.synthetic.image_size=32", "--data.synthetic.val_num_samples=0", "--data.synthetic.shard_size=64",
+        f"--data.cache_dir={tmp_path}/cache", "--data.batch_size=8", "--data.num_workers=1",
+        "--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu", "--trainer.max_steps=3",
+        "--trainer.callbacks=[]", "--trainer.log_every_n_steps=1", "--trainer.enable_progress_bar=false",
+        f"--run.root={tmp_path}/runs", "--run.name=ddp",
+    ]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(tmp_path / "runs" / "ddp" / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("train/aux/region")]
+    assert len(rows) == 3
+    for r in rows:
+        assert float(r["train/aux/order_invariant/coverage"]) == 1.0  # rendered scenes name 2-4 objects
+        assert float(r["train/aux/region/regions"]) >= 16  # >= 2 boxes x 8 samples on rank 0
+        total = float(r["train/loss_contrastive"]) + 0.5 * (float(r["train/aux/order_invariant"])
+                                                          + float(r["train/aux/region"]))
+        assert float(r["train/loss"]) == pytest.approx(total, rel=1e-5)
