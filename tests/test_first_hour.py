@@ -140,7 +140,7 @@ def wandb_records(path: Path) -> list:
 @pytest.fixture(scope="module")
 def offline_run(tiny_run) -> tuple[Path, list]:
     cwd, _ = tiny_run
-    (run_dir,) = (cwd / "runs" / "first" / "wandb").glob("offline-run-*")
+    run_dir = sorted((cwd / "runs" / "first" / "wandb").glob("offline-run-*"))[0]  # the fit's, not a resume's
     (log,) = run_dir.glob("run-*.wandb")
     return run_dir, wandb_records(log)
 
@@ -182,6 +182,17 @@ def test_loading_a_trained_checkpoint_says_nothing_about_random_init(tiny_run, c
     with caplog.at_level(logging.WARNING):
         model_from_checkpoint(load_checkpoint(path), path)
     assert "No pretrained weights" not in caplog.text
+
+
+def test_resume_is_quiet_too(tiny_run):
+    cwd, _ = tiny_run
+    proc = _train(["fit", "--config", "runs/first/config.yaml", "--ckpt_path", "last", "--trainer.max_steps=7"], cwd)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    for noise in NOISE + ("exists and is not empty",):
+        assert noise not in out, f"{noise!r} printed:\n{out[-4000:]}"
+    assert "bias @ step 7 (112 samples)" in out and "bias @ step 0 " not in out  # only the new evaluation
+    assert "Run finished: runs/first/ (7 steps" in out
 
 
 # ----------------------------------------------------------------------------- errors as next steps
