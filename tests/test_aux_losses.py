@@ -314,3 +314,22 @@ def test_tiny_fit_with_each_overlay(tmp_path, overlay, term):
         assert all(float(r["train/aux/region/regions"]) >= 32 for r in rows)  # >= 2 boxes x 16 samples
         assert all(float(r["train/aux/region/refused"]) == 0 for r in rows)
     assert all(float(r["train/loss"]) > float(r["train/loss_contrastive"]) for r in rows)
+
+
+def test_resume_with_other_aux_losses_is_refused_as_a_change_of_history():
+    from train import resume
+    from train.aux_losses import OrderInvariantText, RegionLoss
+
+    def history(losses):
+        return resume.run_history(model_name="clip-tiny", model_cfg=None, pretrained=None, loss="clip", batch_size=8,
+                                  world_size=1, accumulate_grad_batches=1, warmup_steps=1, total_steps=10,
+                                  min_lr_ratio=0.0, aux_losses=[resume.describe_aux_loss(x) for x in losses])
+
+    plain, oi = history([]), history([OrderInvariantText()])
+    assert resume.history_diff(oi, history([OrderInvariantText()])) == []
+    (line,) = resume.history_diff(plain, oi)
+    assert line.startswith("model.aux_losses: checkpoint [], now [{'class_path': 'train.aux_losses.order_invariant")
+    assert resume.history_diff(oi, history([OrderInvariantText(weight=0.5)]))  # a weight is part of the objective
+    assert resume.history_diff(oi, history([RegionLoss()]))
+    legacy = {k: v for k, v in oi.items() if k != "model.aux_losses"}  # records written before aux losses
+    assert resume.history_diff(legacy, oi) == []

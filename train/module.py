@@ -202,6 +202,7 @@ class CLIPModule(L.LightningModule):
             model_name=self.model_name, model_cfg=model_config(self.model_name), pretrained=hp.pretrained,
             loss=hp.loss, batch_size=batch_size, world_size=world_size, accumulate_grad_batches=accumulate_grad_batches,
             warmup_steps=hp.warmup_steps, total_steps=total_steps or hp.total_steps, min_lr_ratio=hp.min_lr_ratio,
+            aux_losses=[resume.describe_aux_loss(loss) for loss in self.aux_losses],
         )
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:

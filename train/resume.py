@@ -53,8 +53,12 @@ def run_history(
     warmup_steps: int,
     total_steps: int | None,
     min_lr_ratio: float,
+    aux_losses: list[dict] | None = None,
 ) -> dict[str, Any]:
     """The history-defining values, keyed by the config path shown to the user.
+
+    ``aux_losses``: :func:`describe_aux_loss` of each ``model.aux_losses`` entry (the objective the
+    past steps were trained with); None leaves them out (records written before they existed).
 
     ``batch_size`` / ``total_steps`` of None mean "not known (yet)" and are left out, so not compared.
     """
@@ -69,12 +73,21 @@ def run_history(
         "model.warmup_steps": int(warmup_steps),
         "model.total_steps (cosine schedule length)": total_steps,
         "model.min_lr_ratio": float(min_lr_ratio),
+        "model.aux_losses": aux_losses,
     }
     return {k: v for k, v in values.items() if v is not None or k not in UNKNOWN_IF_NONE}
 
 
 #: History values that may be unknown when the check runs; left out (not compared) while None.
-UNKNOWN_IF_NONE = ("data.batch_size", "model.total_steps (cosine schedule length)")
+UNKNOWN_IF_NONE = ("data.batch_size", "model.total_steps (cosine schedule length)", "model.aux_losses")
+
+
+def describe_aux_loss(loss: Any) -> dict[str, Any]:
+    """``{"class_path": ..., <public scalar attributes>}`` of an auxiliary loss, e.g. its weight and mode."""
+    scalars = (int, float, str, bool, type(None))
+    attrs = {k: v for k, v in sorted(vars(loss).items())
+             if not k.startswith("_") and k != "training" and isinstance(v, scalars)}
+    return {"class_path": f"{type(loss).__module__}.{type(loss).__qualname__}", **attrs}
 
 
 def optimizer_values(lr: float, weight_decay: float, betas, eps: float) -> dict[str, Any]:
