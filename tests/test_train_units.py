@@ -230,3 +230,18 @@ def test_validation_loss_equals_full_forward_loss(loss, monkeypatch):
         module.validation_step((images, texts), 0)
         expected = contrastive_loss(module.model, images, texts, build_loss(loss))
     torch.testing.assert_close(logged["val/loss"], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_missing_shards_hint_is_a_laion_command_that_parses(tmp_path):
+    """The hint names --parquet, which `python -m data_prep laion` requires (argparse accepts the command)."""
+    import re
+    import shlex
+
+    from data_prep.cli import build_parser
+    from train.data import check_shards_exist
+
+    with pytest.raises(FileNotFoundError) as e:
+        check_shards_exist([str(tmp_path / "laion" / "00000.tar")], "data.train_shards")
+    command = re.search(r"`python -m data_prep (laion [^`]*)`", str(e.value)).group(1)
+    args = build_parser().parse_args(shlex.split(command))
+    assert str(args.parquet) == "PARQUET" and args.out == tmp_path / "laion"

@@ -129,7 +129,8 @@ def check_shards_exist(urls: list[str], what: str) -> None:
         shown = ", ".join(missing[:3]) + (f" ... ({len(missing)} of {len(urls)} missing)" if len(missing) > 3 else "")
         raise FileNotFoundError(
             f"{what}: missing shards {shown}. Download LAION-style shards first, e.g. "
-            f"`python -m data_prep laion --out {Path(missing[0]).parent} ...` (see README), "
+            f"`python -m data_prep laion --parquet PARQUET --out {Path(missing[0]).parent}` (PARQUET: a file with "
+            f"url and caption columns; see the README's 'On LAION'), "
             f"or render a corpus with `python -m data_prep synth --out DIR` and point data.train_shards at it."
         )
 
