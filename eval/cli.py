@@ -184,18 +184,27 @@ def _index(res: dict, name: str) -> float | None:
     return summary_of(res).get(name, {}).get("value")
 
 
+def _ci(res: dict, name: str) -> str:
+    """``[lo, hi]`` of a summary index's 95 % interval, blank when it has none."""
+    ci = summary_of(res).get(name, {}).get("ci")
+    return f" [{ci[0]:+.2f},{ci[1]:+.2f}]" if ci else ""
+
+
 def _retrieval_rows(n: int, res: dict, index: str) -> list[str]:
+    """Conditional, unconditional and own-objects shares per position/role, each with its index,
+    denominator and 95 % interval."""
     labels = res["labels"]
-    head = f"  n  {'kind':6}" + "".join(f"{lab:>8}" for lab in labels) + f"{'none':>8}{'N':>11}{index:>12}"
-    cond = res["conditional"]
-    unc = res["unconditional"]
-    return [
-        head,
-        f"  {n}  {'cond':6}" + "".join(f"{_f(cond[lab]['share']):>8}" for lab in labels)
-        + f"{'':>8}{res['n_conditional']:>5}/{res['n_items']:<5}{_f(_index(res, index + '_conditional'), True):>12}",
-        f"  {n}  {'uncond':6}" + "".join(f"{_f(unc[lab]['share']):>8}" for lab in labels)
-        + f"{_f(unc['none']['share']):>8}{res['n_items']:>11}{_f(_index(res, index), True):>12}",
-    ]
+    head = f"  n  {'kind':6}" + "".join(f"{lab:>8}" for lab in labels) + f"{'none':>8}{'N':>11}  {index} [95 % CI]"
+    rows = [("cond", res["conditional"], f"{res['n_conditional']:>5}/{res['n_items']:<5}", "_conditional"),
+            ("uncond", res["unconditional"], f"{res['n_items']:>11}", "")]
+    if "own_objects" in res:
+        rows.append(("own", res["own_objects"], f"{res['n_items']:>11}", "_own"))
+    out = [head]
+    for kind, shares, denominator, suffix in rows:
+        none = _f(shares["none"]["share"]) if "none" in shares else ""
+        out.append(f"  {n}  {kind:6}" + "".join(f"{_f(shares[lab]['share']):>8}" for lab in labels)
+                   + f"{none:>8}{denominator}  {_f(_index(res, index + suffix), True)}{_ci(res, index + suffix)}")
+    return out
 
 
 def format_results(results: dict[str, dict[int, dict]]) -> str:
@@ -220,7 +229,7 @@ def format_results(results: dict[str, dict[int, dict]]) -> str:
                 rows += list(res.get("variants", {}).items())
                 for enc, r in rows:
                     lines.append(f"  n={n} {enc:5}  S1 {_f(r['s1']['share'])}  S2 {_f(r['s2']['share'])}  "
-                                 f"gap {_f(_index(r, 'gap'), True)}   (pairs {r['s1']['total']})")
+                                 f"gap {_f(_index(r, 'gap'), True)}{_ci(r, 'gap')}   (pairs {r['s1']['total']})")
             elif probe == "claim1":
                 lf, sf = res["large_first"], res["small_first"]
                 lines.append(f"  n={n}  large-first {_f(lf['unconditional']['pos1']['share'])}  small-first "

@@ -182,3 +182,20 @@ def test_default_eval_set_bounds_n_for_cli_and_callback(tmp_path):
         cli.run_comco(args, adapter_factory=_fake)
     with pytest.raises(ValueError, match=rf"n_objects \[{bad}\]: the default eval set holds n in 2\.\.5"):
         BiasEvalCallback(n_objects=[bad], cache_dir=str(tmp_path))
+
+
+def test_retrieval_table_prints_the_three_views_with_intervals():
+    import torch
+
+    from eval.cli import format_results
+    from eval.probes import tor
+
+    names = torch.eye(6)
+    targets = torch.tensor([[0, 1, 2], [3, 4, 5]] * 15)
+    captions = names[targets[:, 0]]  # a pure first-object encoder
+    lines = format_results({"tor": {3: tor(captions, names, targets)}}).splitlines()
+    row = {line.split()[1]: line for line in lines if line.startswith("  3  ")}
+    assert set(row) == {"cond", "uncond", "own"}
+    assert "1.000   0.000   0.000   0.000         30  +1.000 [" in row["uncond"]
+    assert row["own"].split()[2:5] == ["1.000", "0.000", "0.000"] and "+1.000 [" in row["own"]
+    assert "15/30" in row["cond"] and "[" not in row["cond"]  # 15 < MIN_CONDITIONAL: no index, no interval
