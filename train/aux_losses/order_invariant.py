@@ -38,7 +38,9 @@ def multi_positive_sums(
     local = torch.arange(offset, offset + b, device=images.device)
     anchors = local[mask_all[local]]
     if anchors.numel() == 0:
-        zero = images.sum() * 0.0
+        # Every gathered tensor must stay in the graph: their backward is a collective that every
+        # rank has to join, also a rank without anchors of its own (else DDP hangs).
+        zero = (images.sum() + texts_all.sum() + perms_all.sum() + images_all.sum()) * 0.0
         return zero, zero
     logp = F.log_softmax(scale * images[anchors - offset] @ cols.T, dim=-1)
     rows = torch.arange(anchors.numel(), device=images.device)
@@ -109,7 +111,7 @@ class OrderInvariantText(AuxLoss):
                 idx.append(i)
                 captions.append(new)
         mask = torch.zeros(b, dtype=torch.bool, device=txt.device)
-        perms = txt.new_zeros(txt.shape)
+        perms = txt * 0.0  # zeros *in the graph*: gather(perms) needs a backward on every rank
         if idx:
             where = torch.tensor(idx, device=txt.device)
             mask[where] = True
