@@ -44,7 +44,7 @@ class SeedMean:
         return self.lo is not None and (self.lo > 0 or self.hi < 0)
 
     def text(self, signed: bool = True) -> str:
-        """``+0.123 [+0.010, +0.236]``, ``+0.123 (n/a (N = 1))`` or ``n/a (N = 0)``."""
+        """``+0.123 [+0.010, +0.236]``, ``+0.123 (interval n/a, N = 1)`` or ``n/a (N = 0)``."""
         if self.mean is None:
             return f"n/a (N = {self.n})"
         f = (lambda x: f"{x:+.3f}") if signed else (lambda x: f"{x:.3f}")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import csv
 import re
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -52,13 +53,28 @@ def final_metric(metrics_csv: Path, column: str) -> float | None:
 
 
 def collect(run_dirs: list[Path], n_objects: int = 3) -> dict[str, dict[int, dict[str, tuple]]]:
-    """config -> seed -> label -> (init, final, final denominator); plus the R@1 label -> (None, R@1, "")."""
+    """config -> seed -> label -> (init, final, final denominator); plus the R@1 label -> (None, R@1, "").
+
+    Only whole runs count: a run without an evaluation at step 0, or whose last evaluation is short
+    of the longest run's (interrupted, still running), is left out with a line on stderr, so an
+    unfinished run never enters a mean as a change of 0.
+    """
     table: dict[str, dict[int, dict[str, tuple]]] = defaultdict(dict)
+    found = []
     for run in run_dirs:
         m = RUN_NAME.match(run.name)
         if not m or not (run / "bias.jsonl").is_file():
             continue
         records = [r for r in read_records(run / "bias.jsonl") if r["n_objects"] == n_objects]
+        if records:
+            found.append((run, m, records))
+    end = max((max(r["samples_seen"] for r in recs) for _, _, recs in found), default=0)
+    for run, m, records in found:
+        first, last = min(r["samples_seen"] for r in records), max(r["samples_seen"] for r in records)
+        if first != 0 or last < end:
+            print(f"summarize: left out {run}: evaluations from {first:,} to {last:,} samples, not 0 to {end:,} "
+                  "(unfinished or without its step-0 evaluation)", file=sys.stderr)
+            continue
         rows = {(r["probe"], r["index"]): r for r in init_final_rows({run.name: records}, variants=True)}
         row: dict = {"samples": max((r["samples_seen"] for r in records), default=0)}
         for label, probe, index in INDICES:

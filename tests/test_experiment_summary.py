@@ -120,3 +120,16 @@ def test_sweep_script_refuses_an_unknown_configuration_before_any_run(tmp_path):
     res = subprocess.run(["bash", str(REPO / "experiments" / "bias_mitigation.sh")], capture_output=True, text=True,
                          env={**os.environ, "RUNS": "baseline caption_shufle", "SEEDS": "0"}, timeout=60)
     assert res.returncode == 2 and "no configs/mitigation/caption_shufle.yaml" in res.stderr
+
+
+def test_unfinished_runs_and_runs_without_step_0_are_left_out_not_counted_as_no_change(tmp_path, capsys):
+    mod = _load()
+    done = _write_run(tmp_path, "exp-baseline-s0", [0.1, 0.2, 0.5], [0.0, 0.1, 0.2], legacy=False)
+    killed = _write_run(tmp_path, "exp-baseline-s1", [0.3], [0.0], legacy=False)  # only its step-0 evaluation
+    late = _write_run(tmp_path, "exp-baseline-s2", [0.3, 0.3, 0.6], [0.0, 0.0, 0.0], legacy=False)
+    lines = (late / "bias.jsonl").read_text().splitlines()[2:]  # drop the step-0 records
+    (late / "bias.jsonl").write_text("\n".join(lines) + "\n")
+    table = mod.collect([done, killed, late])
+    assert list(table["baseline"]) == [0]
+    err = capsys.readouterr().err
+    assert "left out" in err and "exp-baseline-s1" in err and "exp-baseline-s2" in err

@@ -268,12 +268,13 @@ def test_fit_help_without_config_shows_the_quickstart_defaults(capsys):
 
 
 def test_flatten_config_keeps_every_value_and_names_transforms():
-    flat = flatten_config({"model": {"lr": 1e-3, "betas": [0.9, 0.98]}, "config": ["a.yaml"],
+    flat = flatten_config({"model": {"lr": 1e-3, "betas": [0.9, 0.98], "aux_losses": None}, "config": ["a.yaml"],
                            "data": {"sample_transforms": [], "synthetic": None},
-                           "trainer": {"callbacks": [{"class_path": "a.B", "init_args": {"x": 1}}]}})
-    assert flat == {"model/lr": 1e-3, "model/betas": [0.9, 0.98], "data/sample_transforms": "none",
-                    "data/synthetic": None, "trainer/callbacks": "B", "trainer/callbacks/0/class_path": "a.B",
-                    "trainer/callbacks/0/init_args/x": 1}
+                           "trainer": {"callbacks": [{"class_path": "a.B", "init_args": {"x": 1, "config": "c"}}]}})
+    assert flat == {"model/lr": 1e-3, "model/betas": [0.9, 0.98], "model/aux_losses": "none",
+                    "data/sample_transforms": "none", "data/synthetic": None, "trainer/callbacks": "B",
+                    "trainer/callbacks/0/class_path": "a.B", "trainer/callbacks/0/init_args/x": 1,
+                    "trainer/callbacks/0/init_args/config": "c"}  # only the top-level `config` (files given) goes
 
 
 def test_metrics_columns_order():
@@ -297,6 +298,33 @@ def test_eval_line_and_table_with_and_without_intervals():
     assert table[1].split() == ["TOR", "order_bias", "+0.31", "[+0.20,", "+0.40]", "+0.10", "N=62"]
     assert table[2].split() == ["TOR", "order_bias_conditional", "n/a", "+0.05", "N_cond=3/62", "->",
                                 "N_cond=40/62"]
+
+
+def test_table_names_each_rows_steps_when_probes_were_evaluated_at_different_steps():
+    recs = [_record(0, "tor", {"order_bias": {"value": 0.3, "denominator": "N=62"}}),
+            _record(52, "tor", {"order_bias": {"value": 0.1, "denominator": "N=62"}}),
+            _record(10, "ior", {"size_bias": {"value": 0.2, "denominator": "N=186"}}),
+            _record(52, "ior", {"size_bias": {"value": 0.4, "denominator": "N=186"}})]
+    table = bias_table(recs)
+    assert table[0].split()[2:6] == ["step", "first", "step", "last"]
+    rows = {line.split()[0]: line for line in table[1:]}
+    assert "(steps 10->52)" in rows["IOR"] and "(steps 0->52)" in rows["TOR"]
+
+
+def test_resumed_progress_bar_counts_rate_from_the_resume_step():
+    from types import SimpleNamespace
+
+    from train.progress import StepProgressBar
+
+    bar = StepProgressBar()
+    trainer = SimpleNamespace(global_step=5000, max_steps=6000, estimated_stepping_batches=6000,
+                              is_global_zero=True, num_training_batches=float("inf"))
+    try:
+        bar.on_train_start(trainer, None)
+    except AttributeError as e:  # a trainer attribute the bar needs that this stand-in lacks
+        pytest.skip(f"stand-in trainer incomplete: {e}")
+    assert bar.train_progress_bar.n == bar.train_progress_bar.initial == 5000
+    bar.train_progress_bar.close()
 
 
 def test_wandb_tags_are_checked():

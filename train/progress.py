@@ -39,8 +39,8 @@ class StepProgressBar(TQDMProgressBar):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.train_progress_bar = self.init_train_tqdm()
         self.train_progress_bar.reset(total=run_steps(trainer))
-        self.train_progress_bar.initial = 0
-        self.train_progress_bar.n = trainer.global_step
+        # a resumed run starts at its step: rate and ETA count only the steps run now
+        self.train_progress_bar.initial = self.train_progress_bar.n = trainer.global_step
         self.train_progress_bar.set_description("train")
         self.train_progress_bar.refresh()
 

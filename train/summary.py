@@ -39,7 +39,7 @@ def flatten_config(cfg: Any, prefix: str = "", sep: str = "/") -> dict[str, Any]
     out: dict[str, Any] = {}
     if isinstance(cfg, Mapping):
         for key, value in cfg.items():
-            if key in ("__path__", "config"):  # jsonargparse bookkeeping, the config files given
+            if key == "__path__" or (key == "config" and not prefix):  # jsonargparse bookkeeping, the config files given
                 continue
             out.update(flatten_config(value, f"{prefix}{sep}{key}" if prefix else str(key), sep))
     elif isinstance(cfg, (list, tuple)) and any(isinstance(v, (Mapping, list, tuple)) for v in cfg):
@@ -48,8 +48,9 @@ def flatten_config(cfg: Any, prefix: str = "", sep: str = "/") -> dict[str, Any]
             out[prefix] = ",".join(names)
         for i, value in enumerate(cfg):
             out.update(flatten_config(value, f"{prefix}{sep}{i}", sep))
-    elif isinstance(cfg, (list, tuple)) and not cfg and prefix.endswith(("sample_transforms", "callbacks")):
-        out[prefix] = "none"
+    elif (cfg is None or isinstance(cfg, (list, tuple)) and not cfg) and prefix.endswith(
+            ("sample_transforms", "aux_losses", "callbacks")):
+        out[prefix] = "none"  # so W&B can group the runs without a mitigation / aux loss
     else:
         out[prefix] = list(cfg) if isinstance(cfg, tuple) else cfg if cfg is None or isinstance(
             cfg, (bool, int, float, str, list)) else str(cfg)
@@ -114,9 +115,7 @@ def init_final_with_ci(records: Sequence[Mapping]) -> list[dict]:
     ends = {(p, n): (recs[0], recs[-1]) for p, n, recs in by_probe(records)}
     for row in rows:
         first, last = ends[(row["probe"], row["n"])]
-        for end, rec in (("init", first), ("final", last)):
-            if f"{end}_ci" not in row:
-                row[f"{end}_ci"] = summary_of(rec["result"]).get(row["index"], {}).get("ci")
+        row["init_step"], row["final_step"] = first["step"], last["step"]
     return rows
 
 
@@ -126,11 +125,14 @@ def bias_table(records: Sequence[Mapping]) -> list[str]:
     if not rows:
         return []
     several_n = len({r["n"] for r in rows}) > 1
-    first_step = min(r["step"] for r in records)
-    last_step = max(r["step"] for r in records)
-    cells = [("probe", "index", f"step {first_step}", f"step {last_step}", "denominator")]
+    steps = {(r["init_step"], r["final_step"]) for r in rows}
+    shared = len(steps) == 1  # every probe evaluated at the same first and last step: say it once
+    first, last = next(iter(steps)) if shared else ("first", "last")
+    cells = [("probe", "index", f"step {first}", f"step {last}", "denominator")]
     for r in rows:
         label = r["probe"].upper() + (f" n{r['n']}" if several_n else "")
+        if not shared:
+            label += f" (steps {r['init_step']}->{r['final_step']})"
         den0, den1 = r["init_denominator"], r["final_denominator"]
         cells.append((label, r["index"], f"{_signed(r['init'])} {_ci_text(r['init_ci'])}".rstrip(),
                       f"{_signed(r['final'])} {_ci_text(r['final_ci'])}".rstrip(),

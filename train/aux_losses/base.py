@@ -28,6 +28,7 @@ from typing import Callable, ClassVar, ContextManager, Iterable, Iterator, Union
 
 import torch
 import torch.distributed as dist
+import torch.distributed.nn  # noqa: F401  (all_gather with gradient; not imported by torch.distributed)
 from torch import Tensor, nn
 
 from eval.text_encoding import encode_text
