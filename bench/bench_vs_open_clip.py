@@ -1,10 +1,16 @@
 """Throughput of ``python -m train fit`` vs open_clip's own trainer on identical work.
 
 Same shards (rendered corpus), model config, batch size, workers, precision (fp32) and steps; both
-runs in this script, one after the other. Prints the steady-state samples/s of each (median over
-steps after the first ``--skip`` ones, best of ``--repeats`` alternating runs) and the ratio ours / theirs.
+runs in this script, alternating. Prints the steady-state samples/s of each (median over steps
+after the first ``--skip`` ones, best of ``--repeats`` alternating runs) and the ratio ours / theirs,
+for each case:
+
+- ``tiny``: ``--model`` (clip-tiny: 64 px, context 32) at ``--batch-size``;
+- ``laion-text``: the ``laion_small`` model (open_clip ViT-B-32, 224 px, text context 77) at a
+  CPU-sized batch (``--laion-batch-size``, ``--laion-steps``): where text trimming pays most.
 
     python bench/bench_vs_open_clip.py --model clip-tiny --batch-size 64 --workers 1 --steps 30
+    python bench/bench_vs_open_clip.py --cases tiny laion-text --steps 24 --laion-steps 8
 
 open_clip_train needs webdataset<=0.2.86 (it uses private internals of older versions), so it runs
 with its own copy: ``pip install --no-deps --target <work>/wds0286 webdataset==0.2.86`` (done here
@@ -24,6 +30,8 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+CASES = ("tiny", "laion-text")
+LAION_MODEL = "ViT-B-32"  # configs/laion_small.yaml's model.model_name
 WRAPPER = """import sys, open_clip
 open_clip.add_model_config({config_dir!r})
 from open_clip_train.main import main; main(sys.argv[1:])
@@ -50,11 +58,13 @@ def make_shards(out: Path, num_samples: int, image_size: int) -> str:
 def run_ours(a, shards: str, work: Path) -> float:
     cmd = [sys.executable, "-m", "train", "fit", "--config", "quickstart.yaml", "--data.synthetic=null",
            f"--data.train_shards={shards}", f"--data.batch_size={a.batch_size}", f"--data.num_workers={a.workers}",
-           f"--model.model_name={a.model}", "--model.warmup_steps=10", f"--trainer.max_steps={a.steps}",
+           f"--model.model_name={a.model}", f"--model.warmup_steps={min(10, a.steps)}", f"--trainer.max_steps={a.steps}",
            "--trainer.precision=32-true", f"--trainer.accelerator={a.accelerator}",
            "--trainer.limit_val_batches=0", "--trainer.log_every_n_steps=1", "--trainer.enable_progress_bar=false",
+           "--trainer.callbacks=[]",  # no bias probes: open_clip's run has no zero-shot eval either
            f"--run.root={work}/ours", "--run.name=bench", "--run.wandb_mode=disabled",
            f"--run.checkpoint_every_n_steps={a.steps * 10}"]
+    shutil.rmtree(work / "ours" / "bench", ignore_errors=True)  # fit refuses a run dir that holds a run
     subprocess.run(cmd, cwd=REPO, check=True, env={**os.environ, "WANDB_MODE": "disabled"})
     with open(work / "ours" / "bench" / "metrics.csv") as f:
         rows = [r for r in csv.DictReader(f) if r.get("train/samples_per_sec")]
@@ -71,7 +81,7 @@ def run_theirs(a, shards: str, work: Path) -> float:
     wrapper.write_text(WRAPPER.format(config_dir=str(MODEL_CONFIG_DIR)))
     cmd = [sys.executable, str(wrapper), "--train-data", shards, "--dataset-type", "webdataset",
            "--train-num-samples", str(a.batch_size * a.steps), "--batch-size", str(a.batch_size),
-           "--workers", str(a.workers), "--epochs", "1", "--model", a.model, "--lr", "1e-3", "--warmup", "10",
+           "--workers", str(a.workers), "--epochs", "1", "--model", a.model, "--lr", "1e-3", "--warmup", str(min(10, a.steps)),
            "--precision", "fp32", "--device", "cpu" if a.accelerator == "cpu" else "cuda",
            "--report-to", "", "--log-every-n-steps", "1", "--save-frequency", "0", "--zeroshot-frequency", "0",
            "--logs", str(work / "theirs"), "--name", "bench", "--dataset-resampled"]
@@ -99,20 +109,40 @@ def main() -> None:
                    help="alternate the two trainers this many times and keep each one's best median "
                         "(a shared machine's load comes and goes)")
     p.add_argument("--work-dir", default=None, help="default: a fresh temporary directory")
+    p.add_argument("--cases", nargs="+", default=list(CASES), choices=CASES,
+                   help="tiny: --model at --batch-size; laion-text: ViT-B-32 (context 77) at --laion-batch-size")
+    p.add_argument("--laion-batch-size", type=int, default=8, help="laion-text case: a CPU-sized batch")
+    p.add_argument("--laion-steps", type=int, default=10, help="laion-text case: steps per run")
     a = p.parse_args()
     work = Path(a.work_dir or tempfile.mkdtemp(prefix="bench-clip-"))
     work.mkdir(parents=True, exist_ok=True)
     shards = make_shards(work / "shards", a.num_samples, a.image_size)
     ours_runs, theirs_runs = [], []
-    for _ in range(a.repeats):
-        ours_runs.append(run_ours(a, shards, work))
-        theirs_runs.append(run_theirs(a, shards, work))
-    ours, theirs = max(ours_runs), max(theirs_runs)
-    print(f"per repeat: ours {[round(x, 1) for x in ours_runs]}, open_clip {[round(x, 1) for x in theirs_runs]}")
-    print(f"model={a.model} batch={a.batch_size} workers={a.workers} steps={a.steps} accelerator={a.accelerator}")
-    print(f"python -m train fit      : {ours:10.1f} samples/s")
-    print(f"open_clip_train.main     : {theirs:10.1f} samples/s")
-    print(f"ratio ours / open_clip   : {ours / theirs:10.2f}x")
+    cases = {name: case_args(a, name) for name in a.cases}
+    runs = {name: ([], []) for name in cases}
+    for _ in range(a.repeats):  # alternate trainers and cases, so load changes hit all of them alike
+        for name, c in cases.items():
+            runs[name][0].append(run_ours(c, shards, work))
+            runs[name][1].append(run_theirs(c, shards, work))
+    print(f"workers={a.workers} accelerator={a.accelerator} repeats={a.repeats} threads=default (all cores)")
+    for name, c in cases.items():
+        ours_runs, theirs_runs = runs[name]
+        ours, theirs = max(ours_runs), max(theirs_runs)
+        print(f"[{name}] model={c.model} batch={c.batch_size} steps={c.steps} (median after {c.skip}); per repeat: "
+              f"ours {[round(x, 1) for x in ours_runs]}, open_clip {[round(x, 1) for x in theirs_runs]}")
+        print(f"[{name}] python -m train fit      : {ours:10.2f} samples/s")
+        print(f"[{name}] open_clip_train.main     : {theirs:10.2f} samples/s")
+        print(f"[{name}] ratio ours / open_clip   : {ours / theirs:10.2f}x")
+
+
+def case_args(a: argparse.Namespace, name: str) -> argparse.Namespace:
+    """The run arguments of case ``name`` (see the module docstring)."""
+    if name == "tiny":
+        return a
+    if name == "laion-text":
+        return argparse.Namespace(**{**vars(a), "model": LAION_MODEL, "batch_size": a.laion_batch_size,
+                                     "steps": a.laion_steps, "skip": min(a.skip, max(1, a.laion_steps // 4))})
+    raise ValueError(f"unknown case {name!r}; valid: {', '.join(CASES)}")
 
 
 if __name__ == "__main__":
