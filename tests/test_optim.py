@@ -71,3 +71,23 @@ def test_fused_not_chosen_where_lightning_refuses_it():
                             enable_model_summary=False, **kwargs)
         assert fused_allowed(trainer)
     assert fused_allowed(None)
+
+
+def test_resume_keeps_todays_adamw_implementation_not_the_checkpoints():
+    """torch's load_state_dict brings the saved group's `fused` flag along; the resume hook resets it."""
+    from types import SimpleNamespace
+
+    from train.module import CLIPModule
+
+    module = CLIPModule(model_name="clip-micro")
+    hp = module.hparams  # the same values as the config: only the implementation differs
+    saved, today = (adamw(param_groups(module.model, hp.weight_decay), lr=hp.lr, betas=hp.betas, eps=hp.eps, impl=impl)
+                    for impl in ("fused", "foreach"))
+    module._adamw_flags = {k: today.param_groups[0][k] for k in ("fused", "foreach")}
+    today.load_state_dict(saved.state_dict())
+    assert today.param_groups[0]["fused"] is True  # what the hook has to undo
+    for group in today.param_groups:  # set by the LR scheduler in a real run
+        group["initial_lr"] = module.hparams.lr
+    module._trainer = SimpleNamespace(optimizers=[today], lr_scheduler_configs=[])
+    module._apply_optimizer_settings_on_resume()
+    assert all(g["fused"] in (None, False) and g["foreach"] is True for g in today.param_groups)

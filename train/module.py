@@ -256,6 +256,10 @@ class CLIPModule(L.LightningModule):
         """Lightning restored the optimizer's lr/betas/... from the checkpoint: today's config wins."""
         hp = self.hparams
         opt = self.trainer.optimizers[0]
+        # the implementation is today's choice (train.optim.adamw), not the checkpoint's: a state
+        # saved by a fused optimizer would otherwise bring `fused` into a run that cannot use it
+        for group in opt.param_groups:
+            group.update(self._adamw_flags)
         # the groups of train.optim.param_groups, in order: decayed weights, exempt parameters
         want = [{"initial_lr": hp.lr, "weight_decay": wd, "betas": tuple(hp.betas), "eps": hp.eps}
                 for wd in (hp.weight_decay, 0.0)]
@@ -390,6 +394,7 @@ class CLIPModule(L.LightningModule):
         # same update, one pass per tensor (train.optim.adamw)
         opt = adamw(param_groups(self.model, hp.weight_decay), lr=hp.lr, betas=hp.betas, eps=hp.eps,
                     allow_fused=fused_allowed(self._trainer))
+        self._adamw_flags = {k: opt.param_groups[0][k] for k in ("fused", "foreach")}
         # on resume, on_load_checkpoint has set the stored length (history); read lazily, so that also
         # holds where a strategy restores the checkpoint after configuring the optimizers
         self._total_steps = hp.total_steps or self._total_steps or self._total_steps_from_trainer()
