@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from test_aux_losses import _rendered_meta
-from test_train_ddp import _free_port, _grads, _model
+from test_train_ddp import _free_port, _grads, _model, _rank_result, _save_and_close
 
 from train.aux_losses import AuxBatch, OrderInvariantText, RegionLoss, aux_terms, capture_all
 from train.loss import build_loss, contrastive_loss
@@ -81,14 +81,8 @@ def _rank_worker(rank: int, world: int, port: int, out: str) -> None:
         for aux_world, key in ((None, label), (1, f"{label}/local")):
             model = torch.nn.parallel.DistributedDataParallel(_model())
             loss = _step(model, model.module, images[mine], texts[mine], metas[mine], make(), rank, world, aux_world)
-            loss.backward()
-            mean_loss = loss.detach().clone()
-            dist.all_reduce(mean_loss)
-            results[key] = {"loss": mean_loss / world, "grads": _grads(model.module)}
-    if rank == 0:
-        torch.save(results, out)
-    dist.barrier()
-    dist.destroy_process_group()
+            results[key] = _rank_result(model, loss, world)
+    _save_and_close(rank, results, out)
 
 
 def test_aux_losses_two_ranks_match_one_process_with_double_batch(tmp_path):

@@ -59,11 +59,20 @@ def _rank_worker(rank: int, world: int, port: int, out: str) -> None:
         "no_grad_gather": ClipLoss(local_loss=True, gather_with_grad=False, rank=rank, world_size=world),
     }.items():
         model = torch.nn.parallel.DistributedDataParallel(_model())
-        loss = contrastive_loss(model, images[mine], texts[mine], loss_fn)
-        loss.backward()  # DDP averages gradients over ranks
-        mean_loss = loss.detach().clone()
-        dist.all_reduce(mean_loss)
-        results[label] = {"loss": mean_loss / world, "grads": _grads(model.module)}
+        results[label] = _rank_result(model, contrastive_loss(model, images[mine], texts[mine], loss_fn), world)
+    _save_and_close(rank, results, out)
+
+
+def _rank_result(model: torch.nn.parallel.DistributedDataParallel, loss: torch.Tensor, world: int) -> dict:
+    """Backward (DDP averages gradients over ranks); the loss averaged over ranks and the gradients."""
+    loss.backward()
+    mean_loss = loss.detach().clone()
+    dist.all_reduce(mean_loss)
+    return {"loss": mean_loss / world, "grads": _grads(model.module)}
+
+
+def _save_and_close(rank: int, results: dict, out: str) -> None:
+    """Rank 0 saves the results for the test process; every rank leaves the group."""
     if rank == 0:
         torch.save(results, out)
     dist.barrier()
