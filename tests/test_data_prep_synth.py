@@ -98,15 +98,20 @@ def test_knob_end_to_end_over_5000_samples(tmp_path):
     assert _largest_first_share(tmp_path / "p0") <= 0.02
 
 
-def test_interrupted_run_leaves_no_partial_shard(tmp_path, monkeypatch):
+def interrupt_sample(monkeypatch, at: int) -> None:
+    """Make rendering sample ``at`` raise KeyboardInterrupt (Ctrl-C in the middle of a corpus)."""
     real = synth.make_sample
 
     def failing(index, **kw):
-        if index == 7:
+        if index == at:
             raise KeyboardInterrupt
         return real(index, **kw)
 
     monkeypatch.setattr(synth, "make_sample", failing)
+
+
+def test_interrupted_run_leaves_no_partial_shard(tmp_path, monkeypatch):
+    interrupt_sample(monkeypatch, at=7)
     with pytest.raises(KeyboardInterrupt):
         write_corpus(tmp_path, num_samples=20, shard_size=5, progress=False)
     # complete shards only, beside the meta.json that records them (so `--overwrite` can remove them)

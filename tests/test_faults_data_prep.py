@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from _coco_fixture import make_coco
-from data_prep import synth
+from test_data_prep_synth import interrupt_sample
 from data_prep.cli import main as cli_main
 from data_prep.shards import WRITER
 
@@ -157,18 +157,11 @@ def test_overwrite_does_not_delete_through_a_symlinked_subfolder(tmp_path):
 
 def test_synth_overwrite_after_an_interrupted_run(tmp_path, monkeypatch):
     out = tmp_path / "corpus"
-    real = synth.make_sample
-
-    def failing(index, **kw):
-        if index == 5:
-            raise KeyboardInterrupt
-        return real(index, **kw)
-
-    monkeypatch.setattr(synth, "make_sample", failing)
+    interrupt_sample(monkeypatch, at=5)
     with pytest.raises(KeyboardInterrupt):
         _synth(out, 12)
     assert sorted(p.name for p in out.iterdir()) == ["00000.tar", "meta.json"]
-    monkeypatch.setattr(synth, "make_sample", real)
+    monkeypatch.undo()  # the real make_sample again
     _synth(out, 8, "--overwrite")  # no foreign files: no warning, no refusal
     assert sorted(p.name for p in out.iterdir()) == ["00000.tar", "00001.tar", "meta.json", "sizes.json"]
     assert json.loads((out / "sizes.json").read_text()) == {"00000.tar": 4, "00001.tar": 4}

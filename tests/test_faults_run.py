@@ -55,6 +55,17 @@ def forbid_model_build(monkeypatch) -> None:
 
     monkeypatch.setattr(CLIPModule, "__init__", refuse)
 
+def refused_before_model_build(monkeypatch, args: list[str], error: str) -> str:
+    """Run ``main(args)`` expecting the refusal ``error`` (exception class name) before any model is
+    built; return its message."""
+    with monkeypatch.context() as m:
+        forbid_model_build(m)
+        with pytest.raises(Exception) as exc:
+            main(args)
+    msg = str(exc.value)
+    assert type(exc.value).__name__ == error, msg
+    return msg
+
 
 @pytest.fixture
 def no_model_build(monkeypatch):
@@ -96,12 +107,8 @@ def test_reusing_a_run_name_is_refused_before_any_work_and_old_run_untouched(
     before = snapshot(run)
     assert "checkpoints/last.ckpt" in before and "metrics.csv" in before and "config.yaml" in before
 
-    with monkeypatch.context() as m:
-        forbid_model_build(m)
-        with pytest.raises(Exception) as exc:
-            main(fit_args(tiny_shards, tmp_path, "r", "--trainer.max_steps=2"))
-    msg = str(exc.value)
-    assert type(exc.value).__name__ == "RunDirError", msg
+    msg = refused_before_model_build(
+        monkeypatch, fit_args(tiny_shards, tmp_path, "r", "--trainer.max_steps=2"), "RunDirError")
     assert f"{run} already holds a run" in msg
     for way in ("--ckpt_path last", "--run.name NEW_NAME", "--run.overwrite true", "nothing is deleted"):
         assert way in msg, way
@@ -157,12 +164,8 @@ def test_second_concurrent_fit_is_refused_naming_the_holder(tmp_path, tiny_shard
     os.close(ready_w)
     try:
         assert os.read(ready_r, 1) == b"1"
-        with monkeypatch.context() as m:
-            forbid_model_build(m)
-            with pytest.raises(Exception) as exc:
-                main(fit_args(tiny_shards, tmp_path, "c", "--trainer.max_steps=1"))
-        msg = str(exc.value)
-        assert type(exc.value).__name__ == "RunLockedError", msg
+        msg = refused_before_model_build(
+            monkeypatch, fit_args(tiny_shards, tmp_path, "c", "--trainer.max_steps=1"), "RunLockedError")
         assert f"{run} is in use by another fit (pid {holder} on test" in msg and "--run.name" in msg
         assert sorted(p.name for p in run.iterdir()) == ["run.lock"], "the refused fit wrote into the run"
     finally:
@@ -310,12 +313,8 @@ def test_unreadable_last_ckpt_names_the_newest_readable_step_checkpoint(tmp_path
     step1 = ckpt_dir / "step0000001.ckpt"
     intact = step1.read_bytes()
 
-    with monkeypatch.context() as m:
-        forbid_model_build(m)
-        with pytest.raises(Exception) as exc:
-            main(fit_args(tiny_shards, tmp_path, "u", "--trainer.max_steps=3", "--ckpt_path=last"))
-    msg = str(exc.value)
-    assert type(exc.value).__name__ == "RunDirError", msg
+    msg = refused_before_model_build(
+        monkeypatch, fit_args(tiny_shards, tmp_path, "u", "--trainer.max_steps=3", "--ckpt_path=last"), "RunDirError")
     assert f"--ckpt_path last: {ckpt_dir / 'last.ckpt'} is unreadable (" in msg
     assert f"The newest readable checkpoint is {step1} (global step 1): pass --ckpt_path {step1}" in msg
     assert step1.read_bytes() == intact

@@ -184,13 +184,19 @@ NOT_SHUFFLED = [
 
 @pytest.mark.parametrize("caption, reason", NOT_SHUFFLED)
 def test_free_form_with_fewer_than_two_objects_unchanged_and_counted(caption, reason):
+    assert _shuffled_unchanged(caption, seed=0, times=10) == {reason: 10}
+
+
+def _shuffled_unchanged(caption: str, seed: int, times: int) -> dict:
+    """Apply CaptionShuffle(p=1) ``times`` to a free-form caption, assert it and its meta stay as
+    they are, and return the transform's counters."""
     t = CaptionShuffle(p=1.0)
-    rng = random.Random(0)
+    rng = random.Random(seed)
     meta = {**laion_meta(), "caption": caption}
-    for _ in range(10):
+    for _ in range(times):
         _, out, m = t(None, caption, meta, rng)
         assert out == caption and m == meta
-    assert t.stats() == {reason: 10}
+    return t.stats()
 
 
 POSSESSIVE_SHUFFLED = [  # possessive plurals / classifiers that are no mention: shuffled around them
@@ -235,13 +241,7 @@ def test_free_form_shuffle_around_possessives(caption, expected):
 
 @pytest.mark.parametrize("caption", POSSESSIVE_KEPT)
 def test_free_form_possessor_or_possessed_mention_unchanged_and_counted(caption):
-    t = CaptionShuffle(p=1.0)
-    rng = random.Random(5)
-    meta = {**laion_meta(), "caption": caption}
-    for _ in range(200):
-        _, out, m = t(None, caption, meta, rng)
-        assert out == caption and m == meta
-    assert t.stats() == {"possessive": 200}
+    assert _shuffled_unchanged(caption, seed=5, times=200) == {"possessive": 200}
 
 
 def test_possessive_skip_keeps_first_mention_uniform_for_the_rest():
