@@ -54,7 +54,7 @@ def init_final_rows(runs: Mapping[str, Sequence[Mapping]], variants: bool = Fals
 
     Each row: ``run``, ``probe``, ``n``, ``index``, ``init`` and ``final`` (values, None if
     undefined or absent at the end), ``init_ci`` and ``final_ci`` (95 % intervals, None where
-    undefined or not recorded), ``init_samples``, ``final_samples``, ``init_denominator``,
+    undefined or not recorded), ``init_samples``, ``final_samples``, ``init_step``, ``final_step``, ``init_denominator``,
     ``final_denominator`` (``"-"`` if absent), ``template_split`` (the result's or variant's
     ``"held_out"``/``"in_distribution"``, None if unknown or not a template). Init = first evaluation, final = last one (by
     ``samples_seen``); the indices are those of the first evaluation. ``variants`` as in
@@ -72,6 +72,7 @@ def init_final_rows(runs: Mapping[str, Sequence[Mapping]], variants: bool = Fals
                              "init": e0.get("value"), "final": e1.get("value"),
                              "init_ci": e0.get("ci"), "final_ci": e1.get("ci"), "template_split": split,
                              "init_samples": first["samples_seen"], "final_samples": last["samples_seen"],
+                             "init_step": first["step"], "final_step": last["step"],
                              "init_denominator": e0.get("denominator"), "final_denominator": e1.get("denominator")})
     return rows
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from eval import probes
 from eval.manifest import ManifestError, load_eval_set
-from eval.stats import difference_interval, lead_index_interval, proportion, wilson_interval
+from eval.stats import difference_interval, proportion, wilson_interval
 
 VOCAB = [f"obj{i:02d}" for i in range(12)]
 

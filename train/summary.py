@@ -18,6 +18,7 @@ from typing import Any
 import lightning as L
 
 from eval.records import BIAS_FILE, scan_records, summary_of
+from eval.report import init_final_rows
 
 #: headline metrics of the end-of-run summary: (metric, label, percent?)
 FINAL_METRICS = (("train/loss", "train loss", False), ("val/loss", "val loss", False),
@@ -105,23 +106,9 @@ def _ci_text(ci: Any) -> str:
     return ""
 
 
-def init_final_with_ci(records: Sequence[Mapping]) -> list[dict]:
-    """:func:`eval.report.init_final_rows` of one run, each row with ``init_ci`` / ``final_ci``
-    (the summary entry's ``ci``, None where the record has none)."""
-    from eval.records import by_probe
-    from eval.report import init_final_rows
-
-    rows = init_final_rows({"run": records})
-    ends = {(p, n): (recs[0], recs[-1]) for p, n, recs in by_probe(records)}
-    for row in rows:
-        first, last = ends[(row["probe"], row["n"])]
-        row["init_step"], row["final_step"] = first["step"], last["step"]
-    return rows
-
-
 def bias_table(records: Sequence[Mapping]) -> list[str]:
     """Lines of the init -> final table: value [95 % CI] at step 0 and at the end, and the denominators."""
-    rows = init_final_with_ci(records)
+    rows = init_final_rows({"run": records})
     if not rows:
         return []
     several_n = len({r["n"] for r in rows}) > 1
@@ -299,7 +286,7 @@ class RunSummary(L.Callback):
         if not loggers or self._run_dir is None:
             return
         plots = sorted((self._run_dir / "plots").glob("*.png"))
-        rows = init_final_with_ci(records) if records else []
+        rows = init_final_rows({"run": records}) if records else []
         columns = ["probe", "n", "index", "init", "init_ci_lo", "init_ci_hi", "final", "final_ci_lo",
                    "final_ci_hi", "init_denominator", "final_denominator", "init_samples", "final_samples"]
 
