@@ -78,14 +78,16 @@ def main() -> None:
         trainer.fit(module, train_dataloaders=loader)
         wall = time.perf_counter() - t0
     per_eval = cb.total_seconds / cb.n_evaluations
-    per_step = (wall - cb.total_seconds) / args.steps
+    per_step = (wall - cb.total_seconds - cb.prepare_seconds) / args.steps
     qs_evals = 1 + args.qs_steps // args.qs_every + (args.qs_steps % args.qs_every != 0)
     qs_eval_s = qs_evals * per_eval
-    share = qs_eval_s / (args.qs_steps * per_step + qs_eval_s)
-    print(f"measured: {cb.n_evaluations} evaluations, {per_eval:.2f} s each (first includes prepare); "
-          f"{per_step:.2f} s per training step (batch {args.batch}, {args.threads} threads)")
+    qs_wall = args.qs_steps * per_step + qs_eval_s + cb.prepare_seconds
+    print(f"measured: {cb.n_evaluations} evaluations, {per_eval:.2f} s each, + {cb.prepare_seconds:.2f} s "
+          f"decoding and tokenising once; {per_step:.2f} s per training step (batch {args.batch}, "
+          f"{args.threads} threads)")
     print(f"quickstart ({args.qs_steps} steps, eval every {args.qs_every} + init + end = {qs_evals} evals): "
-          f"{qs_eval_s:.1f} s of {args.qs_steps * per_step + qs_eval_s:.0f} s = {100 * share:.1f} % "
+          f"evaluations {qs_eval_s:.1f} s of {qs_wall:.0f} s = {100 * qs_eval_s / qs_wall:.1f} %, with the "
+          f"preparation {100 * (qs_eval_s + cb.prepare_seconds) / qs_wall:.1f} % "
           "(upper bound: data loading not included)")
 
 

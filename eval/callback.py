@@ -15,8 +15,11 @@ Outputs, under the run directory (``run_dir`` or else ``trainer.default_root_dir
   and, for W&B, ``define_metric("bias/*", step_metric="samples_seen")`` (:mod:`eval.samples_axis`);
 - ``plots/<probe>.png`` at the end of training.
 
-Images and captions are decoded and tokenised once (``eval.suite.prepare_suite``); each
-evaluation only runs the encoders and the probes (``eval.suite.run_suite``).
+Images and captions are decoded and tokenised once (``eval.suite.prepare_suite``, before the
+first evaluation; the default eval set is rendered then if it is not cached): ``render_seconds``
+and ``prepare_seconds``. Each evaluation only runs the encoders and the probes
+(``eval.suite.run_suite``): its wall time is ``eval_seconds`` in the records and adds up in
+``total_seconds``.
 """
 from __future__ import annotations
 
@@ -120,9 +123,13 @@ class BiasEvalCallback(L.Callback):
         self._adapter: ClipAdapter | None = None
         self._last_step: int | None = None
         self._batch_size: int | None = None
-        #: seconds spent evaluating on this rank (for the cost share of the callback)
+        #: seconds spent evaluating on this rank (encoders + probes; for the cost share of the callback)
         self.total_seconds = 0.0
         self.n_evaluations = 0
+        #: one-off seconds before the first evaluation: rendering the default eval set (only if it is
+        #: not cached yet) and decoding/tokenising its inputs; not part of ``total_seconds``
+        self.render_seconds = 0.0
+        self.prepare_seconds = 0.0
 
     # ---------------------------------------------------------------- configuration
 
@@ -264,7 +271,6 @@ class BiasEvalCallback(L.Callback):
             raise RuntimeError(f"BiasEvalCallback failed at step {step} on rank 0: {error}")
 
     def _evaluate_rank0(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        t0 = time.perf_counter()
         modes = {m: m.training for m in pl_module.modules()}
         devices = [torch.cuda.current_device()] if pl_module.device.type == "cuda" else []
         pl_module.eval()
@@ -272,8 +278,8 @@ class BiasEvalCallback(L.Callback):
             with torch.no_grad(), torch.random.fork_rng(devices=devices):
                 prepare_suite, run_suite = self._suite()
                 if self._prepared is None:
-                    self._adapter = ClipAdapter.from_module(pl_module)
-                    self._prepared = prepare_suite(self._adapter, self._eval_set(pl_module), **self._suite_args())
+                    self._prepare(pl_module, prepare_suite)
+                t0 = time.perf_counter()
                 result = run_suite(self._adapter, self._prepared)
         finally:
             for m, was_training in modes.items():
@@ -285,6 +291,20 @@ class BiasEvalCallback(L.Callback):
         records = make_records(result, trainer.global_step, samples, eval_seconds=seconds)
         append_records(self.resolve_run_dir(trainer) / BIAS_FILE, records)
         self._log(trainer, records, samples, seconds)
+
+    def _prepare(self, pl_module: L.LightningModule, prepare_suite) -> None:
+        """Once per fit: the eval set (rendered now if not cached) and its decoded, tokenised inputs.
+        Timed apart from the evaluations (``render_seconds``, ``prepare_seconds``) and logged."""
+        t0 = time.perf_counter()
+        eval_set = self._eval_set(pl_module)
+        self.render_seconds = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        self._adapter = ClipAdapter.from_module(pl_module)
+        self._prepared = prepare_suite(self._adapter, eval_set, **self._suite_args())
+        self.prepare_seconds = time.perf_counter() - t1
+        log.info("bias probes ready in %.1f s (eval set %s in %.1f s; decoding and tokenising %.1f s)",
+                 self.render_seconds + self.prepare_seconds, getattr(eval_set, "root", "?"), self.render_seconds,
+                 self.prepare_seconds)
 
     def _suite(self):
         """``(prepare_suite, run_suite)``; a separate method so tests can substitute a fake suite."""

@@ -205,7 +205,7 @@ def encode_text(model: nn.Module, text: torch.Tensor, normalize: bool = False, t
     cast_dtype = tower.transformer.get_cast_dtype()
     x = tower.token_embedding(text).to(cast_dtype)
     x = x + tower.positional_embedding[:length].to(cast_dtype)
-    x = tower.transformer(x, attn_mask=tower.attn_mask[:length, :length])
+    x = _run_transformer(tower.transformer, x, tower.attn_mask[:length, :length])
     x = tower.ln_final(x)
     x = text_global_pool(x, text, tower.pool_type, eos_token_id=tower.eos_id)
     if tower.text_projection is not None:
@@ -214,6 +214,34 @@ def encode_text(model: nn.Module, text: torch.Tensor, normalize: bool = False, t
         else:
             x = x @ tower.text_projection
     return F.normalize(x, dim=-1) if normalize else x
+
+
+def _fast_path_ready(transformer: nn.Module) -> bool:
+    """Inference through ``transformer`` may bypass open_clip's block code: no autograd, eval mode,
+    and every block a plain ``ResidualAttentionBlock`` over ``nn.MultiheadAttention``."""
+    return (not torch.is_grad_enabled() and not transformer.training and type(transformer) is Transformer
+            and all(type(b) is ResidualAttentionBlock and not hasattr(b, "ln_1_kv")
+                    and type(b.attn) is nn.MultiheadAttention for b in transformer.resblocks))
+
+
+def _run_transformer(transformer: nn.Module, x: torch.Tensor, causal_mask: torch.Tensor) -> torch.Tensor:
+    """``transformer(x, attn_mask=causal_mask)``; at inference, the same blocks with a boolean mask.
+
+    open_clip casts the mask to the activations' dtype (``-inf`` floats), which keeps
+    ``nn.MultiheadAttention`` off its fused inference path; the boolean mask (``True`` where the
+    float one is ``-inf``) masks the same positions and lets it take that path (about 1.15x for the
+    probes' text on CPU, equal to ~1e-7). Training and autograd keep open_clip's own code.
+    """
+    if not _fast_path_ready(transformer):
+        return transformer(x, attn_mask=causal_mask)
+    blocked = torch.isneginf(causal_mask)
+    if not transformer.batch_first:
+        x = x.transpose(0, 1)
+    for block in transformer.resblocks:  # ResidualAttentionBlock.forward without ln_1_kv, bool mask
+        h = block.ln_1(x)
+        x = x + block.ls_1(block.attn(h, h, h, need_weights=False, attn_mask=blocked)[0])
+        x = x + block.ls_2(block.mlp(block.ln_2(x)))
+    return x if transformer.batch_first else x.transpose(0, 1)
 
 
 @contextmanager

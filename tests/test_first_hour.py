@@ -10,6 +10,7 @@ import csv
 import json
 import logging
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -19,7 +20,8 @@ import pytest
 
 from train.cli import CONFIG_DIR, ConfigError, main
 from train.run_dir import RunConfig, column_order
-from train.summary import bias_table, eval_line, flatten_config
+from eval.records import read_records
+from train.summary import bias_table, eval_line, flatten_config, probe_cost_line
 
 REPO = CONFIG_DIR.parent
 
@@ -94,6 +96,22 @@ def test_one_line_per_evaluation_and_an_end_of_run_summary(tiny_run):
     assert any("order_bias " in ln and "N=" in ln and "[" in ln for ln in table), table  # value [95 % CI] N=
     assert "python -m eval report runs/first" in summary
     assert "wandb sync runs/first/wandb/offline-run-" in summary
+    # the probes' cost: the evaluations' own seconds (bias.jsonl) as a share of the run, preparation apart
+    cost = re.search(r"bias probes: (\d+) evaluations, ([\d.]+) s = ([\d.]+) % of the run "
+                     r"\(\+ ([\d.]+) s decoding and tokenising once\)", summary)
+    assert cost, summary
+    per_eval = {r["step"]: r["eval_seconds"] for r in read_records(tiny_run[0] / "runs" / "first" / "bias.jsonl")}
+    assert int(cost[1]) == len(per_eval) == 3
+    assert float(cost[2]) == pytest.approx(sum(per_eval.values()), abs=0.051)
+    assert 0 < float(cost[3]) < 100
+
+
+def test_probe_cost_line_names_the_one_off_render_only_when_it_happened():
+    line = probe_cost_line(7, 6.3, 1.04, 0.01, 210.0)
+    assert line == "  bias probes: 7 evaluations, 6.3 s = 3.0 % of the run (+ 1.0 s decoding and tokenising once)"
+    line = probe_cost_line(7, 6.3, 1.04, 3.2, None)
+    assert line == ("  bias probes: 7 evaluations, 6.3 s (+ 1.0 s decoding and tokenising once, "
+                    "3.2 s rendering the eval set (cached for later runs))")
 
 
 def test_progress_bar_counts_steps_to_max_steps(tiny_run):

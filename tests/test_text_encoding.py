@@ -52,11 +52,14 @@ def _tokens(n: int = 16, captions=CAPTIONS) -> torch.Tensor:
 
 
 class _Lengths:
-    """Records the sequence length every text-transformer call sees."""
+    """Records the sequence length every text-transformer pass sees (at its first block's ln_1,
+    which open_clip's blocks and the inference path of eval.text_encoding both call)."""
 
     def __init__(self, transformer):
         self.seen: list[int] = []
-        self.handle = transformer.register_forward_pre_hook(lambda m, args: self.seen.append(args[0].shape[1]))
+        axis = 1 if transformer.batch_first else 0
+        self.handle = transformer.resblocks[0].ln_1.register_forward_pre_hook(
+            lambda m, args: self.seen.append(args[0].shape[axis]))
 
 
 @pytest.mark.parametrize("name", ["clip-micro", "clip-tiny", "ViT-B-32"])
@@ -73,6 +76,29 @@ def test_equals_open_clip_and_trims(name):
             torch.testing.assert_close(got, ref, **TOL)
     last_eot = int(text.argmax(-1).max())
     assert lengths.seen == [text.shape[1], last_eot + 1] * 2  # open_clip: full context; ours: trimmed
+
+
+def test_inference_takes_the_fused_attention_path_and_training_does_not(monkeypatch):
+    """At inference the trimmed tower hands nn.MultiheadAttention a boolean causal mask, so it takes
+    torch's fused path (open_clip's float mask keeps it off); same embeddings as open_clip. With
+    autograd on, or in train mode, open_clip's own blocks run (never the fused path)."""
+    model, tok = _model("clip-tiny")
+    text = tok(CAPTIONS)
+    fused = []
+    native = torch._native_multi_head_attention
+    monkeypatch.setattr(torch, "_native_multi_head_attention", lambda *a, **k: fused.append(1) or native(*a, **k))
+    with torch.no_grad():
+        ref = model.encode_text(text, normalize=True)
+        assert fused == []  # open_clip's float mask: no fused attention
+        got = encode_text(model, text, normalize=True)
+    assert len(fused) == len(model.transformer.resblocks)
+    torch.testing.assert_close(got, ref, **TOL)
+    fused.clear()
+    torch.testing.assert_close(encode_text(model, text, normalize=True), ref, **TOL)  # grad enabled
+    with torch.no_grad():
+        model.train()
+        torch.testing.assert_close(encode_text(model, text, normalize=True), ref, **TOL)  # no dropout in clip-tiny
+    assert fused == []
 
 
 def test_loss_and_gradients_of_a_training_step_equal_untrimmed():
@@ -205,7 +231,7 @@ def test_adapter_encodes_each_distinct_row_once_sorted_by_length():
     text = _tokens(captions=captions)
     lengths = _Lengths(model.transformer)
     rows = []
-    model.transformer.register_forward_pre_hook(lambda m, args: rows.append(args[0].shape[0]))
+    model.transformer.resblocks[0].ln_1.register_forward_pre_hook(lambda m, args: rows.append(args[0].shape[0]))
     trimmed = ClipAdapter(model, preprocess=None, tokenizer=None, batch_size=2)
     plain = ClipAdapter(model, preprocess=None, tokenizer=None, batch_size=2, trim_text=False)
     ref = torch.nn.functional.normalize(model.encode_text(text).detach(), dim=-1)

@@ -136,13 +136,27 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
+def probe_cost_line(n_evaluations: int, eval_seconds: float, prepare_seconds: float, render_seconds: float,
+                    run_seconds: float | None) -> str:
+    """What the bias callback cost: its evaluations as a share of the run's wall time, and the
+    one-off preparation (decoding/tokenising; rendering the eval set if it was not cached)."""
+    share = f" = {100 * eval_seconds / run_seconds:.1f} % of the run" if run_seconds else ""
+    once = f"{prepare_seconds:.1f} s decoding and tokenising once"
+    if render_seconds >= 0.5:
+        once += f", {render_seconds:.1f} s rendering the eval set (cached for later runs)"
+    return f"  bias probes: {n_evaluations} evaluations, {eval_seconds:.1f} s{share} (+ {once})"
+
+
 def summary_text(run_dir: Path, steps: int, samples: int | None, seconds: float | None,
-                 metrics: Mapping[str, float], records: Sequence[Mapping], wandb_offline_dir: Path | None) -> str:
-    """The end-of-run summary (plain text, one block)."""
+                 metrics: Mapping[str, float], records: Sequence[Mapping], wandb_offline_dir: Path | None,
+                 probe_cost: str | None = None) -> str:
+    """The end-of-run summary (plain text, one block); ``probe_cost``: :func:`probe_cost_line`."""
     run = _shown(run_dir)
     took = f", {seconds / 60:.1f} min" if seconds else ""
     seen = f", {samples:,} samples" if samples else ""
     lines = [f"Run finished: {run}/ ({steps:,} steps{seen}{took})"]
+    if probe_cost:
+        lines.append(probe_cost)
     shown = [f"{label} {metrics[key] * 100:.1f} %" if pct else f"{label} {metrics[key]:.3f}"
              for key, label, pct in FINAL_METRICS if key in metrics]
     if shown:
@@ -279,7 +293,16 @@ class RunSummary(L.Callback):
         seconds = time.perf_counter() - self._start if self._start else None
         run_dir = Path(trainer.default_root_dir)
         _emit(summary_text(run_dir, trainer.global_step, int(samples) if samples else None, seconds, metrics,
-                           records, offline))
+                           records, offline, self._probe_cost(trainer, seconds)))
+
+    @staticmethod
+    def _probe_cost(trainer: L.Trainer, seconds: float | None) -> str | None:
+        from eval.callback import BiasEvalCallback
+
+        cb = next((c for c in trainer.callbacks if isinstance(c, BiasEvalCallback)), None)
+        if cb is None or not cb.n_evaluations:
+            return None
+        return probe_cost_line(cb.n_evaluations, cb.total_seconds, cb.prepare_seconds, cb.render_seconds, seconds)
 
     def _log_media(self, trainer: L.Trainer, loggers: list, records: Sequence[Mapping]) -> None:
         """The bias plots as ``wandb.Image`` and the init -> final rows as ``wandb.Table``."""
