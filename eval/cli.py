@@ -46,6 +46,10 @@ def add_comco_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     p.add_argument("--cache-dir", type=Path, default=None, help=CACHE_HELP)
     p.add_argument("--image-size", type=int, default=None,
                    help="side of rendered default eval images (default: the model's input size)")
+    p.add_argument("--eval-set-blocks", type=int, default=1,
+                   help="counterbalanced blocks of 62 images per large-object slot in the rendered default "
+                   "set (4 = the training callback's +-0.05 sizing, with --items 806 --itm-distractors 1; "
+                   "default: %(default)s)")
     p.add_argument("--probes", type=_csv, default=list(D.probes),
                    help=f"comma-separated subset of {','.join(P.PROBE_NAMES)} (default: {','.join(D.probes)})")
     p.add_argument("--n-objects", type=int, nargs="+", default=None,
@@ -103,10 +107,15 @@ def validate_args(args: argparse.Namespace) -> None:
         problems.append(f"--data {args.data} has no manifest.jsonl (make one with data_prep)")
     if args.batch_size < 1:
         problems.append(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.eval_set_blocks < 1:
+        problems.append(f"--eval-set-blocks must be >= 1, got {args.eval_set_blocks}")
+    elif args.data is not None and args.eval_set_blocks != 1:
+        problems.append("--eval-set-blocks sizes the rendered default set; it does not apply to --data "
+                        f"{args.data} (drop one of them)")
     if args.data is None and config is not None and (problem := n_objects_problem(config.n_objects, "--n-objects")):
         problems.append(problem)
     if args.data is None and (problem := eval_set_cache_problem(args.cache_dir, args.seed, args.image_size,
-                                                                "--cache-dir")):
+                                                                "--cache-dir", max(1, args.eval_set_blocks))):
         problems.append(problem)
     problems += output_problems(args)
     if problems:
@@ -139,7 +148,7 @@ def run_comco(args: argparse.Namespace, adapter_factory: Callable[[argparse.Name
     progress = not args.no_progress
     adapter = adapter_factory(args)
     size = args.image_size or model_image_size(adapter)
-    data = args.data or default_eval_set(args.cache_dir, args.seed, size, progress)
+    data = args.data or default_eval_set(args.cache_dir, args.seed, size, progress, blocks=args.eval_set_blocks)
     eval_set = load_eval_set(data)
     n_objects = tuple(args.n_objects or eval_set.n_values())
     try:

@@ -52,6 +52,8 @@ def test_cli_fake_model_prints_tables_and_writes_json(fake_set, tmp_path, capsys
         (["--n-objects", "1", "3"], "--n-objects must be a list of integers >= 2"),
         (["--items", "0", "--templates", "haiku"], "--items must be an integer >= 1, got 0\n  --templates: unknown"),
         (["--checkpoint", "nope.ckpt"], "give exactly one of --checkpoint"),
+        (["--eval-set-blocks", "0"], "--eval-set-blocks must be >= 1, got 0"),
+        (["--eval-set-blocks", "4"], "--eval-set-blocks sizes the rendered default set; it does not apply to --data"),
     ],
 )
 def test_cli_bad_input_names_the_problem(fake_set, tmp_path, argv, message):
@@ -168,6 +170,10 @@ def test_cli_without_data_renders_default_set_at_model_size(tmp_path, monkeypatc
     assert sizes == [32]  # the tiny model's input size, rendered once
     rec = json.loads(out.read_text())
     assert rec["eval_set"].endswith("comco-objects-seed0-px32") and rec["results"]["ior"]["2"]["n_items"] == 8
+    # --eval-set-blocks renders (once) the larger set the training callback uses, in its own cache folder
+    sizes.clear()
+    assert cli.main([*argv, "--eval-set-blocks", "2"]) == 0
+    assert sizes == [32] and json.loads(out.read_text())["eval_set"].endswith("comco-objects-seed0-px32-b2")
 
 
 def test_default_eval_set_bounds_n_for_cli_and_callback(tmp_path):
