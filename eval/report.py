@@ -3,7 +3,9 @@
 Reads each run's ``bias.jsonl`` (written by ``BiasEvalCallback``), writes one ``<probe>.png`` per
 probe with the runs overlaid (labels = run folder names), and ``summary.md``: per run, probe and
 n, every summary index (order bias on TOR, size bias on IOR/I2TOR, the ITM gap, the Claim-1 gap)
-at initialisation and at the last evaluation, with the denominators behind each.
+at initialisation and at the last evaluation, with the denominators behind each; then, at the last
+evaluation, the three views of each retrieval probe side by side (:func:`views_table`: the paper's
+conditional shares, the unconditional and the own-object ones, each with its N and intervals).
 
 The indices are read from each result's ``summary`` (``eval.probes``); :func:`init_final_rows`
 is the one init → final table, which ``experiments/summarize.py`` pivots per configuration and seed.
@@ -111,6 +113,64 @@ def summary_table(runs: Mapping[str, Sequence[Mapping]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: (view label, shares key in a retrieval result, summary index suffix)
+VIEWS = (("conditional", "conditional", "_conditional"), ("unconditional", "unconditional", ""),
+         ("own objects", "own_objects", "_own"))
+
+
+def _shares(shares: Mapping, labels: Sequence[str]) -> str:
+    parts = []
+    for lab in [*labels, "none"]:
+        e = shares.get(lab)
+        if isinstance(e, Mapping) and e.get("share") is not None:
+            ci = e.get("ci")
+            parts.append(f"{lab} {e['share']:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""))
+    return " · ".join(parts)
+
+
+def view_rows(result: Mapping) -> list[dict]:
+    """The three views of one retrieval result (TOR, IOR, I2TOR) side by side: per view its
+    denominator, the top-1 shares by position/role with 95 % intervals and the summary index.
+
+    A conditional view below the minimum N has no shares and no index (``None``): it is reported
+    as ``n/a (N = k)``, never as numbers built on a handful of items."""
+    labels = result.get("labels")
+    if not labels or "conditional" not in result:
+        return []
+    summary = summary_of(result)
+    index = next((k for k in summary if k.endswith("_bias")), None)
+    n_items, n_cond = result.get("n_items"), result.get("n_conditional")
+    rows = []
+    for view, key, suffix in VIEWS:
+        entry = summary.get(f"{index}{suffix}", {}) if index else {}
+        defined = entry.get("value") is not None
+        n = f"{n_cond}/{n_items} ({100 * n_cond / n_items:.0f} %)" if key == "conditional" else f"{n_items}"
+        rows.append({"view": view, "n": n, "index": index, "value": entry.get("value"), "ci": entry.get("ci"),
+                     "shares": _shares(result.get(key) or {}, labels) if defined else f"n/a (N = {n_cond})"})
+    return rows
+
+
+def views_table(runs: Mapping[str, Sequence[Mapping]]) -> str:
+    """Markdown table of the last evaluation: the paper's conditional view next to the
+    unconditional and own-object views, for every retrieval probe, n and TOR template."""
+    lines = ["| run | probe | n | template | view | N | top-1 shares [95 % CI] | order / size bias [95 % CI] |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, records in runs.items():
+        for probe, n, recs in by_probe(records):
+            last = recs[-1]
+            results = [last["result"]] + [v for v in (last["result"].get("variants") or {}).values()
+                                          if isinstance(v, Mapping)]
+            for res in results:
+                template = res.get("template") or "-"
+                template += _SPLIT_NOTE.get(res.get("template_split"), "")
+                for r in view_rows(res):
+                    value = "n/a" if r["value"] is None else f"{r['value']:+.3f} {_fmt_ci(r['ci'])}"
+                    lines.append(f"| {name} (step {last['step']}) | {probe} | {n} | {template} | {r['view']} "
+                                 f"| {r['n']} | {r['shares']} | {value} |")
+
+    return "\n".join(lines) + "\n" if len(lines) > 2 else ""
+
+
 def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path) -> list[Path]:
     """Figures and ``summary.md`` for ``run_dirs`` into ``out_dir``; returns the written paths."""
     from eval.plots import plot_runs
@@ -132,6 +192,10 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path) -> list[Pa
             "Indices on unconditional shares unless marked `_conditional` (top-n = own objects, n/a below "
             "the minimum N) or `_own` (which of the item's own objects ranks highest); init = first "
             "evaluation (step 0), final = last one; 95 % intervals as in `eval.stats`.\n\n" + table + "\n"
+            + (("## The three views at the last evaluation\n\nConditional = the paper's number: among items "
+                "whose top-n retrieved objects are exactly their own n (N = how many); unconditional = top-1 "
+                "over the whole gallery (\"none\": not one of the item's objects); own objects = which of the "
+                "item's own objects ranks highest.\n\n" + views + "\n") if (views := views_table(runs)) else "")
             + "".join(f"![{p.stem}]({p.name})\n" for p in figures)
             + ("\n## Skipped lines\n\n" + "".join(f"- {line}\n" for line in skipped) if skipped else ""))
     summary = out_dir / SUMMARY_FILE

@@ -12,7 +12,7 @@ from eval import probes
 from eval.cli import main
 from eval.plots import series
 from eval.records import append_records, flatten, make_records, read_records
-from eval.report import run_labels, summary_table
+from eval.report import run_labels, summary_table, view_rows, views_table
 from eval.stats import proportion
 
 GALLERY = torch.eye(4)  # object i embeds as e_i
@@ -184,3 +184,33 @@ def test_summary_table_marks_template_variants_and_gives_intervals():
     assert "| r | tor | 2 | there_is/order_bias (held-out template) | +0.000 (0) | -1.000 (1280) |" in table
     ci = _tor(4)["summary"]["order_bias"]["ci"]
     assert f"→ [{ci[0]:+.3f}, {ci[1]:+.3f}] |" in table
+
+
+def test_view_rows_put_the_conditional_view_next_to_the_others_and_say_na_below_the_minimum():
+    # every caption's top-2 are its own two objects (N_cond = 4 of 4); the first wins 3 times
+    win = torch.tensor([int(TARGETS[i, 0 if i < 3 else 1]) for i in range(4)])
+    query = F.normalize(GALLERY[win] + 0.1 * GALLERY[TARGETS.sum(1) - win], dim=-1)
+    few = view_rows(probes.tor(query, GALLERY, TARGETS))  # minimum 20 conditional items: n/a
+    assert [r["view"] for r in few] == ["conditional", "unconditional", "own objects"]
+    assert few[0]["n"] == "4/4 (100 %)" and few[0]["value"] is None and few[0]["shares"] == "n/a (N = 4)"
+    ci = proportion(3, 4)["ci"]
+    assert few[1]["value"] == 0.5 and few[1]["shares"].startswith(f"pos1 0.75 [{ci[0]:.2f}, {ci[1]:.2f}] · pos2 0.25")
+    assert few[1]["shares"].endswith("none 0.00 [0.00, 0.49]") and few[1]["n"] == "4"
+    enough = view_rows(probes.tor(query, GALLERY, TARGETS, min_conditional=2))
+    assert enough[0]["value"] == 0.5 and enough[0]["shares"].startswith("pos1 0.75")
+    assert enough[0]["ci"][0] < 0.5 < enough[0]["ci"][1]
+    assert view_rows(_itm(5, 5)) == []  # not a retrieval probe
+
+
+def test_report_has_the_three_views_at_the_last_evaluation(two_runs, tmp_path):
+    base, _ = two_runs
+    out = tmp_path / "report"
+    assert main(["report", str(base), "--out", str(out)]) == 0
+    summary = (out / "summary.md").read_text()
+    assert "## The three views at the last evaluation" in summary
+    table = views_table({"baseline": read_records(base / "bias.jsonl")})
+    assert table in summary
+    rows = [ln for ln in table.splitlines() if ln.startswith("| baseline (step 20) | tor | 2 |")]
+    assert [ln.split(" | ")[4] for ln in rows] == ["conditional", "unconditional", "own objects"]
+    assert "| n/a (N = 4) | n/a |" in rows[0] and "+1.000 [" in rows[1]
+    assert not [ln for ln in table.splitlines() if "| itm |" in ln]
