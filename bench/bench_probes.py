@@ -2,6 +2,7 @@
 
     python bench/bench_probes.py --threads 2 [--out bench_probes.json]
     python bench/bench_probes.py --compare --threads 2   # text trimming off vs on
+    python bench/bench_probes.py --compare-fused --items 806 --blocks 4 --threads 2   # fused attention off vs on
 
 
 (a) the whole default suite on a tiny open_clip model (``clip-tiny``, random init) on the
@@ -13,6 +14,11 @@ indexing, linear-probe training): the rest should stay a small share as the inpu
 (``ClipAdapter.trim_text``, :mod:`eval.text_encoding`), alternating in one process on the same
 prepared inputs, prints both times and their ratio, and exits 1 unless every probe result and
 every caption embedding agrees to 1e-5.
+
+``--compare-fused`` times the text encoding of the suite's captions (the quickstart callback's
+sizes with ``--items 806 --blocks 4``) with open_clip's float causal mask and with the boolean mask
+that lets ``nn.MultiheadAttention`` take torch's fused inference path (:mod:`eval.text_encoding`),
+alternating, and exits 1 unless the embeddings agree to 1e-5.
 """
 from __future__ import annotations
 
@@ -131,6 +137,31 @@ def compare_trimming(adapter, eval_set: EvalSet, config: SuiteConfig, repeats: i
     }
 
 
+def compare_fused(adapter, eval_set: EvalSet, config: SuiteConfig, repeats: int = 3) -> dict:
+    """Text encoding of the prepared captions with the fused attention path off and on, alternating."""
+    import eval.text_encoding as te
+
+    prepared = prepare_suite(adapter, eval_set, config, progress=False)
+    ready = te._fast_path_ready
+    times: dict[bool, list[float]] = {False: [], True: []}
+    emb = {}
+    try:
+        for _ in range(repeats):
+            for fused in (False, True):
+                te._fast_path_ready = ready if fused else (lambda transformer: False)
+                with torch.no_grad():
+                    t0 = time.perf_counter()
+                    emb[fused] = adapter.encode_text(prepared.tokens)
+                    times[fused].append(time.perf_counter() - t0)
+    finally:
+        te._fast_path_ready = ready
+    diff = float((emb[False] - emb[True]).abs().max())
+    return {"texts": len(prepared.texts), "float_mask_s": round(min(times[False]), 3),
+            "fused_s": round(min(times[True]), 3), "speedup": round(min(times[False]) / min(times[True]), 2),
+            "runs_s": {k: [round(t, 3) for t in v] for k, v in (("float_mask", times[False]), ("fused", times[True]))},
+            "max_embedding_diff": diff, "equal_1e-5": diff <= 1e-5}
+
+
 def restrict(eval_set: EvalSet, k: int) -> EvalSet:
     """The eval set limited to its first ``k`` vocabulary objects (items naming others dropped)."""
     keep = set(eval_set.vocabulary[:k])
@@ -147,6 +178,9 @@ def main(argv=None) -> int:
     p.add_argument("--full-repeats", type=int, default=2, help="runs of (a); the fastest is reported")
     p.add_argument("--compare", action="store_true",
                    help="only run the whole default suite with text trimming off and on; print times, ratio, equality")
+    p.add_argument("--compare-fused", action="store_true",
+                   help="only time the suite's text encoding with open_clip's float mask vs the fused path")
+    p.add_argument("--blocks", type=int, default=1, help="eval_set_blocks of the default eval set (4: the callback's)")
     p.add_argument("--out", type=Path, default=None, help="also write the numbers as JSON here")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -154,9 +188,19 @@ def main(argv=None) -> int:
     from eval.model_access import ClipAdapter
 
     adapter = ClipAdapter.from_open_clip(args.model, None)
-    eval_set = load_eval_set(args.data or default_eval_set(None, 0, 64))
+    eval_set = load_eval_set(args.data or default_eval_set(None, 0, 64, blocks=args.blocks))
     results: dict = {"model": args.model, "threads": args.threads, "torch": torch.__version__}
     base = SuiteConfig(n_objects=tuple(eval_set.n_values()), items_per_probe=args.items)
+    if args.compare_fused:
+        callback_like = replace(base, probes=("tor", "ior", "i2tor", "itm"), n_objects=(3,), itm_distractors=1)
+        results["compare_fused"] = cmp = compare_fused(adapter, eval_set, callback_like, repeats=args.full_repeats + 1)
+        print(json.dumps(cmp, indent=1))
+        print(f"text encoding of {cmp['texts']} captions: float mask {cmp['float_mask_s']:.2f} s, fused "
+              f"{cmp['fused_s']:.2f} s, ratio {cmp['speedup']:.2f}x; equal to 1e-5: {cmp['equal_1e-5']} "
+              f"(max diff {cmp['max_embedding_diff']:.1e})")
+        if args.out is not None:
+            write_json_atomic(args.out, results)
+        return 0 if cmp["equal_1e-5"] else 1
     if args.compare:
         results["compare_trimming"] = cmp = compare_trimming(adapter, eval_set, base, repeats=args.full_repeats)
         print(json.dumps(cmp, indent=1))

@@ -333,6 +333,36 @@ def test_bench_compare_smoke(micro_suite):
     assert bench.result_diffs({"a": [1.0, 2]}, {"a": [1.0 + 1e-4, 2]}) == ["/a[0]: 1.0 vs 1.0001"]
 
 
+def test_bench_compare_fused_times_the_float_mask_path_against_the_fused_one(micro_suite, monkeypatch):
+    """bench/bench_probes.py --compare-fused: only its 'fused' run reaches the fused kernel; the
+    switch is restored afterwards; the embeddings agree."""
+    import importlib.util
+    from pathlib import Path
+
+    import eval.text_encoding as te
+    from eval.suite import SuiteConfig, prepare_suite
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "bench_probes.py"
+    spec = importlib.util.spec_from_file_location("bench_probes", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    adapter, eval_set = micro_suite
+    cfg = SuiteConfig(probes=("tor", "itm"), n_objects=(2,), items_per_probe=12, templates=("and_chain",))
+    calls = []
+    native = torch._native_multi_head_attention
+    monkeypatch.setattr(torch, "_native_multi_head_attention", lambda *a, **k: calls.append(1) or native(*a, **k))
+    with torch.no_grad():
+        adapter.encode_text(prepare_suite(adapter, eval_set, cfg, progress=False).tokens)
+    one_pass = len(calls)
+    assert one_pass > 0
+    calls.clear()
+    ready = te._fast_path_ready
+    row = bench.compare_fused(adapter, eval_set, cfg, repeats=2)
+    assert len(calls) == 2 * one_pass  # the two fused runs; the float-mask runs never reach the kernel
+    assert te._fast_path_ready is ready
+    assert row["equal_1e-5"] and row["float_mask_s"] > 0 and row["fused_s"] > 0 and row["speedup"] > 0
+
+
 def test_training_loss_uses_the_trimmed_encoder_with_equal_loss_and_gradients(monkeypatch):
     """CLIPModule's step (train.loss.contrastive_loss, trim_text on by default) goes through the
     trimmed encoder and matches open_clip's path; trim_text=False never calls it."""
