@@ -27,6 +27,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
+from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
 from eval.records import by_probe, read_records, share_groups, summary_of  # noqa: E402
 
@@ -192,6 +193,14 @@ def _ylabel(probe: str, group: str, records: Sequence[Mapping]) -> str:
     return GROUP_MEANING.get(last, f"share ({group})")
 
 
+def samples_label(x: float, _pos=None) -> str:
+    """Tick label for a samples-seen axis: ``40k``, ``1.5M`` (plain digits collide past 100k)."""
+    for scale, unit in ((1e6, "M"), (1e3, "k")):
+        if abs(x) >= scale:
+            return f"{x / scale:.4g}{unit}"
+    return f"{x:.0f}"
+
+
 def _draw(ax, xs, ys, colour, style, marker, lw=1.5, label=None) -> None:
     """A curve (``label``: its Line2D label, ``<label> [<run>]`` with several runs), its hollow
     initial point and a dotted level line at the initial value."""
@@ -271,6 +280,8 @@ def plot_probe(runs: Mapping[str, Sequence[Mapping]], probe: str, out_path: Path
             if col == 0:
                 all_recs = [rec for d in per_run_n.values() for recs in d.values() for rec in recs]
                 ax.set_ylabel(_ylabel(probe, group, all_recs), fontsize=8)
+            ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
+            ax.xaxis.set_major_formatter(FuncFormatter(samples_label))
             if row == len(groups) - 1:
                 ax.set_xlabel("samples seen")
     handles = [Line2D([], [], color=c, lw=2, label=lab) for lab, c in labels_seen.items()]

@@ -7,7 +7,7 @@ import matplotlib.pyplot as plt
 import pytest
 from matplotlib.collections import PolyCollection
 
-from eval.plots import plot_probe, plot_runs
+from eval.plots import plot_probe, plot_runs, samples_label
 from eval.stats import proportion
 
 N = 62
@@ -161,3 +161,9 @@ def test_runs_overlaid_with_run_markers_and_itm_gap(tmp_path):
     assert not any(a.get_title().endswith("by template") for a in fig.axes)
     paths = plot_runs(runs, tmp_path)
     assert sorted(p.name for p in paths) == ["itm.png", "tor.png"] and all(p.stat().st_size > 5000 for p in paths)
+
+
+def test_samples_axis_labels_stay_short():
+    """Long runs' samples-seen ticks (768,000) printed in full ran into each other."""
+    assert [samples_label(x) for x in (0, 500, 40000, 128000, 768000, 1_500_000)] == \
+        ["0", "500", "40k", "128k", "768k", "1.5M"]
