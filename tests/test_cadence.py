@@ -193,3 +193,23 @@ def test_items_per_probe_null_is_one_per_vocabulary_object(tmp_path):
     assert every["tor"][2]["lists"] == explicit["tor"][2]["lists"]
     assert torch.equal(every["ior"][2]["image"], explicit["ior"][2]["image"])
     assert every["claim1"][2].keys() == explicit["claim1"][2].keys()
+
+
+def test_paper_scale_config_derives_its_numbers_and_loads(capsys):
+    """configs/paper_scale.yaml: three passes over its corpus, evaluations every 500 steps, the
+    quickstart's probe sizes; the CLI reads it (its --help shows its values)."""
+    path = CONFIG_DIR / "paper_scale.yaml"
+    text, cfg = path.read_text(), yaml.safe_load(path.read_text())
+    samples, batch = cfg["data"]["synthetic"]["num_samples"], cfg["data"]["batch_size"]
+    assert cfg["trainer"]["max_steps"] == 3 * samples // batch == 6000
+    cb = bias_args(cfg)
+    assert BiasEvalCallback.spacing(6000, cb["evaluations_per_run"]) == 500
+    sizes = ("items_per_probe", "eval_set_blocks", "itm_distractors", "templates", "probes", "n_objects")
+    assert {k: cb[k] for k in sizes} == {k: bias_args(yaml.safe_load(QUICKSTART.read_text()))[k] for k in sizes}
+    for claim in ("3 x 256000 // 128 = 6000 steps", "ceil(6000 / 12) = 500"):
+        assert claim in text, claim
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "--config", "paper_scale.yaml", "--help"])
+    assert exit_.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "Linear warmup length in optimizer steps. (type: int, default: 200)" in out and "'num_samples': 256000" in out
