@@ -1,19 +1,12 @@
 """bench/bias_callback_overhead.py takes the quickstart's cadence and probe items from its config."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import yaml
 
-SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "bias_callback_overhead.py"
-
+from _scripts import load_script
 
 def _load():
-    spec = importlib.util.spec_from_file_location("bench_bias_callback_overhead", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench/bias_callback_overhead.py", "bench_bias_callback_overhead")
 
 
 def test_settings_are_the_quickstart_configs(tmp_path):

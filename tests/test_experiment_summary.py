@@ -1,18 +1,16 @@
 """experiments/summarize.py: init/final indices per config and seed, from bias.jsonl."""
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
+from _scripts import load_script
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("summarize", REPO / "experiments" / "summarize.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("experiments/summarize.py")
 
 
 def _entry(value, denominator):

@@ -1,30 +1,23 @@
 """experiments/init_baseline.py: the init-seed baseline of TOR and its text-tower ablations."""
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
+from _scripts import load_script
 from eval import probes as P
 from eval.model_access import ClipAdapter
 from eval.suite import prepare_suite, run_suite
 
-ROOT = Path(__file__).resolve().parents[1]
 MODEL = "clip-tiny"
 
 
 @pytest.fixture(scope="module")
 def ib():
-    spec = importlib.util.spec_from_file_location("init_baseline", ROOT / "experiments" / "init_baseline.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["init_baseline"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("experiments/init_baseline.py")
 
 
 @pytest.fixture(scope="module")

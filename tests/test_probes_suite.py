@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from _scripts import load_script
 from eval import probes as P
 from eval.manifest import load_eval_set
 from eval.suite import SuiteConfig, prepare_suite, run_suite
@@ -201,12 +202,7 @@ def test_suite_config_defaults_are_the_paper_forms():
 
 def test_bench_timing_split_smoke(eval_set):
     """bench/bench_probes.py's split of run time into encoder forwards and the rest."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "bench" / "bench_probes.py"
-    spec = importlib.util.spec_from_file_location("bench_probes", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("bench/bench_probes.py")
     cfg = SuiteConfig(probes=("tor", "ior"), n_objects=(2,), items_per_probe=12, templates=("and_chain",))
     row = bench.timed_run(FakeAdapter(), eval_set, cfg, repeats=2)
     assert row["text_rows_encoded"] == row["texts"] and row["image_rows_encoded"] == row["images"]

@@ -15,6 +15,7 @@ import pytest
 import torch
 from open_clip.model import CLIP, CustomTextCLIP
 
+from _scripts import load_script
 from eval.model_access import ClipAdapter
 from eval.models import register_model_configs
 from eval.text_encoding import encode_text, pooled_positions, trim_ineligibility, trimmed_forward
@@ -313,23 +314,11 @@ def test_probe_suite_same_results_with_and_without_trimming(micro_suite):
     torch.testing.assert_close(encode_split(adapter, lists), encode_split(untrimmed, lists), **TOL)
 
 
-def _bench_probes():
-    """bench/bench_probes.py as a module (bench/ is not a package)."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "bench" / "bench_probes.py"
-    spec = importlib.util.spec_from_file_location("bench_probes", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return bench
-
-
 def test_bench_compare_smoke(micro_suite):
     """bench/bench_probes.py --compare: both runs timed, results checked equal."""
     from eval.suite import SuiteConfig
 
-    bench = _bench_probes()
+    bench = load_script("bench/bench_probes.py")
     adapter, eval_set = micro_suite
     cfg = SuiteConfig(probes=("tor", "itm"), n_objects=(2,), items_per_probe=12, templates=("and_chain",))
     row = bench.compare_trimming(dataclasses.replace(adapter), eval_set, cfg, repeats=1)
@@ -345,7 +334,7 @@ def test_bench_compare_fused_times_the_float_mask_path_against_the_fused_one(mic
     import eval.text_encoding as te
     from eval.suite import SuiteConfig, prepare_suite
 
-    bench = _bench_probes()
+    bench = load_script("bench/bench_probes.py")
     adapter, eval_set = micro_suite
     cfg = SuiteConfig(probes=("tor", "itm"), n_objects=(2,), items_per_probe=12, templates=("and_chain",))
     calls = []
