@@ -130,7 +130,8 @@ def _shares(shares: Mapping, labels: Sequence[str]) -> str:
 
 def view_rows(result: Mapping) -> list[dict]:
     """The three views of one retrieval result (TOR, IOR, I2TOR) side by side: per view its
-    denominator, the top-1 shares by position/role with 95 % intervals and the summary index.
+    denominator, the top-1 shares by position/role with 95 % intervals, and the summary index's
+    value and interval.
 
     A conditional view below the minimum N has no shares and no index (``None``): it is reported
     as ``n/a (N = k)``, never as numbers built on a handful of items."""
@@ -145,7 +146,7 @@ def view_rows(result: Mapping) -> list[dict]:
         entry = summary.get(f"{index}{suffix}", {}) if index else {}
         defined = entry.get("value") is not None
         n = f"{n_cond}/{n_items} ({100 * n_cond / n_items:.0f} %)" if key == "conditional" else f"{n_items}"
-        rows.append({"view": view, "n": n, "index": index, "value": entry.get("value"), "ci": entry.get("ci"),
+        rows.append({"view": view, "n": n, "value": entry.get("value"), "ci": entry.get("ci"),
                      "shares": _shares(result.get(key) or {}, labels) if defined else f"n/a (N = {n_cond})"})
     return rows
 
@@ -167,7 +168,6 @@ def views_table(runs: Mapping[str, Sequence[Mapping]]) -> str:
                     value = "n/a" if r["value"] is None else f"{r['value']:+.3f} {_fmt_ci(r['ci'])}"
                     lines.append(f"| {name} (step {last['step']}) | {probe} | {n} | {template} | {r['view']} "
                                  f"| {r['n']} | {r['shares']} | {value} |")
-
     return "\n".join(lines) + "\n" if len(lines) > 2 else ""
 
 

@@ -221,14 +221,17 @@ class RunSummary(L.Callback):
 
     # ---------------------------------------------------------------- where things are
 
-    def run_dir(self, trainer: L.Trainer) -> Path:
-        """The bias callback's run dir (``bias.jsonl``, ``plots/``), else ``trainer.default_root_dir``."""
+    @staticmethod
+    def bias_callback(trainer: L.Trainer):
+        """The trainer's ``BiasEvalCallback``, or None."""
         from eval.callback import BiasEvalCallback
 
-        for cb in trainer.callbacks:
-            if isinstance(cb, BiasEvalCallback):
-                return cb.resolve_run_dir(trainer)
-        return Path(trainer.default_root_dir)
+        return next((cb for cb in trainer.callbacks if isinstance(cb, BiasEvalCallback)), None)
+
+    def run_dir(self, trainer: L.Trainer) -> Path:
+        """The bias callback's run dir (``bias.jsonl``, ``plots/``), else ``trainer.default_root_dir``."""
+        cb = self.bias_callback(trainer)
+        return cb.resolve_run_dir(trainer) if cb is not None else Path(trainer.default_root_dir)
 
     def _records(self) -> list[dict]:
         path = self._run_dir / BIAS_FILE if self._run_dir else None
@@ -295,11 +298,8 @@ class RunSummary(L.Callback):
         _emit(summary_text(run_dir, trainer.global_step, int(samples) if samples else None, seconds, metrics,
                            records, offline, self._probe_cost(trainer, seconds)))
 
-    @staticmethod
-    def _probe_cost(trainer: L.Trainer, seconds: float | None) -> str | None:
-        from eval.callback import BiasEvalCallback
-
-        cb = next((c for c in trainer.callbacks if isinstance(c, BiasEvalCallback)), None)
+    def _probe_cost(self, trainer: L.Trainer, seconds: float | None) -> str | None:
+        cb = self.bias_callback(trainer)
         if cb is None or not cb.n_evaluations:
             return None
         return probe_cost_line(cb.n_evaluations, cb.total_seconds, cb.prepare_seconds, cb.render_seconds, seconds)
