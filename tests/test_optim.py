@@ -36,7 +36,7 @@ def test_adamw_impls_equal_the_for_loop(impl):
     for steps in (1, 5):  # one step (bias correction 1) and several (moments carried, shrinking grads)
         ref, got = _steps("for-loop", steps), _steps(impl, steps)
         for a, b in zip(ref, got):
-            torch.testing.assert_close(b, a, rtol=0, atol=1e-6)
+            torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)  # fused kernels reorder float32 ops
         assert all(not torch.equal(a, s) for a, s in zip(ref, start))  # every tensor moved
 
 

@@ -20,7 +20,9 @@ from eval.model_access import ClipAdapter
 from eval.models import register_model_configs
 from eval.text_encoding import encode_text, pooled_positions, trim_ineligibility, trimmed_forward
 
-TOL = dict(rtol=0, atol=1e-5)
+#: two code paths over the same weights; scaled to the magnitudes compared (gradients reach ~6 here,
+#: where float32 reordering differs by ~1e-5 absolute, ~2e-6 relative, by CPU and thread count)
+TOL = dict(rtol=1e-5, atol=1e-5)
 CAPTIONS = ["a dog", "pizza", "a dog and a cat and a big red bus", "a photo of a cat on a mat",
             "egg", "a lamp and a kite"]
 #: a small config built without the registry (the ineligibility tests vary its text tower)
