@@ -18,7 +18,7 @@ from eval.callback import BiasEvalCallback
 from eval.manifest import load_eval_set
 from eval.records import read_records
 from eval.suite import SuiteConfig, prepare_suite
-from train.cli import CONFIG_DIR, main
+from train.cli import CONFIG_DIR, ConfigError, main
 
 QUICKSTART = CONFIG_DIR / "quickstart.yaml"
 
@@ -195,21 +195,28 @@ def test_items_per_probe_null_is_one_per_vocabulary_object(tmp_path):
     assert every["claim1"][2].keys() == explicit["claim1"][2].keys()
 
 
-def test_paper_scale_config_derives_its_numbers_and_loads(capsys):
-    """configs/paper_scale.yaml: three passes over its corpus, evaluations every 500 steps, the
-    quickstart's probe sizes; the CLI reads it (its --help shows its values)."""
-    path = CONFIG_DIR / "paper_scale.yaml"
-    text, cfg = path.read_text(), yaml.safe_load(path.read_text())
-    samples, batch = cfg["data"]["synthetic"]["num_samples"], cfg["data"]["batch_size"]
-    assert cfg["trainer"]["max_steps"] == 3 * samples // batch == 6000
-    cb = bias_args(cfg)
-    assert BiasEvalCallback.spacing(6000, cb["evaluations_per_run"]) == 500
-    sizes = ("items_per_probe", "eval_set_blocks", "itm_distractors", "templates", "probes", "n_objects")
-    assert {k: cb[k] for k in sizes} == {k: bias_args(yaml.safe_load(QUICKSTART.read_text()))[k] for k in sizes}
+def test_paper_scale_overlay_derives_its_numbers_and_loads(capsys):
+    """configs/scale/paper_scale.yaml, an overlay on the quickstart: three passes over its corpus,
+    evaluations every 500 steps, the quickstart's probe sizes; the CLI reads the pair (its --help
+    shows the merged values) and refuses the overlay alone with the command that works."""
+    path = CONFIG_DIR / "scale" / "paper_scale.yaml"
+    text, overlay = path.read_text(), yaml.safe_load(path.read_text())
+    base = yaml.safe_load(QUICKSTART.read_text())
+    assert overlay["trainer"]["max_steps"] == 3 * overlay["data"]["synthetic"]["num_samples"] // base["data"]["batch_size"] == 6000
+    assert "batch_size" not in overlay["data"] and "probes" not in bias_args(overlay)  # the quickstart's, not a copy
+    assert BiasEvalCallback.spacing(6000, bias_args(overlay)["evaluations_per_run"]) == 500
     for claim in ("3 x 256000 // 128 = 6000 steps", "ceil(6000 / 12) = 500"):
         assert claim in text, claim
     with pytest.raises(SystemExit) as exit_:
-        main(["fit", "--config", "paper_scale.yaml", "--help"])
+        main(["fit", "--config", "quickstart.yaml", "--config", "scale/paper_scale.yaml", "--help"])
     assert exit_.value.code == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "Linear warmup length in optimizer steps. (type: int, default: 200)" in out and "'num_samples': 256000" in out
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", "quickstart.yaml", "--config", "scale/paper_scale.yaml", "--print_config"])
+    callbacks = yaml.safe_load(capsys.readouterr().out)["trainer"]["callbacks"]
+    assert len(callbacks) == 1  # merged into the quickstart's one callback, not a second one
+    assert callbacks[0]["init_args"] == {**bias_args(base), "evaluations_per_run": 12} | {
+        k: v for k, v in callbacks[0]["init_args"].items() if k not in bias_args(base)}
+    with pytest.raises(ConfigError, match="--config quickstart.yaml --config scale/paper_scale.yaml"):
+        main(["fit", "--config", "scale/paper_scale.yaml"])
