@@ -7,7 +7,11 @@
   :class:`~lightning.pytorch.loggers.WandbLogger` (matched with ``isinstance``; ``wandb`` stays
   optional). Each part of a run declares the prefixes it logs (the module ``train/*``, ``val/*``;
   the bias callback ``bias/*``; the data statistics callback ``data/*``); a prefix is declared once
-  per logger however many parts ask.
+  per logger however many parts ask. :data:`SUMMARY` says which prefixes keep their last value as
+  the run's summary (the bias indices, so W&B's runs table compares final values).
+- :func:`wandb_loggers`: the W&B loggers among a trainer's loggers.
+
+The one home of W&B metric definitions: nothing else calls ``define_metric``.
 
 Lives in ``eval`` because the bias callback needs it and ``eval`` never imports ``train``.
 """
@@ -17,6 +21,8 @@ from collections.abc import Iterable
 from typing import Any
 
 STEP_METRIC = "samples_seen"
+#: prefix -> W&B summary mode; prefixes not named keep W&B's default
+SUMMARY = {"bias/*": "last"}
 _DEFINED_ATTR = "_samples_axis_defined"  # set of names already declared, kept on the logger itself
 
 
@@ -34,21 +40,23 @@ def samples_seen(trainer: Any, pl_module: Any, batch_size: int | None = None) ->
     return int(trainer.global_step) * samples_per_step(trainer, batch_size or 0)
 
 
+def wandb_loggers(loggers: Iterable[Any]) -> list[Any]:
+    """The :class:`~lightning.pytorch.loggers.WandbLogger` instances among ``loggers`` (``isinstance``)."""
+    try:
+        from lightning.pytorch.loggers import WandbLogger
+    except ImportError:  # pragma: no cover - lightning always ships it; wandb itself is optional
+        return []
+    return [logger for logger in loggers if isinstance(logger, WandbLogger)]
+
+
 def define_samples_axis(loggers: Iterable[Any], prefixes: Iterable[str]) -> list[Any]:
     """Declare ``samples_seen`` as the x-axis of ``prefixes`` (``"bias/*"``) on each W&B logger.
 
     Idempotent per logger: a name already declared is not declared again. Returns the W&B loggers
     found (empty without W&B, and then ``wandb`` is never imported).
     """
-    try:
-        from lightning.pytorch.loggers import WandbLogger
-    except ImportError:  # pragma: no cover - lightning always ships it; wandb itself is optional
-        return []
-    found = []
-    for logger in loggers:
-        if not isinstance(logger, WandbLogger):
-            continue
-        found.append(logger)
+    found = wandb_loggers(loggers)
+    for logger in found:
         experiment = logger.experiment
         if not hasattr(experiment, "define_metric"):  # W&B disabled: a dummy run
             continue
@@ -61,6 +69,7 @@ def define_samples_axis(loggers: Iterable[Any], prefixes: Iterable[str]) -> list
             done.add(STEP_METRIC)
         for prefix in prefixes:
             if prefix not in done:
-                experiment.define_metric(prefix, step_metric=STEP_METRIC)
+                summary = {"summary": SUMMARY[prefix]} if prefix in SUMMARY else {}
+                experiment.define_metric(prefix, step_metric=STEP_METRIC, **summary)
                 done.add(prefix)
     return found

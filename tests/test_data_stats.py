@@ -221,3 +221,14 @@ def test_ddp_totals_are_summed_over_ranks_on_logging_steps(tmp_path):
     # log_every_n_steps=2: Lightning writes after batches 2 and 4 (batches_that_stepped + 1), gathered only there
     assert per_rank[0] == [{}, {"data/bad_utf8": 2.0, "data/decode_errors": 1.0}, {},
                            {"data/bad_utf8": 4.0, "data/decode_errors": 1.0}]
+
+
+def test_bias_indices_keep_their_last_value_as_the_run_summary(tmp_path):
+    """W&B's runs table compares final bias indices: ``bias/*`` is declared with ``summary="last"``, once."""
+    logger = FakeWandb(str(tmp_path))
+    define_samples_axis([logger], ["bias/*", "train/*"])
+    define_samples_axis([logger], ["bias/*"])
+    calls = dict((args[0], kw) for args, kw in _define_calls(logger.run))
+    assert calls == {"samples_seen": {}, "bias/*": {"step_metric": "samples_seen", "summary": "last"},
+                     "train/*": {"step_metric": "samples_seen"}}
+    assert len(_define_calls(logger.run)) == 3

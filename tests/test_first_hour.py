@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import struct
 import subprocess
 import sys
@@ -96,6 +97,11 @@ def test_one_line_per_evaluation_and_an_end_of_run_summary(tiny_run):
     assert any("order_bias " in ln and "N=" in ln and "[" in ln for ln in table), table  # value [95 % CI] N=
     assert "python -m eval report runs/first" in summary
     assert "wandb sync runs/first/wandb/offline-run-" in summary
+    # every suggested eval command parses as written (eval comco requires --out)
+    from eval.cli import build_parser
+    for line in summary.splitlines():
+        if line.strip().startswith("python -m eval "):
+            build_parser().parse_args(shlex.split(line.split("#")[0])[3:])
     # the probes' cost: the evaluations' own seconds (bias.jsonl) as a share of the run, preparation apart
     cost = re.search(r"bias probes: (\d+) evaluations, ([\d.]+) s = ([\d.]+) % of the run "
                      r"\(\+ ([\d.]+) s decoding and tokenising once\)", summary)

@@ -19,6 +19,7 @@ import lightning as L
 
 from eval.records import BIAS_FILE, scan_records, summary_of
 from eval.report import init_final_rows
+from eval.samples_axis import wandb_loggers
 
 #: headline metrics of the end-of-run summary: (metric, label, percent?)
 FINAL_METRICS = (("train/loss", "train loss", False), ("val/loss", "val loss", False),
@@ -170,7 +171,7 @@ def summary_text(run_dir: Path, steps: int, samples: int | None, seconds: float 
         lines.append(f"  python -m eval report {run}    # curves and summary.md in {run}/report/")
     if wandb_offline_dir is not None:
         lines.append(f"  wandb sync {_shown(wandb_offline_dir)}    # upload the offline W&B run")
-    lines.append(f"  python -m eval comco --checkpoint {run}/checkpoints/last.ckpt    # probe the final model")
+    lines.append(f"  python -m eval comco --checkpoint {run}/checkpoints/last.ckpt --out {run}/comco.json    # probe the final model")
     return "\n".join(lines)
 
 
@@ -182,14 +183,6 @@ def _emit(text: str) -> None:
         tqdm.write(text, file=sys.stdout)
     except ImportError:  # pragma: no cover - tqdm ships with Lightning
         print(text, flush=True)
-
-
-def _wandb_loggers(trainer: L.Trainer) -> list:
-    try:
-        from lightning.pytorch.loggers import WandbLogger
-    except ImportError:  # pragma: no cover
-        return []
-    return [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
 
 
 def _offline_dir(logger) -> Path | None:
@@ -248,14 +241,11 @@ class RunSummary(L.Callback):
             self._printed = {r["step"] for r in self._records()}
         if self.config:
             flat = flatten_config(self.config)
-            for logger in _wandb_loggers(trainer):
+            for logger in wandb_loggers(trainer.loggers):
                 logger.log_hyperparams(flat)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._report_evaluations(trainer)
-        for logger in _wandb_loggers(trainer):  # after the bias callback declared its x-axis
-            if trainer.is_global_zero and hasattr(logger.experiment, "define_metric"):
-                logger.experiment.define_metric("bias/*", step_metric="samples_seen", summary="last")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         self._report_evaluations(trainer)
@@ -285,7 +275,7 @@ class RunSummary(L.Callback):
         if not trainer.is_global_zero:
             return
         records = self._records()
-        wandb = _wandb_loggers(trainer)
+        wandb = wandb_loggers(trainer.loggers)
         self._log_media(trainer, wandb, records)
         if not self.print_summary:
             return
