@@ -34,9 +34,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from data_prep.fileio import write_json_atomic  # noqa: E402
 from eval.eval_sets import default_eval_set  # noqa: E402
 from eval.manifest import EvalSet, load_eval_set  # noqa: E402
-from eval.outputs import write_json_atomic  # noqa: E402
 from eval.suite import SuiteConfig, prepare_suite, run_suite  # noqa: E402
 
 

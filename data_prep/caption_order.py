@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from .boxes import BoxesSidecar
 from .mentions import Vocabulary, default_vocabulary, mentioned_names
 from .read_shards import iter_samples
-from .shards import write_json_atomic
+from .fileio import write_json_atomic
 from .stats import wilson_interval
 
 

@@ -6,35 +6,70 @@ Every sub-command checks its arguments before doing any work and reports bad val
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
+from typing import get_origin
 
 from . import synth as synth_mod
-from .captions import HELD_OUT_TEMPLATES, TEMPLATES
-from .shards import OutDirError, check_writable
+from .corpus_spec import CorpusSpec, cli_flag, field_default, field_types
+from .fileio import OutDirError, check_writable
 
 
-def _positive(flag: str):
-    def conv(text: str) -> int:
+def _typed(flag: str, cast: type = int, minimum: int | None = None):
+    """An argparse ``type=`` that parses ``cast`` (int or float) and names ``flag`` in its error."""
+    what = "an integer" if cast is int else "a number"
+
+    def conv(text: str):
         try:
-            v = int(text)
+            v = cast(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{flag} must be an integer, got {text!r}") from None
-        if v < 1:
+            raise argparse.ArgumentTypeError(f"{flag} must be {what}, got {text!r}") from None
+        if minimum is not None and v < minimum:
             raise argparse.ArgumentTypeError(f"{flag} must be positive, got {v}")
         return v
     return conv
 
 
-def _probability(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--p-large-first must be a number, got {text!r}") from None
-    if not 0.0 <= v <= 1.0:
-        raise argparse.ArgumentTypeError(f"--p-large-first must lie in [0, 1], got {v}")
-    return v
+def _positive(flag: str):
+    return _typed(flag, int, minimum=1)
+
+
+def add_spec_arguments(parser: argparse.ArgumentParser, spec_cls: type = CorpusSpec) -> None:
+    """One flag per field of the dataclass ``spec_cls`` (``p_large_first`` -> ``--p-large-first``), with the
+    field's type, default (none: required), choices and help. Values are only parsed here; their rules
+    are ``spec_cls.problems`` (the caller reports them through ``parser.error``)."""
+    for f in dataclasses.fields(spec_cls):
+        flag, kind, meta = cli_flag(f.name), field_types(spec_cls)[f.name], f.metadata
+        kw: dict = {"dest": f.name, "help": meta.get("help", "").replace("%", "%%")}
+        if kind is int:
+            kw["type"] = _typed(flag, int)
+        elif kind is float:
+            kw["type"] = _typed(flag, float)
+        elif kind is str:
+            kw["type"] = str
+        elif get_origin(kind) is list:
+            kw["nargs"] = "*"
+        else:
+            raise TypeError(f"{spec_cls.__name__}.{f.name}: no command-line form for type {kind!r}")
+        if meta.get("choices"):
+            kw["choices"] = meta["choices"]
+        if meta.get("metavar"):
+            kw["metavar"] = meta["metavar"]
+        default = field_default(f)
+        if default is dataclasses.MISSING:
+            kw["required"] = True
+        else:
+            kw["default"] = default
+            shown = " ".join(default) if isinstance(default, list) else "%(default)s"
+            kw["help"] += f" (default: {shown or 'none'})"
+        parser.add_argument(flag, **kw)
+
+
+def spec_from_args(args: argparse.Namespace, spec_cls: type = CorpusSpec):
+    """The ``spec_cls`` instance that :func:`add_spec_arguments`' flags parsed into ``args``."""
+    return spec_cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(spec_cls)})
 
 
 def _check_out(parser: argparse.ArgumentParser, out: Path, overwrite: bool) -> None:
@@ -54,24 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("synth", help="rendered training shards with a caption-order knob")
     s.add_argument("--out", type=Path, required=True, help="output directory for 00000.tar, sizes.json, meta.json")
-    s.add_argument("--num-samples", type=_positive("--num-samples"), required=True, help="number of images")
-    s.add_argument("--seed", type=int, default=0, help="corpus seed (sample i depends on (seed, i) only)")
-    s.add_argument("--image-size", type=_positive("--image-size"), default=64, help="image side in pixels")
-    s.add_argument("--min-objects", type=_positive("--min-objects"), default=2, help="fewest objects per image")
-    s.add_argument("--max-objects", type=_positive("--max-objects"), default=4, help="most objects per image")
-    s.add_argument("--size-mode", choices=synth_mod.SIZE_MODES, default="one_large",
-                   help="one_large: one large + smaller objects; mixed: all sizes drawn alike")
-    s.add_argument("--p-large-first", type=_probability, default=0.9,
-                   help="probability that a caption names objects largest-first (else a random order "
-                        "whose first object is not the largest; 1/n is an unbiased order only for "
-                        "samples with n objects, and n varies per sample)")
-    s.add_argument("--shard-size", type=_positive("--shard-size"), default=1000, help="samples per tar")
+    add_spec_arguments(s)  # the corpus's knobs: data_prep.corpus_spec.CorpusSpec, one flag per field
     s.add_argument("--workers", type=_positive("--workers"), default=1, help="processes (same bytes for any value)")
     s.add_argument("--objects", nargs="+", default=None, help="restrict to these object names (default: all)")
-    s.add_argument("--held-out-templates", nargs="*", default=list(HELD_OUT_TEMPLATES), metavar="TEMPLATE",
-                   help="caption templates no sample uses, so probes can score them as held-out forms "
-                        f"(default: {' '.join(HELD_OUT_TEMPLATES)}; give the flag with no value to use all "
-                        f"of {', '.join(TEMPLATES)})")
     s.add_argument("--overwrite", action="store_true", help="allow a non-empty --out")
     s.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
@@ -148,18 +168,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_synth(p, args) -> None:
-    try:
-        synth_mod.validate_args(args.num_samples, args.image_size, args.min_objects, args.max_objects,
-                                args.size_mode, args.p_large_first, args.shard_size, args.workers, args.objects,
-                                args.held_out_templates)
-    except ValueError as e:
-        p.error(str(e))
+    spec = spec_from_args(args)
+    errs = spec.problems(cli_flag, objects=args.objects)
+    if errs:
+        p.error("; ".join(errs))
     _check_out(p, args.out, args.overwrite)
     try:
-        meta = synth_mod.write_corpus(args.out, args.num_samples, args.seed, args.image_size, args.min_objects,
-                                      args.max_objects, args.size_mode, args.p_large_first, args.shard_size,
-                                      args.overwrite, not args.no_progress, args.workers, args.objects,
-                                      args.held_out_templates, desc="rendering training corpus")
+        meta = synth_mod.write_corpus(args.out, spec=spec, overwrite=args.overwrite, progress=not args.no_progress,
+                                      workers=args.workers, objects=args.objects, desc="rendering training corpus")
     except OutDirError as e:  # --overwrite would replace a file data_prep did not write
         p.error(str(e))
     print(f"wrote {meta['num_samples']} samples in {meta['num_shards']} shards to {args.out}")
@@ -261,7 +277,7 @@ def _run_vocab(p, args) -> None:
 def _run_caption_stats(p, args) -> None:
     from .caption_stats import format_stats, shard_caption_stats
     from .mentions import load_vocabulary
-    from .shards import write_json_atomic
+    from .fileio import write_json_atomic
     try:
         vocab = load_vocabulary(args.vocabulary)
     except ValueError as e:

@@ -26,9 +26,9 @@ from typing import Iterator, Sequence
 from PIL import Image
 from tqdm.auto import tqdm
 
+from .fileio import write_json_atomic
 from .mentions import Vocabulary, coco_vocabulary, mentioned_names
-from .shards import (encode_jpeg, prepare_out_dir, sample_key, shard_name, write_json_atomic, write_meta,
-                     write_tar_atomic)
+from .shards import encode_jpeg, prepare_out_dir, sample_key, shard_name, write_meta, write_tar_atomic
 
 
 def load_coco(instances: Sequence[str | Path], captions: Sequence[str | Path]) -> tuple[dict, dict, dict]:

@@ -13,7 +13,6 @@ Balance is exact when ``items_per_setting`` is a multiple of the vocabulary size
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -21,6 +20,7 @@ from typing import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from .fileio import atomic_write, write_text_atomic
 from .render import SLOTS, render_scene, size_for_area
 from .shards import prepare_out_dir, write_meta
 from .vocab import SHAPES, check_names, list_objects
@@ -79,11 +79,8 @@ def validate_args(image_size: int, n_objects: Sequence[int], items_per_setting: 
 
 
 def _save(img, out: Path, rel: str) -> None:
-    path = out / rel
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    img.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_write(out / rel, "wb", fsync=False) as f:  # thousands of images: no fsync each
+        img.save(f, format="PNG")
 
 
 def write_eval_set(out_dir, seed: int = 0, image_size: int = 64, n_objects: Sequence[int] = (2, 3, 4, 5),
@@ -134,10 +131,7 @@ def write_eval_set(out_dir, seed: int = 0, image_size: int = 64, n_objects: Sequ
         lines.append({"image": rel, "objects": objs, "large": large, "areas": [t["area"] for t in truth],
                       "n_objects": len(objs), "kind": "single" if large is None else "multi",
                       "setting": setting, "bboxes": [t["bbox"] for t in truth]})
-    manifest = out / "manifest.jsonl"
-    tmp = manifest.with_name(manifest.name + ".tmp")
-    tmp.write_text("".join(json.dumps(rec) + "\n" for rec in lines), encoding="utf-8")
-    os.replace(tmp, manifest)
+    manifest = write_text_atomic(out / "manifest.jsonl", "".join(json.dumps(rec) + "\n" for rec in lines))
     write_meta(out, {
         "kind": kind, "seed": seed, "image_size": image_size, "n_objects": n_objects,
         "items_per_setting": k, "background": background, "vocabulary": names,

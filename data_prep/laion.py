@@ -21,7 +21,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .shards import prepare_out_dir, shard_name, write_json_atomic, write_meta
+from .fileio import write_json_atomic
+from .shards import prepare_out_dir, shard_name, write_meta
 
 RESIZE_MODES = ("center_crop", "border", "keep_ratio", "no")
 

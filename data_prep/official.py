@@ -22,6 +22,7 @@ import shutil
 import warnings
 from pathlib import Path
 
+from .fileio import write_text_atomic
 from .shards import prepare_out_dir, write_meta
 
 COUNTS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5}
@@ -107,10 +108,7 @@ def convert_official(src_dir, out_dir, overwrite: bool = False,
                             "n_objects": n, "kind": "single" if n == 1 else "multi",
                             "setting": "single" if n == 1 else f"n{n}_large_slot{large}",
                             "source_folder": folder.name})
-    manifest = out / "manifest.jsonl"
-    tmp = manifest.with_name(manifest.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-    os.replace(tmp, manifest)
+    manifest = write_text_atomic(out / "manifest.jsonl", "".join(json.dumps(r) + "\n" for r in records))
     write_meta(out, {"kind": "official_comco", "src_dir": str(src),
                      "folders": [f.name for f in folders], "num_images": len(records)})
     return manifest

@@ -4,14 +4,15 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 import tarfile
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Iterable
 
 from PIL import Image
+
+# OutDirError, check_writable, write_json_atomic: also imported from here by other modules (for now)
+from .fileio import OutDirError, atomic_write, check_writable, parse_temp, write_json_atomic
 
 JPEG_QUALITY = 95
 
@@ -46,37 +47,20 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 def write_tar_atomic(path: Path, samples: Iterable[tuple[str, bytes, str, dict]]) -> int:
-    """Write ``(key, jpg_bytes, caption, json_dict)`` samples to ``path`` via a temp file + rename.
+    """Write ``(key, jpg_bytes, caption, json_dict)`` samples to ``path`` atomically (:func:`~.fileio.atomic_write`).
 
     Returns the number of samples written. An interrupted write removes its temp file, so a
     shard is either complete or absent.
     """
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
     count = 0
-    try:
-        with open(tmp, "wb") as fh:
-            with tarfile.open(fileobj=fh, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-                for key, jpg, caption, meta in samples:
-                    _add(tar, f"{key}.jpg", jpg)
-                    _add(tar, f"{key}.txt", caption.encode("utf-8"))
-                    _add(tar, f"{key}.json", json.dumps(meta, sort_keys=True).encode("utf-8"))
-                    count += 1
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:  # incl. KeyboardInterrupt: never leave a partial shard behind
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_write(path, "wb") as fh:
+        with tarfile.open(fileobj=fh, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+            for key, jpg, caption, meta in samples:
+                _add(tar, f"{key}.jpg", jpg)
+                _add(tar, f"{key}.txt", caption.encode("utf-8"))
+                _add(tar, f"{key}.json", json.dumps(meta, sort_keys=True).encode("utf-8"))
+                count += 1
     return count
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    """Write JSON via temp file + rename."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def write_meta(out_dir: Path, meta: dict) -> dict:
@@ -99,35 +83,6 @@ RECORD_FILES = ("meta.json", "sizes.json", "manifest.jsonl")
 #: Hint for files left or refused: folders written before the marker existed count as foreign.
 _OLD_HINT = ("output written by data_prep before its meta.json carried "
              f'"writer": "{WRITER}" counts as foreign too: move it away')
-
-
-class OutDirError(ValueError):
-    """An output location that cannot be used (not writable, or would replace files we did not write)."""
-
-
-def check_writable(path: Path, flag: str = "--out", is_dir: bool = False) -> Path:
-    """Fail early, naming ``flag``, if ``path`` (a file, or a folder if ``is_dir``) cannot be written.
-
-    Leaves nothing behind: probes with a temp file in the folder the output goes to or, if that
-    does not exist yet, in its nearest existing ancestor (where the missing folders would be made).
-    """
-    path = Path(path)
-    if is_dir and path.exists() and not path.is_dir():
-        raise OutDirError(f"{flag} {path} exists and is not a directory")
-    if not is_dir and path.is_dir():
-        raise OutDirError(f"{flag} {path} is a directory; give a file path")
-    probe = path if is_dir else path.parent
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if not probe.is_dir():
-        raise OutDirError(f"{flag} {path} cannot be written: {probe} is not a directory")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".write-test-", dir=probe)
-        os.close(fd)
-        os.unlink(tmp)
-    except OSError as e:
-        raise OutDirError(f"{flag} {path} cannot be written: a test file in {probe} failed ({e.strerror or e})") from None
-    return path
 
 
 def _safe_rel(name) -> str | None:
@@ -176,6 +131,7 @@ def recorded_files(out_dir: Path) -> set[str]:
         if isinstance(rec, dict):
             names.add(rec.get("image"))
     safe = {_safe_rel(n) for n in names}
+    # ``<name>.tmp``: the temp files of data_prep's writes before they moved to data_prep.fileio
     return {n for n in safe if n is not None} | {n + ".tmp" for n in safe if n is not None}
 
 
@@ -199,6 +155,8 @@ def prepare_out_dir(out_dir: Path, overwrite: bool, planned: Iterable[str] = ())
                               "or choose an empty directory")
         ours = recorded_files(out_dir)
         present = sorted(p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*") if not p.is_dir())
+        # temp files a killed write of one of ours left behind (``.<name>.tmp-<pid>``) are ours too
+        ours |= {f for f in present if (t := parse_temp(f)) is not None and t[0].as_posix() in ours}
         foreign = [f for f in present if f not in ours]
         clash = sorted(set(foreign) & {_safe_rel(n) for n in planned})
         if clash:

@@ -10,25 +10,28 @@ order for the whole corpus: ``1/3`` is uniform for 3-object samples but favours 
 object in 4-object ones and disfavours it in 2-object ones.
 
 Every sample draws from its own RNG seeded by ``(seed, index)``, so output bytes do not depend
-on the number of workers.
+on the number of workers. The knobs, their defaults and rules are declared once, in
+:class:`data_prep.corpus_spec.CorpusSpec`.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from .captions import HELD_OUT_TEMPLATES, TEMPLATES, make_caption, training_templates
+from .captions import TEMPLATES, make_caption, training_templates
+from .checks import int_problem
+from .corpus_spec import CorpusSpec, cli_flag
 from .render import render_scene, size_for_area
-from .shards import (encode_jpeg, prepare_out_dir, sample_key, shard_name, write_json_atomic, write_meta,
-                     write_tar_atomic)
-from .vocab import check_names, list_objects
+from .fileio import write_json_atomic
+from .shards import encode_jpeg, prepare_out_dir, sample_key, shard_name, write_meta, write_tar_atomic
+from .vocab import list_objects
 
-SIZE_MODES = ("one_large", "mixed")
 #: opaque area as a fraction of the image: (low, high)
 LARGE_RANGE = (0.10, 0.18)
 SMALL_RANGE = (0.015, 0.04)
@@ -54,54 +57,17 @@ def caption_mention_order(areas: Sequence[int], p_large_first: float,
     return [first] + rest, False
 
 
-def validate_args(num_samples: int, image_size: int, min_objects: int, max_objects: int, size_mode: str,
-                  p_large_first: float, shard_size: int, workers: int = 1,
-                  objects: Sequence[str] | None = None,
-                  held_out_templates: Sequence[str] = HELD_OUT_TEMPLATES) -> None:
-    """Collect every problem with the arguments and raise one ``ValueError`` naming the flags."""
-    errs = []
-    try:
-        training_templates(held_out_templates)
-    except ValueError as e:
-        errs.append(f"--held-out-templates: {e}")
-    if objects is not None:
-        try:
-            check_names(list(objects))
-        except ValueError as e:
-            raise ValueError(f"--objects: {e}") from None  # e lists the valid names
-        if len(set(objects)) != len(objects):
-            errs.append(f"--objects has duplicates: {sorted(objects)}")
-    vocab_size = len(set(objects)) if objects is not None else len(list_objects())
-    if num_samples < 1:
-        errs.append(f"--num-samples must be positive, got {num_samples}")
-    if image_size < 16:
-        errs.append(f"--image-size must be >= 16, got {image_size}")
-    if min_objects < 1:
-        errs.append(f"--min-objects must be positive, got {min_objects}")
-    if max_objects < min_objects:
-        errs.append(f"--max-objects ({max_objects}) must be >= --min-objects ({min_objects})")
-    if max_objects > vocab_size:
-        errs.append(f"--max-objects must be <= the number of objects ({vocab_size}), got {max_objects}")
-    if size_mode not in SIZE_MODES:
-        errs.append(f"--size-mode must be one of {SIZE_MODES}, got {size_mode!r}")
-    if not (0.0 <= p_large_first <= 1.0) or math.isnan(p_large_first):
-        errs.append(f"--p-large-first must lie in [0, 1], got {p_large_first}")
-    if shard_size < 1:
-        errs.append(f"--shard-size must be positive, got {shard_size}")
-    if workers < 1:
-        errs.append(f"--workers must be positive, got {workers}")
-    if errs:
-        raise ValueError("; ".join(errs))
+def make_sample(index: int, spec: CorpusSpec, key: str,
+                objects: Sequence[str] | None = None) -> tuple[str, bytes, str, dict]:
+    """Render sample ``index`` of the corpus ``spec``: ``(key, jpg bytes, caption, json dict)``.
 
-
-def make_sample(index: int, seed: int, image_size: int, min_objects: int, max_objects: int,
-                size_mode: str, p_large_first: float, key: str,
-                objects: Sequence[str] | None = None,
-                held_out_templates: Sequence[str] = HELD_OUT_TEMPLATES) -> tuple[str, bytes, str, dict]:
-    """Render sample ``index``: ``(key, jpg bytes, caption, json dict)``; depends only on its args."""
+    Depends only on ``index``, ``spec``'s knobs (not ``num_samples`` or ``shard_size``) and ``objects``
+    (the vocabulary; ``None``: all objects).
+    """
+    seed, image_size, size_mode = spec.seed, spec.image_size, spec.size_mode
     rng = np.random.default_rng([seed, index])
     names = sorted(objects) if objects is not None else list_objects()
-    n = int(rng.integers(min_objects, max_objects + 1))
+    n = int(rng.integers(spec.min_objects, spec.max_objects + 1))
     chosen = [names[i] for i in rng.choice(len(names), size=n, replace=False)]
     if size_mode == "one_large":
         sizes = [rng.uniform(*LARGE_RANGE)] + list(rng.uniform(*SMALL_RANGE, size=n - 1))
@@ -110,17 +76,17 @@ def make_sample(index: int, seed: int, image_size: int, min_objects: int, max_ob
     sizes = [size_for_area(nm, float(z), image_size, max_side=0.8) for nm, z in zip(chosen, sizes)]
     scene_seed = int(rng.integers(2**31))
     image, truth = render_scene(chosen, sizes, "random", image_size, "random", seed=scene_seed)
-    order, large_first = caption_mention_order([t["area"] for t in truth], p_large_first, rng)
-    templates = training_templates(held_out_templates)
+    order, large_first = caption_mention_order([t["area"] for t in truth], spec.p_large_first, rng)
+    templates = training_templates(spec.held_out_templates)
     template = templates[int(rng.integers(len(templates)))]
     caption = make_caption([chosen[i] for i in order], template)
     mention = {obj: pos for pos, obj in enumerate(order)}
     drawing = sorted(range(n), key=lambda i: truth[i]["draw_index"])
-    objects = [{"name": truth[i]["name"], "bbox": truth[i]["bbox"], "area": truth[i]["area"],
-                "mention_index": mention[i]} for i in drawing]
+    boxes = [{"name": truth[i]["name"], "bbox": truth[i]["bbox"], "area": truth[i]["area"],
+              "mention_index": mention[i]} for i in drawing]
     meta = {"key": key, "caption": caption, "url": None, "width": image_size, "height": image_size,
             "original_width": image_size, "original_height": image_size, "status": "success",
-            "error_message": None, "template": template, "objects": objects, "large_first": large_first}
+            "error_message": None, "template": template, "objects": boxes, "large_first": large_first}
     return key, encode_jpeg(image), caption, meta
 
 
@@ -129,45 +95,53 @@ def _write_shard(out_dir: str, shard: int, start: int, stop: int, shard_size: in
     return write_tar_atomic(Path(out_dir) / shard_name(shard), samples)
 
 
-def write_corpus(out_dir, num_samples: int, seed: int = 0, image_size: int = 64, min_objects: int = 2,
-                 max_objects: int = 4, size_mode: str = "one_large", p_large_first: float = 0.9,
-                 shard_size: int = 1000, overwrite: bool = False, progress: bool = True,
-                 workers: int = 1, objects: Sequence[str] | None = None,
-                 held_out_templates: Sequence[str] = HELD_OUT_TEMPLATES, desc: str = "rendering corpus") -> dict:
+def write_corpus(out_dir, num_samples: int | None = None, *, spec: CorpusSpec | None = None,
+                 overwrite: bool = False, progress: bool = True, workers: int = 1,
+                 objects: Sequence[str] | None = None, desc: str = "rendering corpus", **knobs: Any) -> dict:
     """Write the rendered corpus as img2dataset-style shards + ``sizes.json`` + ``meta.json``.
+
+    The corpus is ``spec`` (a :class:`~data_prep.corpus_spec.CorpusSpec`), or the knobs given as keywords
+    (``num_samples``, ``seed``, ``p_large_first``, ...: its fields, with its defaults); knobs given
+    beside ``spec`` replace its values. Every problem with them raises one ``ValueError`` naming the
+    ``python -m data_prep synth`` flags, before any file is touched.
 
     Args:
         out_dir: output directory (must be empty unless ``overwrite``).
-        num_samples: number of images.
-        seed: corpus seed; sample i depends only on (seed, i).
-        image_size: side in pixels.
-        min_objects, max_objects: objects per image, inclusive range.
-        size_mode: ``one_large`` (one large + smaller ones) or ``mixed`` (all sizes drawn alike).
-        p_large_first: probability that the caption names objects largest-first.
-        shard_size: samples per tar.
+        num_samples: number of images (a knob, positional for short calls).
+        spec: all the knobs at once.
         overwrite: in a non-empty ``out_dir``, delete the files a previous data_prep run recorded
             writing there (its ``meta.json``) instead of refusing; other files are left alone (a
             warning names them), and one that a new shard would replace makes it refuse.
         progress: show a tqdm bar (labelled ``desc``).
         workers: processes rendering whole shards in parallel (output bytes are the same).
         objects: restrict the vocabulary to these names (default: all of ``vocab.OBJECTS``).
-        held_out_templates: caption templates no sample uses (default
-            ``captions.HELD_OUT_TEMPLATES``), so the probes can score them as held-out forms.
+        **knobs: the other fields of ``CorpusSpec``.
     Returns:
         the meta dict written to ``meta.json``.
     """
-    validate_args(num_samples, image_size, min_objects, max_objects, size_mode, p_large_first, shard_size, workers,
-                  objects, held_out_templates)
+    if num_samples is not None:
+        knobs["num_samples"] = num_samples
+    if spec is not None:  # a subclass (train.data.SyntheticCorpus) too: keep only the knobs
+        knobs = {f.name: getattr(spec, f.name) for f in dataclasses.fields(CorpusSpec)} | knobs
+    spec = CorpusSpec(**knobs)
+    errs = spec.problems(cli_flag, objects=objects)
+    if problem := int_problem("--workers", workers, 1):
+        errs.append(problem)
+    if errs:
+        raise ValueError("; ".join(errs))
+    spec = dataclasses.replace(spec, held_out_templates=list(spec.held_out_templates))
+    objects = sorted(objects) if objects is not None else None
+    num_samples, shard_size = spec.num_samples, spec.shard_size
     n_shards = math.ceil(num_samples / shard_size)
     files = [shard_name(s) for s in range(n_shards)] + ["sizes.json", "meta.json"]
     out = prepare_out_dir(Path(out_dir), overwrite, planned=files)
-    kw = dict(seed=seed, image_size=image_size, min_objects=min_objects, max_objects=max_objects,
-              size_mode=size_mode, p_large_first=p_large_first,
-              objects=sorted(objects) if objects is not None else None,
-              held_out_templates=list(held_out_templates))
-    meta = {"kind": "synth", "num_samples": num_samples, "num_shards": n_shards, **kw,
-            "shard_size": shard_size,
-            "templates": {t: TEMPLATES[t] for t in training_templates(held_out_templates)}, "vocabulary": kw["objects"] or list_objects(),
+    kw = dict(spec=spec, objects=objects)
+    meta = {"kind": "synth", "num_samples": num_samples, "num_shards": n_shards, "seed": spec.seed,
+            "image_size": spec.image_size, "min_objects": spec.min_objects, "max_objects": spec.max_objects,
+            "size_mode": spec.size_mode, "p_large_first": spec.p_large_first, "objects": objects,
+            "held_out_templates": spec.held_out_templates, "shard_size": shard_size,
+            "templates": {t: TEMPLATES[t] for t in training_templates(spec.held_out_templates)},
+            "vocabulary": objects or list_objects(),
             "size_ranges": {"large": LARGE_RANGE, "small": SMALL_RANGE, "mixed": MIXED_RANGE},
             "caption_order_rule": "largest-first (by visible area) with p_large_first, else random order "
                                   "whose first object is not the largest",

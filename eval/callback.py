@@ -37,7 +37,7 @@ from eval.eval_sets import default_eval_set, eval_set_cache_problem, n_objects_p
 from eval.model_access import ClipAdapter, model_image_size
 from eval.records import BIAS_FILE, append_records, flatten, make_records, metric_key
 from eval.samples_axis import define_samples_axis, samples_seen
-from eval.suite import SuiteConfig, SuiteOptionError, check_int
+from eval.suite import SuiteConfig, SuiteOptionError, check_int, options_doc, suite_options
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +46,6 @@ class BiasEvalCallback(L.Callback):
     """Evaluate order/size-bias probes on rank 0 during training and log them over samples seen.
 
     Args:
-        probes: probe names (``tor``, ``toc``, ``ior``, ``ioc``, ``i2tor``, ``itm``, ``claim1``).
-        n_objects: objects per item to evaluate (each >= 2 and in the eval set).
-        items_per_probe: items (captions / images) per probe and n; fewer = faster, wider intervals.
-            TOR rounds up to whole Latin-square blocks of the vocabulary; null = one block (one item
-            per vocabulary object, each object once in every position).
-        itm_distractors: absent objects per image in ITM (null = all), the main cost knob of ITM.
         every_n_steps: evaluate after every N optimizer steps (plus at step 0 and at the end); null =
             500 unless ``evaluations_per_run`` is given.
         evaluations_per_run: instead of ``every_n_steps``: evaluate this many times after step 0,
@@ -68,17 +62,16 @@ class BiasEvalCallback(L.Callback):
         eval_set_blocks: counterbalanced blocks per setting in the rendered default set (1 block =
             62 images per large slot, 186 for n = 3); more blocks give IOR/I2TOR/ITM more images and
             narrower intervals (4 blocks: 744 images for n = 3, index half-width about ±0.05).
-        templates: caption templates (``data_prep.captions.TEMPLATES`` ids), the first is the headline.
-        text_encodings: ``plain`` and/or ``split`` (per-object caption splitting) for TOR, ITM, Claim 1.
         run_dir: where ``bias.jsonl`` and ``plots/`` go; None = ``trainer.default_root_dir``.
         eval_at_end: evaluate once more at the end of training if the last step was not evaluated.
         plots: write PNG curves to ``<run_dir>/plots`` at the end of training.
-        seed: seed of the item selection (fixed, so every evaluation sees the same items) and of
-            the rendered default set.
 
-    ``probes``, ``n_objects``, ``items_per_probe``, ``itm_distractors``, ``templates``,
-    ``text_encodings`` and ``seed`` are probe options: their defaults, meaning and checks are
-    :class:`eval.suite.SuiteConfig`'s, which the callback builds from them (``self.suite``).
+    The probe options (``probes``, ``n_objects``, ``items_per_probe``, ... : ``SUITE_OPTIONS``, every
+    field of :class:`eval.suite.SuiteConfig`) are arguments too: their defaults, checks and help are
+    SuiteConfig's, which the callback builds from them (``self.suite``). Their ``Args`` entries are
+    SuiteConfig's help, put first in the section when this module is imported
+    (:func:`eval.suite.options_doc`), so LightningCLI's help under ``trainer.callbacks`` shows the same
+    words as ``python -m eval comco --help``.
     """
 
     def __init__(
@@ -99,14 +92,21 @@ class BiasEvalCallback(L.Callback):
         eval_at_end: bool = True,
         plots: bool = True,
         seed: int = SuiteConfig.seed,
+        gallery_template: str = SuiteConfig.gallery_template,
+        split_template: str = SuiteConfig.split_template,
+        linear_items: int = SuiteConfig.linear_items,
+        linear_method: str = SuiteConfig.linear_method,
+        linear_steps: int = SuiteConfig.linear_steps,
+        train_frac: float = SuiteConfig.train_frac,
     ) -> None:
         super().__init__()
         v = self._checked(
             probes=probes, n_objects=n_objects, items_per_probe=items_per_probe, itm_distractors=itm_distractors,
             every_n_steps=every_n_steps, evaluations_per_run=evaluations_per_run, data_dir=data_dir,
             cache_dir=cache_dir, image_size=image_size, eval_set_blocks=eval_set_blocks, templates=templates,
-            text_encodings=text_encodings,
-            run_dir=run_dir, eval_at_end=eval_at_end, plots=plots, seed=seed)
+            text_encodings=text_encodings, run_dir=run_dir, eval_at_end=eval_at_end, plots=plots, seed=seed,
+            gallery_template=gallery_template, split_template=split_template, linear_items=linear_items,
+            linear_method=linear_method, linear_steps=linear_steps, train_frac=train_frac)
         #: the probe options (the suite's own defaults and checks)
         self.suite: SuiteConfig = v["suite"]
         #: evaluation spacing in optimizer steps; with ``evaluations_per_run``, set when training starts
@@ -137,15 +137,14 @@ class BiasEvalCallback(L.Callback):
     DEFAULT_EVERY_N_STEPS = 500
     #: where the arguments live in a training config; every message names them under it
     CONFIG_PATH = "trainer.callbacks[BiasEvalCallback].init_args"
-    #: the probe options, passed on to :class:`eval.suite.SuiteConfig` under the same names
-    SUITE_OPTIONS = ("probes", "n_objects", "items_per_probe", "itm_distractors", "templates", "text_encodings",
-                     "seed")
+    #: the probe options (every :class:`eval.suite.SuiteConfig` field), passed on to it under the same names
+    SUITE_OPTIONS = tuple(opt.name for opt in suite_options())
 
     @classmethod
     def _checked(cls, **args: Any) -> dict[str, Any]:
         """The arguments normalised (the probe options as a ``SuiteConfig``), or one ``ValueError``
         on one line that names every bad argument, what it must be and what it got."""
-        from data_prep.shards import OutDirError, check_writable
+        from data_prep.fileio import OutDirError, check_writable
 
         errs: list[str] = []
         out: dict[str, Any] = {"suite": None}
@@ -335,6 +334,18 @@ class BiasEvalCallback(L.Callback):
         define_samples_axis(trainer.loggers, ["bias/*"])  # once per logger, see eval.samples_axis
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
+
+
+def _with_probe_options(doc: str) -> str:
+    """``doc`` with the probe options' entries (SuiteConfig's help, ``null`` for None) first in its
+    ``Args:`` section, where docstring_parser (and so jsonargparse's help) finds them."""
+    head, args, rest = doc.partition("    Args:\n")
+    if not args:
+        raise RuntimeError("BiasEvalCallback's docstring needs an Args: section for the probe options")
+    return f"{head}{args}{options_doc(BiasEvalCallback.SUITE_OPTIONS, none_as='null')}\n{rest}"
+
+
+BiasEvalCallback.__doc__ = _with_probe_options(BiasEvalCallback.__doc__)
 
 
 def _batch_len(batch: Any) -> int | None:

@@ -14,16 +14,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from data_prep.captions import TEMPLATES
-from eval import probes as P
+from data_prep.fileio import write_json_atomic
 from eval import report, suite
 from eval.attention import attention_by_role, format_attention, vit_last_attention
 from eval.eval_sets import CACHE_ENV, default_eval_set, eval_set_cache_problem, n_objects_problem
 from eval.manifest import load_eval_set
 from eval.model_access import ClipAdapter, model_image_size
-from eval.outputs import write_json_atomic
 from eval.records import summary_of
-from eval.suite import TEXT_ENCODINGS, SuiteConfig, SuiteOptionError
+from eval.suite import SuiteConfig, SuiteOption, SuiteOptionError, suite_options
 
 CACHE_HELP = f"cache for rendered eval sets (default: ${CACHE_ENV} or ~/.cache/clip_bias_lab)"
 
@@ -32,8 +30,82 @@ def _csv(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
+# ---------------------------------------------------------------- the probe options, from SuiteConfig
+# Each SuiteConfig option is one comco flag whose type, default, choices and help come from its
+# declaration (eval.suite.suite_options); what follows is only how this command line spells them.
+
+#: flags that are not ``--<option name with dashes>`` (kept as users know them)
+_FLAG_NAMES = {"items_per_probe": "--items", "text_encodings": "--text-encoding"}
+#: list options given as one comma-separated word (the other lists take several words)
+_COMMA_LISTS = ("probes", "templates")
+#: the value that stands for None, for an optional option this command line can unset
+_NONE_VALUES = {"itm_distractors": 0}
+#: options whose default here is not the suite's: (default, what it means)
+_OWN_DEFAULTS = {"n_objects": (None, "every n in the eval set")}
+
+
+def suite_flag(name: str) -> str:
+    """``comco``'s flag of the suite option ``name``."""
+    return _FLAG_NAMES.get(name, "--" + name.replace("_", "-"))
+
+
+def _dest(name: str) -> str:
+    """The ``args`` attribute of the suite option ``name`` (argparse's own, from the flag)."""
+    return suite_flag(name).lstrip("-").replace("-", "_")
+
+
+#: ``comco``'s flag for each suite option (:class:`eval.suite.SuiteConfig` checks them; its errors name these)
+SUITE_FLAGS = {opt.name: suite_flag(opt.name) for opt in suite_options()}
+
+
+def suite_argument(opt: SuiteOption) -> dict[str, Any]:
+    """``add_argument`` keywords of one suite option: type, nargs, choices, default and help."""
+    default, default_text = _OWN_DEFAULTS.get(opt.name, (opt.default, None))
+    none_value = _NONE_VALUES.get(opt.name)
+    if default is None and none_value is not None:
+        default = none_value
+    kw: dict[str, Any] = {}
+    spelling = ""
+    if opt.is_list and opt.name in _COMMA_LISTS:
+        kw["type"], spelling = _csv, ", comma-separated"
+        default_text = default_text or ",".join(map(str, default))
+    elif opt.is_list:
+        kw["nargs"] = "+"
+        default_text = default_text or " ".join(map(str, default))
+    if opt.item_type is not str and "type" not in kw:
+        kw["type"] = opt.item_type
+    if opt.choices and opt.name not in _COMMA_LISTS:  # argparse checks each word (a comma list is one word)
+        kw["choices"] = opt.choices
+    if opt.is_list and default is not None:
+        default = list(default)
+    text = opt.describe(None if none_value is None else str(none_value), spelling)
+    text += f" (default: {default if default_text is None else default_text})"
+    return {**kw, "default": default, "help": text.replace("%", "%%")}
+
+
+def add_suite_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per :class:`eval.suite.SuiteConfig` option, in its field order."""
+    group = parser.add_argument_group("probe options (eval.suite.SuiteConfig)")
+    for opt in suite_options():
+        group.add_argument(suite_flag(opt.name), **suite_argument(opt))
+
+
+def suite_config(args: argparse.Namespace, n_objects: Sequence[int] | None = None) -> SuiteConfig:
+    """The suite options of ``comco``'s arguments (``n_objects`` None: ``--n-objects`` or the default)."""
+    values = {}
+    for opt in suite_options():
+        value = getattr(args, _dest(opt.name))
+        if opt.name in _NONE_VALUES and value == _NONE_VALUES[opt.name]:
+            value = None
+        elif value is None and opt.name in _OWN_DEFAULTS:
+            continue  # not given: the suite's default
+        values[opt.name] = value
+    if n_objects:
+        values["n_objects"] = n_objects
+    return SuiteConfig(**values)
+
+
 def add_comco_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    D = SuiteConfig  # the probe options' defaults, choices and checks are the suite's
     p = subparsers.add_parser(
         "comco", help="run the bias probes on a model", description="Run the ComCO bias probes "
         "(TOR, TOC, IOR, IOC, I2TOR, ITM, Claim 1) on one model; print tables and write JSON.")
@@ -50,43 +122,13 @@ def add_comco_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
                    help="counterbalanced blocks of 62 images per large-object slot in the rendered default "
                    "set (4 = the training callback's +-0.05 sizing, with --items 806 --itm-distractors 1; "
                    "default: %(default)s)")
-    p.add_argument("--probes", type=_csv, default=list(D.probes),
-                   help=f"comma-separated subset of {','.join(P.PROBE_NAMES)} (default: {','.join(D.probes)})")
-    p.add_argument("--n-objects", type=int, nargs="+", default=None,
-                   help="objects per item, e.g. 3 4 (default: every n in the eval set)")
-    p.add_argument("--items", type=int, default=D.items_per_probe,
-                   help="captions / images per probe and n (default: %(default)s)")
-    p.add_argument("--templates", type=_csv, default=list(D.templates),
-                   help=f"comma-separated caption templates of {','.join(TEMPLATES)}; the first is the headline "
-                   f"(default: {','.join(D.templates)})")
-    p.add_argument("--gallery-template", default=D.gallery_template,
-                   help="text gallery prompt, '{}' = bare name (default: %(default)s)")
-    p.add_argument("--text-encoding", nargs="+", default=list(D.text_encodings), choices=TEXT_ENCODINGS,
-                   help=f"'split' also reports per-object caption splitting (default: {' '.join(D.text_encodings)})")
-    p.add_argument("--itm-distractors", type=int, default=D.itm_distractors or 0,
-                   help="absent objects per image in ITM (0 = all; default: %(default)s)")
-    p.add_argument("--seed", type=int, default=D.seed,
-                   help="seed of captions, subsets, classifier splits and the rendered default set")
+    add_suite_arguments(p)
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     p.add_argument("--batch-size", type=int, default=256, help="encoder batch size")
     p.add_argument("--out", type=Path, required=True, help="results JSON (written atomically)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run_comco)
     return p
-
-
-#: ``comco``'s flag for each suite option (:class:`eval.suite.SuiteConfig` checks and names them)
-SUITE_FLAGS = {"probes": "--probes", "n_objects": "--n-objects", "items_per_probe": "--items",
-               "templates": "--templates", "gallery_template": "--gallery-template",
-               "text_encodings": "--text-encoding", "itm_distractors": "--itm-distractors", "seed": "--seed"}
-
-
-def suite_config(args: argparse.Namespace, n_objects: Sequence[int] | None = None) -> SuiteConfig:
-    """The suite options of ``comco``'s arguments (``n_objects`` None: ``--n-objects`` or the default)."""
-    return SuiteConfig(
-        probes=args.probes, n_objects=n_objects or args.n_objects or SuiteConfig.n_objects,
-        items_per_probe=args.items, templates=args.templates, gallery_template=args.gallery_template,
-        text_encodings=args.text_encoding, itm_distractors=args.itm_distractors or None, seed=args.seed)
 
 
 def validate_args(args: argparse.Namespace) -> None:
@@ -124,7 +166,7 @@ def validate_args(args: argparse.Namespace) -> None:
 
 def output_problems(args: argparse.Namespace) -> list[str]:
     """``--out`` that cannot be written, found before the model is loaded or any probe runs."""
-    from data_prep.shards import OutDirError, check_writable
+    from data_prep.fileio import OutDirError, check_writable
 
     if getattr(args, "out", None) is None:
         return []

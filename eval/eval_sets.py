@@ -8,10 +8,11 @@ location is resolved when a set is needed, not at import: ``$CLIP_BIAS_LAB_CACHE
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+
+from data_prep.checks import is_int
+from data_prep.fileio import OutDirError, atomic_dir, check_writable
 
 #: environment variable that moves the cache of rendered eval sets
 CACHE_ENV = "CLIP_BIAS_LAB_CACHE"
@@ -32,27 +33,21 @@ def default_eval_set(cache_dir: Path | None, seed: int, image_size: int, progres
     setting (each block = every vocabulary object once in every slot), so the set holds
     ``blocks × V × n`` images per n (V = 62 objects): more blocks, narrower probe intervals.
     """
-    if isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 1:
+    if not is_int(blocks) or blocks < 1:
         raise ValueError(f"eval set blocks must be an integer >= 1, got {blocks!r}")
     target = _sets_dir(cache_dir) / set_name(seed, image_size, blocks)
     if (target / "manifest.jsonl").is_file():
         return target
-    from data_prep.comco import write_eval_set
+    from data_prep.comco import vocabulary, write_eval_set  # imported lazily: rendering needs PIL
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
     try:
-        from data_prep.comco import vocabulary
-
-        write_eval_set(tmp, seed=seed, image_size=image_size, n_objects=DEFAULT_N_OBJECTS, progress=progress,
-                       items_per_setting=None if blocks == 1 else blocks * len(vocabulary("objects")))
-        os.replace(tmp, target)
+        with atomic_dir(target) as tmp:
+            tmp.mkdir()
+            write_eval_set(tmp, seed=seed, image_size=image_size, n_objects=DEFAULT_N_OBJECTS, progress=progress,
+                           items_per_setting=None if blocks == 1 else blocks * len(vocabulary("objects")))
     except OSError:
         if not (target / "manifest.jsonl").is_file():  # lost a race with another process: fine
             raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
@@ -68,8 +63,6 @@ def eval_set_cache_problem(cache_dir: Path | None, seed: int, image_size: int | 
     Fine if the set is already there (a read-only shared cache is fine; with ``image_size`` unknown
     until the model loads, any cached size for ``seed`` counts), else the cache must be writable.
     """
-    from data_prep.shards import OutDirError, check_writable
-
     sets = _sets_dir(cache_dir)
     size = "*" if image_size is None else str(image_size)
     if any((d / "manifest.jsonl").is_file() for d in sets.glob(set_name(seed, size, blocks))):

@@ -20,7 +20,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 import pickle
 import re
 import tempfile
@@ -31,6 +30,8 @@ from typing import Any
 import open_clip
 import torch
 from torch import nn
+
+from data_prep.fileio import atomic_write, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -257,13 +258,8 @@ def export_checkpoint(ckpt_path: str | Path, out_path: str | Path) -> tuple[str,
     name = checkpoint_model_name(ckpt, ckpt_path)
     cfg = (ckpt.get("open_clip") or {}).get("model_cfg")
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(out_path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, out_path)
+    with atomic_write(out_path, "wb") as f:
+        torch.save(state, f)
     if cfg:
-        config_json = out_path.with_name(f"{name}.json")
-        tmp = config_json.with_name(config_json.name + ".tmp")
-        tmp.write_text(json.dumps(cfg, indent=2))
-        os.replace(tmp, config_json)
+        write_json_atomic(out_path.with_name(f"{name}.json"), cfg)
     return name, out_path

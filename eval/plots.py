@@ -17,7 +17,6 @@ come from the summary's ``ci``; records written before intervals existed draw no
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
+from data_prep.fileio import atomic_write  # noqa: E402
 from eval.records import by_probe, read_records, share_groups, summary_of  # noqa: E402
 
 INDEX_GROUP = "index"
@@ -300,11 +300,9 @@ def plot_probe(runs: Mapping[str, Sequence[Mapping]], probe: str, out_path: Path
     if out_path is None:
         return fig
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(out_path.name + ".tmp")
-    fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    with atomic_write(out_path, "wb") as f:
+        fig.savefig(f, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
-    os.replace(tmp, out_path)
     return out_path
 
 

@@ -274,8 +274,8 @@ def _single_thread(device: torch.device) -> Iterator[None]:
     """Run tiny CPU linear algebra on one thread.
 
     The matrices here are ~(D+1)^2; with several intra-op threads on a busy machine LAPACK's
-    eigh/solve spend their time in thread barriers (measured: 2.6 ms on 1 thread vs 0.9 s on 2
-    threads of a loaded 2-core box). The previous thread count is restored.
+    eigh/solve spend their time in thread barriers, orders of magnitude slower than one thread.
+    The previous thread count is restored.
     """
     prev = torch.get_num_threads()
     if device.type != "cpu" or prev == 1:

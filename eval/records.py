@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
+
+from data_prep.checks import is_real
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +44,7 @@ def is_proportion(obj: Any) -> bool:
 
 
 def _number(x: Any) -> float | None:
-    if isinstance(x, bool) or not isinstance(x, (int, float)):
-        return None
-    return float(x) if math.isfinite(x) else None
+    return float(x) if is_real(x) else None
 
 
 def flatten(obj: Any, prefix: str) -> dict[str, float]:

@@ -8,16 +8,17 @@ evaluation, the three views of each retrieval probe side by side (:func:`views_t
 conditional shares, the unconditional and the own-object ones, each with its N and intervals).
 
 The indices are read from each result's ``summary`` (``eval.probes``); :func:`init_final_rows`
-is the one init → final table, which ``experiments/summarize.py`` pivots per configuration and seed.
+is the one init → final table. ``--across-seeds`` pivots it per configuration and seed instead
+(:mod:`eval.seed_report`: means and intervals across seeds, paired against a baseline).
 """
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from data_prep.fileio import OutDirError, check_writable, write_text_atomic
 from eval.records import bias_path, by_probe, describe_bad_lines, scan_records, summary_of
 
 log = logging.getLogger(__name__)
@@ -198,10 +199,7 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path) -> list[Pa
                 "item's own objects ranks highest.\n\n" + views + "\n") if (views := views_table(runs)) else "")
             + "".join(f"![{p.stem}]({p.name})\n" for p in figures)
             + ("\n## Skipped lines\n\n" + "".join(f"- {line}\n" for line in skipped) if skipped else ""))
-    summary = out_dir / SUMMARY_FILE
-    tmp = summary.with_name(summary.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, summary)
+    summary = write_text_atomic(out_dir / SUMMARY_FILE, text)
     return [*figures, summary]
 
 
@@ -215,16 +213,27 @@ def default_out(run_dirs: Sequence[Path]) -> Path:
 def run_report(args: argparse.Namespace) -> int:
     """Entry point of the ``report`` subcommand."""
     missing = [str(d) for d in args.run_dirs if not (Path(d) / "bias.jsonl").is_file()]
-    if missing:
+    if missing and not args.across_seeds:  # across seeds, a failed run of a sweep is left out with a line
         raise SystemExit(f"error: no bias.jsonl in {', '.join(missing)} (train with BiasEvalCallback "
                          "enabled, or pass the runs/<name> folder)")
-    out = args.out or default_out(args.run_dirs)
-    from data_prep.shards import OutDirError, check_writable
-
+    out = args.out or (Path("reports") / "across_seeds" if args.across_seeds else default_out(args.run_dirs))
+    if args.results_block and not args.across_seeds:
+        raise SystemExit("error: --results-block needs --across-seeds (it holds the tables across seeds)")
     try:  # before reading and plotting: fail on the output, not after the work
         check_writable(out, "--out" if args.out else "--out (default)", is_dir=True)
+        if args.results_block:
+            check_writable(args.results_block, "--results-block")
     except OutDirError as e:
         raise SystemExit(f"error: {e}") from None
+    if args.across_seeds:
+        from eval.seed_report import write_seed_report
+        try:
+            text, paths = write_seed_report(args.run_dirs, out, args.n_objects, args.results_block, args.command)
+        except ValueError as e:
+            raise SystemExit(f"error: {e}") from None
+        print(text)
+        print(f"wrote {', '.join(str(p) for p in paths)}")
+        return 0
     paths = write_report(args.run_dirs, out)
     print((Path(out) / SUMMARY_FILE).read_text(encoding="utf-8"))
     print(f"wrote {len(paths)} files to {out}")
@@ -238,6 +247,18 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPa
         description="Plot bias.jsonl of one or more runs (overlaid) and write a markdown summary.")
     p.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR", help="runs/<name> folders with bias.jsonl")
     p.add_argument("--out", type=Path, default=None,
-                   help="output folder (default: RUN_DIR/report for one run, reports/<a>_vs_<b> for several)")
+                   help="output folder (default: RUN_DIR/report for one run, reports/<a>_vs_<b> for several, "
+                        "reports/across_seeds with --across-seeds)")
+    seeds = p.add_argument_group("across seeds (runs named exp-<config>-s<seed>)")
+    seeds.add_argument("--across-seeds", action="store_true",
+                       help="group the runs by config: init -> final change per bias index, mean and 95 %% "
+                            "t-interval over seeds, paired against the 'baseline' config; writes summary.md "
+                            "and across_seeds.png")
+    seeds.add_argument("--n-objects", type=int, default=3, help="objects per probe item to summarise (default 3)")
+    seeds.add_argument("--results-block", type=Path, default=None, metavar="MARKDOWN",
+                       help="put the tables between <!-- results:begin --> and <!-- results:end --> of this "
+                            "file instead of summary.md (docs/results.md is written this way)")
+    seeds.add_argument("--command", default="python -m eval report --across-seeds ...",
+                       help="the command quoted in the tables as the way to reproduce them")
     p.set_defaults(func=run_report)
     return p

@@ -16,9 +16,10 @@ corpus leaves that template out by default (``data_prep.captions.HELD_OUT_TEMPLA
 from __future__ import annotations
 
 import math
-import operator
+import textwrap
+import typing
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Protocol
 
 import torch
@@ -26,10 +27,13 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
+from data_prep.captions import TEMPLATES
+from data_prep.checks import is_int, is_real, to_int
 from eval import probes as P
 from eval.manifest import EvalItem, EvalSet
 
 TEXT_ENCODINGS = ("plain", "split")
+LINEAR_METHODS = ("ridge", "logistic")
 #: the paper's bare "A and B and C" form first (held out of the training corpus), then a natural
 #: template the corpus uses ("photo", in-distribution) and one it holds out ("there_is")
 DEFAULT_TEMPLATES = ("and_chain", "photo", "there_is")
@@ -64,53 +68,58 @@ class Adapter(Protocol):
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor: ...
 
 
+def option(default: Any, help: str, *, choices: Sequence[str] | None = None, none: str | None = None) -> Any:
+    """A :class:`SuiteConfig` field: its default and the one help text of the option.
+
+    ``help`` says what the option is, the same words for every surface (``python -m eval comco``,
+    ``BiasEvalCallback``, this class's docstring); ``choices`` are its valid names (the check and
+    the help both list them); ``none`` says what ``None`` means, for an option that may be ``None``.
+    Each surface adds its own spelling (flag, default, how ``None`` is written): :class:`SuiteOption`.
+    """
+    return field(default=default, metadata={"help": help, "choices": tuple(choices) if choices else None,
+                                            "none": none})
+
+
 @dataclass(frozen=True)
 class SuiteConfig:
-    """Which probes to run and how: the one definition of the probe options, their defaults and
-    their checks (``python -m eval comco`` and ``BiasEvalCallback`` derive theirs from it).
+    """Which probes to run and how: the one definition of the probe options, their defaults, their
+    help and their checks (``python -m eval comco`` and ``BiasEvalCallback`` derive theirs from it,
+    through :func:`suite_options`).
 
     Built from loose values too (``probes="tor,ior"``, ``items_per_probe="8"``, lists for tuples);
     every bad option is named in one :class:`SuiteOptionError` (a ``ValueError``). What depends on
     the eval set (its n values, its vocabulary size) is checked by :func:`validate_config`.
-
-    Args:
-        probes: probe names from ``eval.probes.PROBE_NAMES`` (any case).
-        n_objects: object counts to probe, each >= 2 (and in the eval set).
-        items_per_probe: TOR/Claim-1 captions per n (rounded up to whole Latin-square blocks of
-            the vocabulary size) and about this many multi-object images per n for IOR, I2TOR, IOC
-            and ITM, rounded up to whole balanced blocks of every large-slot setting
-            (:func:`select_images`). ``PreparedSuite.balance()`` shows how evenly objects fill each role.
-            ``None`` = one block: the vocabulary size (each object once in every position).
-        templates: caption templates (``data_prep.captions.TEMPLATES`` ids); the first is the
-            headline TOR/TOC/ITM/Claim-1 template, the others are reported as TOR variants, each
-            marked held-out or in-distribution (:func:`template_split`). Default: the paper's
-            "A and B and C" (held out), "a photo of ..." (in-distribution), "there is ..." (held out).
-        gallery_template: text gallery prompt per object name, ``"{}"`` = bare name.
-        text_encodings: ``"plain"`` and/or ``"split"`` (per-object caption splitting,
-            ``eval.text_split.encode_split``) for TOR, ITM and Claim-1.
-        split_template: phrase template for the split encoding.
-        linear_items: captions per n for TOC (same Latin-square construction).
-        linear_method: TOC/IOC classifier, ``"ridge"`` (closed form, default) or ``"logistic"``.
-        linear_steps: full-batch optimisation steps of the logistic regressions.
-        train_frac: share of items the TOC/IOC classifiers train on; the rest is held out.
-        itm_distractors: absent objects x per image in ITM (``None`` = all of them); each adds 2
-            captions per image and scenario, so this is the main cost knob of ITM.
-        seed: seeds caption construction, subsets, distractors and classifier splits.
+    Each field is declared once with :func:`option` (default, help, choices); the ``Args:`` below
+    are written from those declarations (:func:`options_doc`).
     """
 
-    probes: tuple[str, ...] = P.PROBE_NAMES
-    n_objects: tuple[int, ...] = (2, 3, 4, 5)
-    items_per_probe: int | None = 256
-    templates: tuple[str, ...] = DEFAULT_TEMPLATES
-    gallery_template: str = "{}"
-    text_encodings: tuple[str, ...] = ("plain",)
-    split_template: str = "{}"
-    linear_items: int = 1024
-    linear_method: str = "ridge"
-    linear_steps: int = 300
-    train_frac: float = 0.7
-    itm_distractors: int | None = 4
-    seed: int = 0
+    probes: tuple[str, ...] = option(P.PROBE_NAMES, "probes to run (any case)", choices=P.PROBE_NAMES)
+    n_objects: tuple[int, ...] = option((2, 3, 4, 5), "objects per item to probe, each >= 2 and one the eval set holds")
+    items_per_probe: int | None = option(
+        256, "TOR/Claim-1 captions per n (rounded up to whole Latin-square blocks of the vocabulary size) and "
+        "about this many multi-object images per n for IOR, I2TOR, IOC and ITM (rounded up to whole balanced "
+        "blocks of every large-slot setting, see eval.suite.select_images); fewer = faster, wider intervals",
+        none="one block, the vocabulary size: each object once in every position")
+    templates: tuple[str, ...] = option(
+        DEFAULT_TEMPLATES, "caption templates (data_prep.captions.TEMPLATES ids); the first is the headline "
+        "TOR/TOC/ITM/Claim-1 template, the others are reported as TOR variants, each marked held-out or "
+        "in-distribution for the training corpus", choices=tuple(TEMPLATES))
+    gallery_template: str = option("{}", "text gallery prompt per object name, '{}' = the bare name")
+    text_encodings: tuple[str, ...] = option(
+        ("plain",), "caption encodings for TOR, ITM and Claim 1: plain and/or split (per-object caption "
+        "splitting, eval.text_split.encode_split), plain being the headline when given", choices=TEXT_ENCODINGS)
+    split_template: str = option("{}", "phrase per object in the split encoding, '{}' = the bare name")
+    linear_items: int = option(1024, "captions per n for TOC (the same Latin-square construction), >= 4")
+    linear_method: str = option("ridge", "TOC/IOC classifier: ridge (closed form) or logistic",
+                                choices=LINEAR_METHODS)
+    linear_steps: int = option(300, "full-batch optimisation steps of the logistic regressions")
+    train_frac: float = option(0.7, "share of items the TOC/IOC classifiers train on, between 0 and 1; "
+                               "the rest is held out")
+    itm_distractors: int | None = option(
+        4, "absent objects per image in ITM; each adds 2 captions per image and scenario, so this is the "
+        "main cost knob of ITM", none="all of them (the paper's ITM)")
+    seed: int = option(0, "seed of caption construction, subsets, ITM distractors and classifier splits (fixed, "
+                       "so every evaluation sees the same items), and of the rendered default eval set")
 
     def __post_init__(self) -> None:
         """Normalise loose values (``"tor,ior"``, ``"8"``, ``8.0``, lists) or raise :class:`SuiteOptionError`."""
@@ -121,7 +130,71 @@ class SuiteConfig:
             object.__setattr__(self, key, value)
 
 
-LINEAR_METHODS = ("ridge", "logistic")
+@dataclass(frozen=True)
+class SuiteOption:
+    """One probe option as declared in :class:`SuiteConfig` (:func:`suite_options`), with what a
+    surface needs to offer it: its type split into list-or-not, item type and optional-or-not."""
+
+    name: str
+    #: the field's annotation, resolved: ``tuple[str, ...]``, ``int | None``, ``float``, ...
+    type: Any
+    default: Any
+    help: str
+    choices: tuple[str, ...] | None = None
+    #: what ``None`` means, for an option that may be ``None``
+    none: str | None = None
+
+    @property
+    def optional(self) -> bool:
+        return type(None) in typing.get_args(self.type)
+
+    @property
+    def is_list(self) -> bool:
+        return typing.get_origin(self._base) is tuple
+
+    @property
+    def item_type(self) -> type:
+        """``int`` for ``tuple[int, ...]`` and for ``int | None``; the type itself otherwise."""
+        base = self._base
+        return typing.get_args(base)[0] if typing.get_origin(base) is tuple else base
+
+    @property
+    def _base(self) -> Any:
+        args = [a for a in typing.get_args(self.type) if a is not type(None)]
+        return args[0] if self.optional else self.type
+
+    def describe(self, none_as: str | None = "null", spelling: str = "") -> str:
+        """The help text, then ``spelling`` (how a surface writes the value, e.g. ``", comma-separated"``),
+        the valid names, and what ``None`` (written ``none_as``; ``None``: the surface cannot say it)
+        means: every surface's help of this option."""
+        text = self.help + spelling
+        if self.choices:
+            text += f"; valid: {', '.join(self.choices)}"
+        if self.none and none_as is not None:
+            text += f"; {none_as} = {self.none}"
+        return text
+
+
+def suite_options() -> tuple[SuiteOption, ...]:
+    """Every probe option of :class:`SuiteConfig`, in field order."""
+    hints = typing.get_type_hints(SuiteConfig)
+    return tuple(SuiteOption(f.name, hints[f.name], f.default, f.metadata["help"], f.metadata["choices"],
+                             f.metadata["none"]) for f in fields(SuiteConfig))
+
+
+def options_doc(names: Sequence[str] | None = None, none_as: str = "null", indent: str = "        ") -> str:
+    """Google-style ``Args:`` entries (``name: help``, continuation lines indented once more) of the
+    probe options ``names`` (default: all), for a docstring that docstring_parser reads (jsonargparse
+    shows them as the options' help)."""
+    chosen = {o.name: o for o in suite_options()}
+    lines = []
+    for name in names or chosen:
+        lines += textwrap.wrap(f"{name}: {chosen[name].describe(none_as)}", 100, initial_indent=indent,
+                               subsequent_indent=indent + "    ", break_on_hyphens=False)
+    return "\n".join(lines)
+
+
+SuiteConfig.__doc__ = f"{SuiteConfig.__doc__.rstrip()}\n\n    Args:\n{options_doc(none_as='None')}\n"
 
 
 class SuiteOptionError(ValueError):
@@ -148,12 +221,7 @@ def check_int(value: Any, low: int, optional: bool = False, hint: str = "") -> t
     """
     if value is None and optional:
         return None, None
-    try:
-        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-            raise TypeError
-        number = int(value) if isinstance(value, (str, float)) else operator.index(value)
-    except (TypeError, ValueError):
-        number = None
+    number = to_int(value)
     if number is None or number < low:
         return None, f" must be an integer >= {low}{hint}, got {value!r}"
     return number, None
@@ -161,13 +229,12 @@ def check_int(value: Any, low: int, optional: bool = False, hint: str = "") -> t
 
 def _check_options(raw: Mapping[str, Any]) -> tuple[dict[str, Any], list[tuple[str, str]]]:
     """The options normalised, and a problem per bad one (see :class:`SuiteOptionError`)."""
-    from data_prep.captions import TEMPLATES
-
     out: dict[str, Any] = {}
     problems: list[tuple[str, str]] = []
+    choices = {f.name: f.metadata["choices"] for f in fields(SuiteConfig)}  # the declared valid names
 
-    def names(key: str, valid: Sequence[str], lower: bool = False) -> None:
-        value = raw[key]
+    def names(key: str, lower: bool = False) -> None:
+        value, valid = raw[key], choices[key]
         if isinstance(value, str):
             value = [x.strip() for x in value.split(",") if x.strip()]
         if not isinstance(value, (list, tuple)) or not all(isinstance(x, str) for x in value):
@@ -185,26 +252,26 @@ def _check_options(raw: Mapping[str, Any]) -> tuple[dict[str, Any], list[tuple[s
             problems.append((key, problem))
         out[key] = value
 
-    names("probes", P.PROBE_NAMES, lower=True)
+    names("probes", lower=True)
     n_objects = raw["n_objects"]
     n_objects = [n_objects] if isinstance(n_objects, int) else n_objects
     if (not isinstance(n_objects, (list, tuple)) or not n_objects
-            or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 2 for n in n_objects)):
+            or not all(is_int(n) and n >= 2 for n in n_objects)):
         problems.append(("n_objects", f" must be a list of integers >= 2 (objects per item), got {raw['n_objects']!r}"))
     else:
         out["n_objects"] = tuple(int(n) for n in n_objects)
     integer("items_per_probe", 1, optional=True)
-    names("templates", tuple(TEMPLATES))
-    names("text_encodings", TEXT_ENCODINGS)
+    names("templates")
+    names("text_encodings")
     for key in ("gallery_template", "split_template"):
         if not isinstance(raw[key], str) or "{}" not in raw[key]:
             problems.append((key, f" needs a '{{}}' for the object name, got {raw[key]!r}"))
     integer("linear_items", 4)
-    if raw["linear_method"] not in LINEAR_METHODS:
-        problems.append(("linear_method", f": {raw['linear_method']!r}; valid: {', '.join(LINEAR_METHODS)}"))
+    if raw["linear_method"] not in choices["linear_method"]:
+        problems.append(("linear_method", f": {raw['linear_method']!r}; valid: {', '.join(choices['linear_method'])}"))
     integer("linear_steps", 1)
     frac = raw["train_frac"]
-    if isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0 < frac < 1:
+    if not is_real(frac) or not 0 < frac < 1:
         problems.append(("train_frac", f" must be a number between 0 and 1, got {frac!r}"))
     integer("itm_distractors", 1, optional=True, hint=" or null (all)")
     integer("seed", 0)

@@ -229,9 +229,9 @@ def _run_transformer(transformer: nn.Module, x: torch.Tensor, causal_mask: torch
 
     open_clip casts the mask to the activations' dtype (``-inf`` floats), which keeps
     ``nn.MultiheadAttention`` off its fused inference path; the boolean mask (``True`` where the
-    float one is ``-inf``) masks the same positions and lets it take that path (1.37x for the
-    quickstart callback's captions on 2 CPU threads, ``bench/bench_probes.py --compare-fused``; equal
-    to ~1e-7). Training and autograd keep open_clip's own code.
+    float one is ``-inf``) masks the same positions and lets it take that path (the speed-up and the
+    agreement: ``bench/bench_probes.py --compare-fused``, docs/benchmarks.md). Training and autograd
+    keep open_clip's own code.
     """
     if not _fast_path_ready(transformer):
         return transformer(x, attn_mask=causal_mask)

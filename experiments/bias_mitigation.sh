@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The mitigation experiment: the quickstart baseline vs caption shuffling (data) vs two auxiliary
 # objectives (order-invariant text loss, per-object region loss), three seeds each, then one summary
-# across seeds that also rewrites the README's results block.
+# across seeds (python -m eval report --across-seeds) that rewrites docs/results.md's results block.
 #
 #   bash experiments/bias_mitigation.sh                    # 4 configurations x 3 seeds, then the summary
-#   RUNS="baseline crop object_crop" bash experiments/bias_mitigation.sh   # the crops (not in the README table)
+#   RUNS="baseline crop object_crop" bash experiments/bias_mitigation.sh   # the crops (not in docs/results.md's table)
 #   SEEDS="0" bash experiments/bias_mitigation.sh          # one seed only (no intervals: n/a (N = 1))
 #   RUNS="baseline caption_shuffle" bash experiments/bias_mitigation.sh
 #   RUNS="baseline p_large_first_0.0 p_large_first_0.5" bash experiments/bias_mitigation.sh  # the corpus knob
@@ -17,9 +17,10 @@
 # Runs go to runs/exp-<name>-s<seed>/; a finished run (last.ckpt + plots/.done) is skipped, so the
 # script resumes a sweep after an interruption. JOBS runs go side by side, each on THREADS torch
 # threads (default 2 x 1 on a 2-core machine); a run's numbers depend on its thread count (fp32
-# reductions), so keep THREADS fixed to reproduce the README. Then experiments/summarize.py writes
-# docs/figures/bias_mitigation.{md,png} and the README block between <!-- results:begin/end -->
-# (default SEEDS and RUNS only; any other selection is summarised into runs/exp-summary.{md,png}).
+# reductions), so keep THREADS fixed to reproduce docs/results.md. Then `python -m eval report
+# --across-seeds` writes docs/figures/bias_mitigation/across_seeds.png and the block of docs/results.md
+# between <!-- results:begin/end --> (default SEEDS and RUNS only; any other selection is summarised
+# into runs/exp-summary/{summary.md,across_seeds.png}).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEFAULT_SEEDS="0 1 2"
@@ -62,10 +63,10 @@ for seed in $SEEDS; do      # seeds outermost: an interrupted sweep still has ev
   done
 done
 printf '%s\n' "${jobs[@]}" | xargs -P "$JOBS" -L 1 bash "$0" --one || echo "== some runs failed (see above); summarising the finished ones"
-if [ "$SEEDS" = "$DEFAULT_SEEDS" ] && [ "$RUNS" = "$DEFAULT_RUNS" ]; then   # the README's experiment
-  python experiments/summarize.py "${dirs[@]}" --out docs/figures/bias_mitigation --readme README.md \
-    --command "bash experiments/bias_mitigation.sh"
-else   # another selection: its own summary, the README's table stays as it is
-  python experiments/summarize.py "${dirs[@]}" --out runs/exp-summary \
+if [ "$SEEDS" = "$DEFAULT_SEEDS" ] && [ "$RUNS" = "$DEFAULT_RUNS" ]; then   # docs/results.md's experiment
+  python -m eval report "${dirs[@]}" --across-seeds --out docs/figures/bias_mitigation \
+    --results-block docs/results.md --command "bash experiments/bias_mitigation.sh"
+else   # another selection: its own summary, docs/results.md stays as it is
+  python -m eval report "${dirs[@]}" --across-seeds --out runs/exp-summary \
     --command "SEEDS=\"$SEEDS\" RUNS=\"$RUNS\" bash experiments/bias_mitigation.sh"
 fi

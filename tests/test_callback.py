@@ -314,3 +314,23 @@ def test_itm_with_every_absent_object_as_distractor(tmp_path, tiny_name, eval_di
         assert res["s1"]["total"] == res["s2"]["total"] == images * (vocab - 2)
         gap = res["summary"]["gap"]
         assert gap["ci"][0] <= gap["value"] <= gap["ci"][1]
+
+
+def test_training_help_shows_suite_config_s_help_for_the_probe_options(capsys):
+    """``python -m train fit --trainer.callbacks.help BiasEvalCallback``: jsonargparse reads the
+    callback's docstring, whose probe-option entries are SuiteConfig's declaration (eval.suite)."""
+    import re
+
+    from eval.suite import suite_options
+    from train.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "--config", "quickstart.yaml", "--trainer.callbacks.help", "eval.callback.BiasEvalCallback"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    flat = re.sub(r"\s+", "", out)
+    for opt in suite_options():
+        assert f"--trainer.callbacks.{opt.name}" in out, opt.name
+        assert re.sub(r"\s+", "", opt.describe("null")) in flat, opt.name
+    assert "null=allofthem(thepaper'sITM)" in flat  # how a config says None
+    assert re.sub(r"\s+", "", "evaluate after every N optimizer steps") in flat  # the callback's own help stays

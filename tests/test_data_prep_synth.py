@@ -1,5 +1,7 @@
 """Training corpus: determinism, img2dataset layout, the caption-order knob, bad input."""
+import dataclasses
 import json
+import re
 import subprocess
 import sys
 import tarfile
@@ -11,7 +13,9 @@ import webdataset as wds
 
 from data_prep import synth
 from data_prep.captions import make_caption
+from data_prep.cli import build_parser
 from data_prep.cli import main as cli_main
+from data_prep.corpus_spec import CorpusSpec, cli_flag, field_default
 from data_prep.synth import caption_mention_order, write_corpus
 
 
@@ -189,8 +193,8 @@ def test_held_out_templates_never_appear_in_the_corpus_and_meta_says_so(tmp_path
 
 def test_held_out_templates_keep_the_images_and_objects_of_every_sample(tmp_path):
     """The template draw consumes the same RNG step whatever is held out: scenes do not change."""
-    a = synth.make_sample(7, 0, 64, 2, 4, "one_large", 0.9, key="k")
-    b = synth.make_sample(7, 0, 64, 2, 4, "one_large", 0.9, key="k", held_out_templates=[])
+    a = synth.make_sample(7, synth.CorpusSpec(num_samples=10), key="k")
+    b = synth.make_sample(7, synth.CorpusSpec(num_samples=10, held_out_templates=[]), key="k")
     assert a[1] == b[1] and a[3]["objects"] == b[3]["objects"]
 
 
@@ -211,3 +215,154 @@ def test_synthetic_corpus_config_names_bad_held_out_templates():
     problems = SyntheticCorpus(held_out_templates=["nope"]).problems()
     assert len(problems) == 1 and problems[0].startswith("data.synthetic.held_out_templates: unknown")
     assert SyntheticCorpus().cache_path("c", "train") != SyntheticCorpus(held_out_templates=[]).cache_path("c", "train")
+
+
+# ----------------------------------------------------------------------------- one declaration of the knobs
+
+#: the synth sub-command's flags that are not corpus knobs (how to run, not what to render)
+RUN_FLAGS = {"help", "out", "workers", "objects", "overwrite", "no_progress"}
+KNOBS = [f.name for f in dataclasses.fields(CorpusSpec)]
+
+
+def _synth_actions() -> dict:
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices["synth"]
+    return {a.dest: a for a in sub._actions}
+
+
+def test_synth_flags_are_exactly_the_declared_knobs_and_the_run_flags():
+    assert set(_synth_actions()) == set(KNOBS) | RUN_FLAGS
+    assert set(KNOBS) == {"num_samples", "seed", "image_size", "min_objects", "max_objects", "size_mode",
+                          "p_large_first", "shard_size", "held_out_templates"}
+
+
+@pytest.mark.parametrize("name", KNOBS)
+def test_each_knob_is_one_flag_from_its_declaration(name):
+    from train.data import SyntheticCorpus
+
+    f = {f.name: f for f in dataclasses.fields(CorpusSpec)}[name]
+    action = _synth_actions()[name]
+    assert action.option_strings == [cli_flag(name)] == ["--" + name.replace("_", "-")]
+    assert action.help.startswith(f.metadata["help"]) and f.metadata["help"]
+    assert action.choices == f.metadata["choices"]
+    default = field_default(f)
+    if default is dataclasses.MISSING:  # num_samples: required on the command line, no default in data_prep
+        assert action.required and name == "num_samples"
+        assert SyntheticCorpus().num_samples == 40000  # the training config's own default (quickstart size)
+    else:  # defaults stand once: parser == CorpusSpec == training's SyntheticCorpus
+        assert not action.required
+        assert action.default == default == getattr(SyntheticCorpus(), name)
+        assert type(action.default) is type(getattr(SyntheticCorpus(), name))
+    # the training config documents the same field with the same help text
+    train_field = {f.name: f for f in dataclasses.fields(SyntheticCorpus)}[name]
+    assert train_field.metadata["help"] == f.metadata["help"]
+    assert name in SyntheticCorpus.__doc__
+
+
+def test_knob_defaults_are_written_only_in_the_declaration():
+    import inspect
+
+    import data_prep.cli
+    from train.data import SyntheticCorpus
+
+    assert CorpusSpec(num_samples=1).p_large_first == 0.9 == _synth_actions()["p_large_first"].default
+    for source in (inspect.getsource(data_prep.cli.build_parser), inspect.getsource(SyntheticCorpus)):
+        assert not re.search(r"\b0\.9\b|one_large|and_chain", source)  # (1000: other sub-commands' shard sizes)
+
+
+#: (field values, the message with ``{field}`` for each field's name): one rule each
+BAD_KNOBS = [
+    (dict(p_large_first=1.5), "{p_large_first} must lie in [0, 1], got 1.5"),
+    (dict(p_large_first=-0.1), "{p_large_first} must lie in [0, 1], got -0.1"),
+    (dict(num_samples=0), "{num_samples} must be positive, got 0"),
+    (dict(seed=-1), "{seed} must be non-negative, got -1"),
+    (dict(image_size=8), "{image_size} must be >= 16, got 8"),
+    (dict(min_objects=0), "{min_objects} must be positive, got 0"),
+    (dict(min_objects=3, max_objects=2), "{max_objects} (2) must be >= {min_objects} (3)"),
+    (dict(max_objects=99), "{max_objects} must be <= the number of objects (62), got 99"),
+    (dict(size_mode="huge"), "{size_mode} must be one of ('one_large', 'mixed'), got 'huge'"),
+    (dict(shard_size=0), "{shard_size} must be positive, got 0"),
+    (dict(held_out_templates=["nope"]), "{held_out_templates}: unknown held-out caption template(s) ['nope']"),
+]
+
+
+def _argv(values: dict) -> list[str]:
+    argv = []
+    for name, value in values.items():
+        argv += [cli_flag(name), *(value if isinstance(value, list) else [str(value)])]
+    return argv
+
+
+@pytest.mark.parametrize("values, rule", BAD_KNOBS, ids=[next(iter(v)) + "=" + str(next(iter(v.values())))
+                                                        for v, _ in BAD_KNOBS])
+def test_a_bad_knob_gives_the_same_rule_in_both_namings(tmp_path, capsys, values, rule):
+    from train.data import SyntheticCorpus, WebDataModule
+
+    flag_msg = rule.format(**{k: cli_flag(k) for k in KNOBS})
+    key_msg = rule.format(**{k: f"data.synthetic.{k}" for k in KNOBS})
+    with pytest.raises(SystemExit) as e:
+        cli_main(["synth", "--out", str(tmp_path / "out"), "--num-samples", "5", *_argv(values)])
+    # a field with choices: argparse itself refuses the value (its usage lists them), naming the flag
+    cli_msg = "argument --size-mode: invalid choice: 'huge'" if "size_mode" in values else flag_msg
+    assert e.value.code == 2 and cli_msg in capsys.readouterr().err
+    with pytest.raises(ValueError, match=re.escape(flag_msg)):
+        write_corpus(tmp_path / "out", **{"num_samples": 5, "progress": False, **values})
+    assert not (tmp_path / "out").exists()
+    config = SyntheticCorpus(**values)
+    assert any(key_msg in m for m in config.problems()) and config.problems() == CorpusSpec(
+        **{"num_samples": 40000, **values}).problems(lambda f: f"data.synthetic.{f}")
+    with pytest.raises(ValueError, match=re.escape(key_msg)) as err:
+        WebDataModule(synthetic=config, cache_dir=str(tmp_path / "cache"))
+    assert "--" not in str(err.value)
+
+
+@pytest.mark.parametrize("name, value", [("seed", True), ("num_samples", 2.0), ("p_large_first", "0.5"),
+                                         ("p_large_first", False), ("held_out_templates", "photo")])
+def test_config_type_checks_refuse_bools_and_strings(name, value):
+    from train.data import SyntheticCorpus
+
+    problems = SyntheticCorpus(**{name: value}).problems()
+    assert len(problems) == 1 and problems[0].startswith(f"data.synthetic.{name} must be "), problems
+
+
+def test_cli_type_errors_name_the_flag(tmp_path, capsys):
+    for argv, msg in [(["--seed", "x"], "--seed must be an integer, got 'x'"),
+                      (["--p-large-first", "half"], "--p-large-first must be a number, got 'half'")]:
+        with pytest.raises(SystemExit) as e:
+            cli_main(["synth", "--out", str(tmp_path), "--num-samples", "5", *argv])
+        assert e.value.code == 2 and msg in capsys.readouterr().err
+
+
+def test_write_corpus_takes_a_spec_or_its_fields(tmp_path):
+    from train.data import SyntheticCorpus
+
+    write_corpus(tmp_path / "kw", 6, seed=2, shard_size=4, image_size=32, progress=False)
+    write_corpus(tmp_path / "spec", spec=CorpusSpec(6, seed=2, shard_size=4, image_size=32), progress=False)
+    config = SyntheticCorpus(num_samples=6, seed=2, shard_size=4, image_size=32, val_num_samples=3)
+    write_corpus(tmp_path / "train", spec=config, progress=False)  # a training config: its knobs only
+    write_corpus(tmp_path / "over", spec=CorpusSpec(6, seed=9, shard_size=4, image_size=32), seed=2, progress=False)
+    assert _files(tmp_path / "kw") == _files(tmp_path / "spec") == _files(tmp_path / "train") \
+        == _files(tmp_path / "over")
+
+
+def test_jsonargparse_documents_every_field_of_the_training_config():
+    from jsonargparse import ArgumentParser
+    from train.data import SyntheticCorpus
+
+    parser = ArgumentParser()
+    parser.add_class_arguments(SyntheticCorpus, "synthetic")
+    text = " ".join(parser.format_help().split())
+    for f in dataclasses.fields(SyntheticCorpus):
+        assert f"--synthetic.{f.name}" in text
+        assert " ".join(f.metadata["help"].split())[:40] in text, f.name
+
+
+def test_cache_names_of_the_quickstart_corpus_stay_put():
+    """``cache_path`` hashes the fields by name and value: the names data/cache already holds stay valid."""
+    from train.data import SyntheticCorpus
+
+    quickstart = SyntheticCorpus(num_samples=40000, p_large_first=0.9, seed=0, image_size=64, min_objects=2,
+                                 max_objects=4, size_mode="one_large", shard_size=1000, val_num_samples=1000)
+    assert quickstart.cache_path("c", "train").name == SyntheticCorpus().cache_path("c", "train").name \
+        == "synth-bc8f2e4aab"
+    assert quickstart.cache_path("c", "val").name == "synth-527aeded82"
+    assert SyntheticCorpus(p_large_first=1, held_out_templates=[]).cache_path("c", "train").name == "synth-de1342986e"

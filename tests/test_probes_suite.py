@@ -225,7 +225,7 @@ def test_callback_and_cli_take_the_suite_options_from_suite_config(tmp_path):
 
     default = SuiteConfig()
     params = inspect.signature(BiasEvalCallback).parameters
-    assert set(BiasEvalCallback.SUITE_OPTIONS) <= set(SuiteConfig.__dataclass_fields__)
+    assert set(BiasEvalCallback.SUITE_OPTIONS) == set(SuiteConfig.__dataclass_fields__)
     for name in BiasEvalCallback.SUITE_OPTIONS:
         assert params[name].default == getattr(default, name), name
     assert BiasEvalCallback(data_dir=None, cache_dir=str(tmp_path)).suite == default
@@ -242,7 +242,7 @@ def test_callback_and_cli_take_the_suite_options_from_suite_config(tmp_path):
 
     args = cli.build_parser().parse_args(["comco", "--model", "m", "--out", str(tmp_path / "r.json")])
     assert cli.suite_config(args) == default
-    assert set(cli.SUITE_FLAGS) <= set(SuiteConfig.__dataclass_fields__)
+    assert set(cli.SUITE_FLAGS) == set(SuiteConfig.__dataclass_fields__)
     choices = next(a.choices for a in cli.add_comco_parser(
         cli.argparse.ArgumentParser().add_subparsers())._actions if a.dest == "text_encoding")
     assert tuple(choices) == TEXT_ENCODINGS
@@ -253,6 +253,151 @@ def test_callback_and_cli_take_the_suite_options_from_suite_config(tmp_path):
         SuiteConfig(items_per_probe=0, probes=["nope"])
     for message in want.value.messages(cli.SUITE_FLAGS):
         assert message in str(cli_err.value), message
+
+
+SUITE_FIELDS = list(SuiteConfig.__dataclass_fields__)
+
+
+def _squash(text: str) -> str:
+    """Text without whitespace: help compared whatever line breaks (or hyphen breaks) a formatter chose."""
+    return re.sub(r"\s+", "", text)
+
+
+def _comco_parser():
+    from eval import cli
+
+    return cli.add_comco_parser(cli.argparse.ArgumentParser().add_subparsers())
+
+
+@pytest.mark.parametrize("name", SUITE_FIELDS)
+def test_every_suite_option_is_one_comco_flag_with_the_declared_default_and_help(name, tmp_path):
+    """DESIGN: a probe option is declared once (SuiteConfig: type, default, help, choices); comco
+    derives its flag from it, so the flag cannot drift from the declaration."""
+    from eval import cli
+    from eval.suite import suite_options
+
+    opt = {o.name: o for o in suite_options()}[name]
+    parser = _comco_parser()
+    flag = cli.SUITE_FLAGS[name]
+    mine = [a for a in parser._actions if flag in a.option_strings]
+    assert len(mine) == 1 and mine[0].option_strings == [flag], mine
+    action = mine[0]
+    assert [a for a in parser._actions if a.dest == action.dest] == [action]  # nothing else sets its value
+    # the declared default, as comco spells it: a list for a tuple; n_objects unset = every n in the eval set
+    assert action.default == {"n_objects": None}.get(name, list(opt.default) if opt.is_list else opt.default)
+    args = parser.parse_args(["--model", "m", "--out", str(tmp_path / "r.json")])
+    assert getattr(cli.suite_config(args), name) == getattr(SuiteConfig(), name) == opt.default
+    if opt.is_list and name not in ("probes", "templates"):
+        assert action.nargs == "+"
+    elif not opt.is_list and opt.item_type is not str:
+        assert action.type is opt.item_type
+    if action.choices is not None:
+        assert tuple(action.choices) == opt.choices
+    shown = _squash(parser.format_help())
+    assert _squash(opt.help) in shown and _squash(action.help.replace("%%", "%")) in shown
+    assert opt.help in action.help and "(default: " in action.help
+    if opt.choices:  # listed in the help, also where argparse does not check them (a comma-separated list)
+        assert "valid: " + ", ".join(opt.choices) in action.help
+
+
+def test_comco_probe_flags_are_the_suite_options_and_today_s_flags_still_work(tmp_path):
+    from eval import cli
+
+    group = next(g for g in _comco_parser()._action_groups if g.title.startswith("probe options"))
+    flags = [s for a in group._group_actions for s in a.option_strings]
+    assert flags == [cli.SUITE_FLAGS[f] for f in SUITE_FIELDS] and len(set(flags)) == len(SUITE_FIELDS)
+    assert set(cli.SUITE_FLAGS.values()) >= {"--probes", "--n-objects", "--items", "--templates", "--gallery-template",
+                                             "--text-encoding", "--itm-distractors", "--seed"}
+    args = cli.build_parser().parse_args(
+        ["comco", "--model", "m", "--out", str(tmp_path / "r.json"), "--probes", "TOR,itm", "--n-objects", "2", "3",
+         "--items", "8", "--templates", "photo,and_chain", "--gallery-template", "a {}", "--text-encoding", "split",
+         "plain", "--itm-distractors", "0", "--seed", "3"])
+    assert cli.suite_config(args) == SuiteConfig(
+        probes=("tor", "itm"), n_objects=(2, 3), items_per_probe=8, templates=("photo", "and_chain"),
+        gallery_template="a {}", text_encodings=("split", "plain"), itm_distractors=None, seed=3)
+    assert cli.suite_config(args, n_objects=(4,)).n_objects == (4,)
+
+
+def test_callback_signature_is_suite_config_s_options():
+    """The callback keeps explicit keyword arguments (LightningCLI reads its signature), one per
+    SuiteConfig option, with SuiteConfig's defaults; its docstring's entries are SuiteConfig's help."""
+    import inspect
+
+    import docstring_parser
+
+    from eval.callback import BiasEvalCallback
+    from eval.suite import suite_options
+
+    params = inspect.signature(BiasEvalCallback).parameters
+    assert BiasEvalCallback.SUITE_OPTIONS == tuple(SUITE_FIELDS)
+    docs = {p.arg_name: p.description for p in docstring_parser.parse(BiasEvalCallback.__doc__).params}
+    for opt in suite_options():
+        assert params[opt.name].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+        assert params[opt.name].default == opt.default, opt.name
+        assert _squash(docs[opt.name]) == _squash(opt.describe("null")), opt.name
+    assert "every_n_steps" in docs and "eval_set_blocks" in docs  # the callback's own arguments keep theirs
+    cfg_docs = {p.arg_name: p.description for p in docstring_parser.parse(SuiteConfig.__doc__).params}
+    assert list(cfg_docs) == SUITE_FIELDS
+
+
+#: (option, comco argv, the callback's value, the rule's text after the option's name)
+BAD_OPTIONS = [
+    ("probes", ["--probes", "tor,nope"], ["tor", "nope"], ": unknown ['nope']; valid: " + ", ".join(P.PROBE_NAMES)),
+    ("n_objects", ["--n-objects", "1", "3"], [1, 3], " must be a list of integers >= 2 (objects per item), got [1, 3]"),
+    ("items_per_probe", ["--items", "0"], 0, " must be an integer >= 1, got 0"),
+    ("templates", ["--templates", "haiku"], ["haiku"], ": unknown ['haiku']; valid: photo, "),
+    ("gallery_template", ["--gallery-template", "x"], "x", " needs a '{}' for the object name, got 'x'"),
+    ("split_template", ["--split-template", "y"], "y", " needs a '{}' for the object name, got 'y'"),
+    ("linear_items", ["--linear-items", "3"], 3, " must be an integer >= 4, got 3"),
+    ("linear_steps", ["--linear-steps", "0"], 0, " must be an integer >= 1, got 0"),
+    ("train_frac", ["--train-frac", "1.5"], 1.5, " must be a number between 0 and 1, got 1.5"),
+    ("itm_distractors", ["--itm-distractors", "-1"], -1, " must be an integer >= 1 or null (all), got -1"),
+    ("seed", ["--seed", "-1"], -1, " must be an integer >= 0, got -1"),
+]
+
+
+@pytest.mark.parametrize("name, argv, value, rule", BAD_OPTIONS, ids=[b[0] for b in BAD_OPTIONS])
+def test_a_bad_probe_option_gives_the_same_rule_via_comco_and_the_callback(tmp_path, name, argv, value, rule):
+    """SuiteConfig holds the rule; comco names the flag, the callback its argument (under its config path)."""
+    from eval import cli
+    from eval.callback import BiasEvalCallback
+    from eval.suite import SuiteOptionError
+
+    with pytest.raises(SuiteOptionError) as own:
+        SuiteConfig(**{name: value})
+    assert own.value.problems == [(name, own.value.problems[0][1])] and rule in own.value.problems[0][1]
+    data = tmp_path / "set"
+    data.mkdir()
+    (data / "manifest.jsonl").write_text("")
+    args = cli.build_parser().parse_args(
+        ["comco", "--model", "m", "--data", str(data), "--out", str(tmp_path / "r.json"), *argv])
+    with pytest.raises(SystemExit) as by_cli:
+        cli.validate_args(args)
+    assert f"{cli.SUITE_FLAGS[name]}{rule}" in str(by_cli.value)
+    with pytest.raises(ValueError) as by_callback:
+        BiasEvalCallback(**{name: value}, data_dir=str(data))
+    assert str(by_callback.value).startswith(f"BiasEvalCallback ({BiasEvalCallback.CONFIG_PATH}): ")
+    assert f"{name}{rule}" in str(by_callback.value) and "--" not in str(by_callback.value)
+
+
+@pytest.mark.parametrize("name, word, rule", [("text_encodings", "bpe", ": unknown ['bpe']; valid: plain, split"),
+                                              ("linear_method", "svm", ": 'svm'; valid: ridge, logistic")])
+def test_a_bad_choice_is_refused_by_argparse_from_the_declared_choices(tmp_path, capsys, name, word, rule):
+    """Where comco's flag takes words from the declared choices, argparse itself refuses another word
+    (naming the flag, listing the choices); the callback gets SuiteConfig's rule."""
+    from eval import cli
+    from eval.callback import BiasEvalCallback
+    from eval.suite import suite_options
+
+    flag = cli.SUITE_FLAGS[name]
+    with pytest.raises(SystemExit) as by_cli:
+        cli.build_parser().parse_args(["comco", "--model", "m", "--out", str(tmp_path / "r.json"), flag, word])
+    choices = {o.name: o.choices for o in suite_options()}[name]
+    assert by_cli.value.code == 2
+    assert f"argument {flag}: invalid choice: '{word}' (choose from " in capsys.readouterr().err
+    assert choices == {"text_encodings": ("plain", "split"), "linear_method": ("ridge", "logistic")}[name]
+    with pytest.raises(ValueError, match=re.escape(f"{name}{rule}")):
+        BiasEvalCallback(**{name: [word] if name == "text_encodings" else word}, cache_dir=str(tmp_path))
 
 
 def test_suite_config_normalises_loose_values_and_names_every_bad_one():

@@ -1,16 +1,17 @@
-"""experiments/summarize.py: init/final indices per config and seed, from bias.jsonl."""
+"""``python -m eval report --across-seeds`` (eval/seed_report.py): init/final indices per config and seed."""
 import json
 from pathlib import Path
 
 import pytest
 
-from _scripts import load_script
+from eval import seed_report as mod
+from eval.cli import main as eval_main
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _load():
-    return load_script("experiments/summarize.py")
+def _report(runs, *args) -> int:
+    return eval_main(["report", *map(str, runs), "--across-seeds", *args])
 
 
 def _entry(value, denominator):
@@ -39,18 +40,17 @@ def _write_run(root: Path, name: str, tor_values: list[float], gap_values: list[
 
 @pytest.mark.parametrize("legacy", [True, False], ids=["old-records-top-level-indices", "summary-key-only"])
 def test_per_seed_rows_take_first_and_last_record(tmp_path, legacy):
-    mod = _load()
     runs = [_write_run(tmp_path, "exp-baseline-s0", [0.1, 0.5, 0.3], [0.0, 0.2, 0.4], legacy),
             _write_run(tmp_path, "exp-baseline-s1", [0.2, 0.0, -0.1], [0.1, 0.1, 0.1], legacy),
             _write_run(tmp_path, "not-a-sweep-run", [9.0], [9.0], legacy)]
-    out = tmp_path / "out" / "summary"
-    assert mod.main([str(r) for r in runs] + ["--out", str(out)]) == 0
-    text = out.with_suffix(".md").read_text()
+    out = tmp_path / "out"
+    assert _report(runs, "--out", str(out)) == 0
+    text = (out / "summary.md").read_text()
     assert "| baseline | 0 | +0.100 → +0.300 (N=5) | -0.100 → -0.300 (N=5) |" in text
     assert "| baseline | 1 | +0.200 → -0.100 (N=5)" in text
     assert "+0.000 → +0.400 (pairs S1=12, S2=12)" in text
     assert "not-a-sweep" not in text and "+9.000" not in text
-    assert out.with_suffix(".png").stat().st_size > 1000
+    assert (out / "across_seeds.png").stat().st_size > 1000
 
 
 def _write_metrics(run: Path, r1: float) -> None:
@@ -61,7 +61,6 @@ def test_changes_get_t_intervals_across_seeds_and_a_paired_comparison_with_the_b
     """Hand-computed: baseline changes (+0.2, +0.1, +0.3) -> mean +0.2, sd 0.1, half-width 4.303 * 0.1 / sqrt(3);
     treated changes are the baseline's minus (0.10, 0.12, 0.11) per seed -> the paired difference is -0.11
     with sd 0.01 (beyond noise), while an unpaired look would drown it in the seeds' spread."""
-    mod = _load()
     base_changes, cuts = [0.2, 0.1, 0.3], [0.10, 0.12, 0.11]
     runs = []
     for seed, (c, cut) in enumerate(zip(base_changes, cuts)):
@@ -82,18 +81,29 @@ def test_changes_get_t_intervals_across_seeds_and_a_paired_comparison_with_the_b
     assert r1["final"].mean == pytest.approx(0.09) and r1["vs_baseline"].mean == pytest.approx(-0.02)
     assert stats["baseline"][label]["vs_baseline"] is None
 
-    readme = tmp_path / "README.md"
-    readme.write_text(f"# x\nbefore\n{mod.BEGIN}\nold numbers\n{mod.END}\nafter\n")
+    doc = tmp_path / "results.md"
+    doc.write_text(f"# x\nbefore\n{mod.BEGIN}\nold numbers\n{mod.END}\nafter\n")
     out = tmp_path / "fig" / "sweep"
-    assert mod.main([str(r) for r in runs] + ["--out", str(out), "--readme", str(readme), "--command", "CMD"]) == 0
-    text = readme.read_text()
+    assert _report(runs, "--out", str(out), "--results-block", str(doc), "--command", "CMD") == 0
+    text = doc.read_text()
     assert "old numbers" not in text and text.startswith("# x\nbefore\n") and text.endswith(f"{mod.END}\nafter\n")
     assert "Reproduce: `CMD`" in text and "-0.110 [-0.135, -0.085] **✱**" in text
-    assert out.with_suffix(".md").read_text() in text
+    assert sorted(p.name for p in out.iterdir()) == ["across_seeds.png"]  # the numbers live in the doc only
+
+
+def test_a_results_file_without_its_block_is_refused_before_any_work(tmp_path):
+    run = _write_run(tmp_path, "exp-baseline-s0", [0.1, 0.4], [0.0, 0.1], legacy=False)
+    doc = tmp_path / "results.md"
+    doc.write_text("# no block here\n")
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit, match="has no <!-- results:begin --> ... <!-- results:end --> block"):
+        _report([run], "--out", str(out), "--results-block", str(doc))
+    assert doc.read_text() == "# no block here\n" and not (out / "across_seeds.png").exists()
+    with pytest.raises(SystemExit, match="--results-block needs --across-seeds"):
+        eval_main(["report", str(run), "--results-block", str(doc)])
 
 
 def test_one_seed_gives_no_interval_never_a_number_built_on_one_run(tmp_path):
-    mod = _load()
     run = _write_run(tmp_path, "exp-baseline-s0", [0.1, 0.4], [0.0, 0.1], legacy=False)
     text = mod.markdown(mod.collect([run]), "CMD")
     assert "+0.300 (interval n/a, N = 1)" in text and "[" not in text.split("Per seed")[0].split("|---|")[1]
@@ -121,7 +131,6 @@ def test_sweep_script_refuses_an_unknown_configuration_before_any_run(tmp_path):
 
 
 def test_unfinished_runs_and_runs_without_step_0_are_left_out_not_counted_as_no_change(tmp_path, capsys):
-    mod = _load()
     done = _write_run(tmp_path, "exp-baseline-s0", [0.1, 0.2, 0.5], [0.0, 0.1, 0.2], legacy=False)
     killed = _write_run(tmp_path, "exp-baseline-s1", [0.3], [0.0], legacy=False)  # only its step-0 evaluation
     late = _write_run(tmp_path, "exp-baseline-s2", [0.3, 0.3, 0.6], [0.0, 0.0, 0.0], legacy=False)

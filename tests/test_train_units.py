@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from train.cli import find_config, list_configs, resolve_config_args
-from train.data import SyntheticCorpus, WebDataModule, count_samples, expand_shards
+from train.data import SyntheticCorpus, WebDataModule, check_shards_exist, count_samples, expand_shards
 from train.loss import build_loss, contrastive_loss
 from train.models import build_model_and_transforms, check_model_name
 from train.optim import param_groups, warmup_cosine
@@ -144,6 +144,14 @@ def test_shard_expansion_and_counting(tiny_shards):
     pattern = str(Path(tiny_shards[0]).parent / "{00000..00001}.tar")
     assert expand_shards(pattern) == tiny_shards
     assert count_samples(tiny_shards) == 128
+
+
+def test_a_shard_folder_expands_to_its_tars_in_order(tiny_shards, tmp_path):
+    folder = Path(tiny_shards[0]).parent
+    assert expand_shards(str(folder)) == sorted(tiny_shards) == expand_shards([str(folder)])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="expands to no files"):
+        check_shards_exist(expand_shards(str(tmp_path / "empty")), "data.train_shards")
 
 
 def test_pipeline_skips_and_counts_bad_samples(tmp_path):

@@ -16,6 +16,7 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from data_prep.checks import is_int
 from train.data import WebDataModule, expand_shards
 from train.models import REPO_ROOT
 from train.module import CLIPModule
@@ -155,7 +156,7 @@ def missing_shards_error(section) -> ConfigError | None:
             return ConfigError(
                 f"data.{key}: {shown}.\nDownload LAION-style shards with `python -m data_prep laion --parquet "
                 f"PARQUET --out {folder}{_image_size_flag(section)}` (PARQUET: a file with url and caption columns; "
-                f"needs pip install -e '.[laion]', see README 'On LAION') and point data.{key} at what it writes, "
+                f"needs pip install -e '.[laion]', see docs/real_data.md) and point data.{key} at what it writes, "
                 f"or train on the rendered corpus: --config {DEFAULT_CONFIG}")
     return None
 
@@ -250,13 +251,13 @@ class ClipCLI(LightningCLI):
         if data is None or not hasattr(data, "get"):
             return
         seed = section.get("seed_everything")
-        if data.get("seed") is None and isinstance(seed, int) and not isinstance(seed, bool):
+        if data.get("seed") is None and is_int(seed):
             data["seed"] = seed
         run, trainer = section.get("run"), section.get("trainer") or {}
         every = run.get("checkpoint_every_n_steps") if run is not None else None
-        if data.get("segment_batches", "absent") is None and isinstance(every, int) and every > 0:
+        if data.get("segment_batches", "absent") is None and is_int(every) and every > 0:
             accumulate = trainer.get("accumulate_grad_batches") or 1
-            data["segment_batches"] = every * (accumulate if isinstance(accumulate, int) and accumulate > 0 else 1)
+            data["segment_batches"] = every * (accumulate if is_int(accumulate) and accumulate > 0 else 1)
 
     def _run_config(self) -> RunConfig:
         run = self._get(self.config_init, "run")

@@ -19,7 +19,7 @@ import random
 import re
 import shutil
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -28,70 +28,37 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from data_prep.captions import HELD_OUT_TEMPLATES
-from data_prep.synth import validate_args as validate_synth_args
+from data_prep.checks import is_int
+from data_prep.corpus_spec import CorpusSpec, document_fields, knob, with_default
+from data_prep.fileio import atomic_dir, pid_alive, writable_problem
 from train.data_samples import CountingHandler, SampleProcessor, StallGuard, derive_seed
 from train.transforms import SampleTransform
 
 
 
+#: where ``data.synthetic``'s fields live in the config, for messages: ``data.synthetic.p_large_first``
+SYNTHETIC_KEY = "data.synthetic"
+
+
+@document_fields
 @dataclass
-class SyntheticCorpus:
+class SyntheticCorpus(CorpusSpec):
     """Rendered training corpus generated on first use by ``data_prep.synth.write_corpus``.
 
-    Args:
-        num_samples: Training samples to render.
-        p_large_first: Probability that a caption names the largest object first (the bias knob).
-        seed: Rendering seed.
-        image_size: Image side in pixels.
-        min_objects: Fewest objects per scene.
-        max_objects: Most objects per scene.
-        size_mode: ``data_prep`` size mode (e.g. ``one_large``).
-        shard_size: Samples per tar.
-        val_num_samples: If > 0, also render a validation corpus (seed + 1) for retrieval R@k.
-        held_out_templates: Caption templates no training sample uses (default
-            ``data_prep.captions.HELD_OUT_TEMPLATES``: the paper's bare "A and B and C" form and
-            "there is ..."), so the bias probes score them as held-out forms; ``[]`` uses all.
+    The knobs, their defaults, help and rules are ``data_prep.corpus_spec.CorpusSpec``'s (the same
+    names as ``python -m data_prep synth``'s flags); this adds the quickstart's default size and a
+    validation corpus.
     """
 
-    num_samples: int = 40000
-    p_large_first: float = 0.9
-    seed: int = 0
-    image_size: int = 64
-    min_objects: int = 2
-    max_objects: int = 4
-    size_mode: str = "one_large"
-    shard_size: int = 1000
-    val_num_samples: int = 0
-    held_out_templates: list[str] = field(default_factory=lambda: list(HELD_OUT_TEMPLATES))
+    num_samples: int = with_default(CorpusSpec, "num_samples", 40000)
+    val_num_samples: int = knob(0, "If > 0, also render a validation corpus (seed + 1) of this many samples "
+                                   "for retrieval R@k.", min=0)
 
-    def problems(self, prefix: str = "data.synthetic") -> list[str]:
-        """Every problem with these values, named by their config path (``data.synthetic.seed``).
-
-        The rules are ``data_prep.synth.validate_args``'s (one home); its flag names are translated.
-        """
-        errs = []
-        for name, kind in (("num_samples", int), ("seed", int), ("image_size", int), ("min_objects", int),
-                           ("max_objects", int), ("shard_size", int), ("val_num_samples", int),
-                           ("p_large_first", (int, float)), ("size_mode", str)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, kind):
-                errs.append(f"{prefix}.{name} must be {'a number' if name == 'p_large_first' else kind.__name__}, "
-                            f"got {value!r}")
-        if errs:
-            return errs  # the range checks below assume the types
-        if self.seed < 0:
-            errs.append(f"{prefix}.seed must be >= 0, got {self.seed}")
-        if self.val_num_samples < 0:
-            errs.append(f"{prefix}.val_num_samples must be >= 0, got {self.val_num_samples}")
-        try:
-            validate_synth_args(self.num_samples, self.image_size, self.min_objects, self.max_objects,
-                                self.size_mode, self.p_large_first, self.shard_size,
-                                held_out_templates=self.held_out_templates)
-        except ValueError as e:
-            flag = lambda m: f"{prefix}.{m.group(1).replace('-', '_')}"  # noqa: E731
-            errs.extend(re.sub(r"--([a-z][a-z0-9-]*)", flag, part) for part in str(e).split("; "))
-        return errs
+    def problems(self, name: str | Callable[[str], str] = SYNTHETIC_KEY, **kw: Any) -> list[str]:
+        """Every problem with these values (``CorpusSpec.problems``' rules), named by their config path
+        (``data.synthetic.seed``); ``name``: the section's path, or a function naming a field."""
+        namer = (lambda f: f"{name}.{f}") if isinstance(name, str) else name
+        return super().problems(namer, **kw)
 
     def corpus_kwargs(self, split: str) -> dict[str, Any]:
         kw = asdict(self)
@@ -101,18 +68,25 @@ class SyntheticCorpus:
         return kw
 
     def cache_path(self, cache_dir: str | Path, split: str) -> Path:
-        """``<cache_dir>/synth-<hash of the write_corpus arguments>``; new arguments → new directory."""
+        """``<cache_dir>/synth-<hash of the write_corpus arguments>``; new arguments → new directory.
+
+        The hash covers every field (but ``val_num_samples``) by name and value as given: a field added to
+        ``CorpusSpec`` renames every cached corpus, so existing caches are rendered once more.
+        """
         kw = self.corpus_kwargs(split)
         digest = hashlib.sha1(json.dumps(kw, sort_keys=True).encode()).hexdigest()[:10]
         return Path(cache_dir) / f"synth-{digest}"
 
 
 def expand_shards(shards: str | list[str]) -> list[str]:
-    """Brace patterns (``a/{00000..00009}.tar``, ``::``-joined) or a list of them → list of URLs."""
+    """Brace patterns (``a/{00000..00009}.tar``, ``::``-joined), local folders (their ``*.tar``, sorted)
+    or a list of them → list of URLs."""
     items = [shards] if isinstance(shards, str) else list(shards)
     out: list[str] = []
     for item in items:
-        out.extend(wds.shardlists.expand_urls(item))
+        for url in wds.shardlists.expand_urls(item):
+            out.extend(sorted(str(p) for p in Path(url).glob("*.tar")) if _is_local(url) and os.path.isdir(url)
+                       else [url])
     return out
 
 
@@ -130,7 +104,7 @@ def check_shards_exist(urls: list[str], what: str) -> None:
         raise FileNotFoundError(
             f"{what}: missing shards {shown}. Download LAION-style shards first, e.g. "
             f"`python -m data_prep laion --parquet PARQUET --out {Path(missing[0]).parent}` (PARQUET: a file with "
-            f"url and caption columns; see the README's 'On LAION'), "
+            f"url and caption columns; see docs/real_data.md), "
             f"or render a corpus with `python -m data_prep synth --out DIR` and point data.train_shards at it."
         )
 
@@ -173,34 +147,15 @@ def _cache_dir_problems(synthetic: SyntheticCorpus, cache_dir: str | Path) -> li
     """A corpus still to be rendered needs a writable cache dir; found out before any work, not after it."""
     if all((synthetic.cache_path(cache_dir, s) / "sizes.json").exists() for s in _synthetic_splits(synthetic)):
         return []  # already cached: a read-only cache is fine
-    existing = Path(cache_dir).absolute()
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        return [f"data.cache_dir {str(cache_dir)!r} cannot be created: {existing} is not a directory"]
-    if not os.access(existing, os.W_OK | os.X_OK):
-        return [f"data.cache_dir {str(cache_dir)!r} is not writable ({existing}); the synthetic corpus is rendered "
+    problem = writable_problem(Path(cache_dir).absolute(), is_dir=True)
+    if problem:
+        return [f"data.cache_dir {str(cache_dir)!r} cannot be written: {problem}; the synthetic corpus is rendered "
                 f"there on first use: set data.cache_dir to a writable folder"]
     return []
 
 
 #: ``prepare_data``'s build folders: ``synth-<10 hex digits>.tmp-<pid of the building process>``.
 _BUILD_DIR = re.compile(r"^synth-[0-9a-f]{10}\.tmp-(\d+)$")
-
-
-def _pid_alive(pid: int) -> bool:
-    """True if a process with this id exists on this machine (or we cannot tell)."""
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (OverflowError, ValueError):
-        return False  # no such pid can exist
-    except OSError:
-        return True  # e.g. EPERM: it exists, owned by someone else
-    return True
 
 
 def clean_stale_builds(cache_dir: str | Path) -> list[Path]:
@@ -212,7 +167,7 @@ def clean_stale_builds(cache_dir: str | Path) -> list[Path]:
     removed = []
     for path in sorted(Path(cache_dir).glob("synth-*.tmp-*")):
         m = _BUILD_DIR.match(path.name)
-        if m and path.is_dir() and not path.is_symlink() and not _pid_alive(int(m.group(1))):
+        if m and path.is_dir() and not path.is_symlink() and not pid_alive(int(m.group(1))):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed
@@ -285,17 +240,16 @@ class WebDataModule(L.LightningDataModule):
             problems.append(f"data.num_workers must be >= 0, got {num_workers}")
         if samples_per_epoch is not None and samples_per_epoch <= 0:
             problems.append(f"data.samples_per_epoch must be > 0, got {samples_per_epoch}")
-        if isinstance(shuffle_buffer, bool) or not isinstance(shuffle_buffer, int) or shuffle_buffer < 0:
+        if not is_int(shuffle_buffer) or shuffle_buffer < 0:
             problems.append(f"data.shuffle_buffer must be an int >= 0 (0: no shuffling), got {shuffle_buffer!r}")
-        if isinstance(max_warnings, bool) or not isinstance(max_warnings, int) or max_warnings < 0:
+        if not is_int(max_warnings) or max_warnings < 0:
             problems.append(f"data.max_warnings must be an int >= 0, got {max_warnings!r}")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        if seed is not None and not is_int(seed):
             problems.append(f"data.seed must be an int, got {seed!r}")
-        if segment_batches is not None and (isinstance(segment_batches, bool) or not isinstance(segment_batches, int)
-                                            or segment_batches < 1):
+        if segment_batches is not None and (not is_int(segment_batches) or segment_batches < 1):
             problems.append(f"data.segment_batches must be an int >= 1, got {segment_batches!r}")
         for name, value in (("max_bad_shards", max_bad_shards), ("max_bad_samples", max_bad_samples)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not is_int(value) or value < 1:
                 problems.append(f"data.{name} must be an int >= 1, got {value!r}")
         if (train_shards is None) == (synthetic is None):
             problems.append("set exactly one of data.train_shards and data.synthetic")
@@ -354,18 +308,14 @@ class WebDataModule(L.LightningDataModule):
                 continue
             from data_prep.synth import write_corpus  # imported lazily: only the quickstart needs it
 
-            tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                write_corpus(tmp, **self.synthetic.corpus_kwargs(split), desc=f"rendering {split} corpus")
-                os.replace(tmp, path)  # atomic: a half-written corpus is never mistaken for a cached one
+            try:  # built in ``<name>.tmp-<pid>``, then renamed: a half-written corpus is never mistaken for a
+                # cached one, and a failed or interrupted build leaves nothing behind
+                with atomic_dir(path) as tmp:
+                    write_corpus(tmp, **self.synthetic.corpus_kwargs(split), desc=f"rendering {split} corpus")
             except OSError:
                 if not (path / "sizes.json").exists():
                     raise
                 # another process finished the same corpus first: use theirs
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)  # a failed or interrupted build leaves nothing behind
 
     def _train_urls(self) -> list[str]:
         if self.synthetic is not None:

@@ -13,6 +13,7 @@ import torch.distributed as dist
 
 from lightning.pytorch.trainer.states import TrainerFn
 
+from data_prep.checks import is_int, is_real
 from eval.samples_axis import define_samples_axis, samples_per_step
 from eval.text_encoding import encode_text
 from train import resume
@@ -29,14 +30,6 @@ LOSSES = ("clip", "siglip")
 
 def _show(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else repr(value) if isinstance(value, str) else str(value)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_real(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def check_model_args(
@@ -57,30 +50,30 @@ def check_model_args(
             problems.append(f"model.pretrained must be an open_clip tag or an existing weights file, got {pretrained!r}")
     if loss not in LOSSES:
         problems.append(f"model.loss must be one of {', '.join(LOSSES)}, got {_show(loss)}")
-    if not _is_real(lr) or lr <= 0:
+    if not is_real(lr) or lr <= 0:
         problems.append(f"model.lr must be > 0, got {_show(lr)}")
-    if not _is_real(weight_decay) or weight_decay < 0:
+    if not is_real(weight_decay) or weight_decay < 0:
         problems.append(f"model.weight_decay must be >= 0, got {_show(weight_decay)}")
     if not isinstance(betas, (list, tuple)) or len(betas) != 2:
         problems.append(f"model.betas must be two numbers (beta1, beta2), got {betas!r}")
     else:
         for i, beta in enumerate(betas):
-            if not _is_real(beta) or not 0 <= beta < 1:
+            if not is_real(beta) or not 0 <= beta < 1:
                 problems.append(f"model.betas[{i}] must be in [0, 1), got {_show(beta)}")
-    if not _is_real(eps) or eps <= 0:
+    if not is_real(eps) or eps <= 0:
         problems.append(f"model.eps must be > 0, got {_show(eps)}")
-    if not _is_int(warmup_steps) or warmup_steps < 0:
+    if not is_int(warmup_steps) or warmup_steps < 0:
         problems.append(f"model.warmup_steps must be an integer >= 0, got {_show(warmup_steps)}")
-    if total_steps is not None and (not _is_int(total_steps) or total_steps <= 0):
+    if total_steps is not None and (not is_int(total_steps) or total_steps <= 0):
         problems.append(f"model.total_steps must be an integer > 0 (or null: trainer.max_steps), got {_show(total_steps)}")
-    elif total_steps is not None and _is_int(warmup_steps) and warmup_steps > total_steps:
+    elif total_steps is not None and is_int(warmup_steps) and warmup_steps > total_steps:
         problems.append(f"model.warmup_steps ({warmup_steps}) must be <= model.total_steps ({total_steps}): "
                         "the schedule would never reach the peak LR")
-    if not _is_real(min_lr_ratio) or not 0 <= min_lr_ratio <= 1:
+    if not is_real(min_lr_ratio) or not 0 <= min_lr_ratio <= 1:
         problems.append(f"model.min_lr_ratio must be in [0, 1], got {_show(min_lr_ratio)}")
     if nan_policy not in NAN_POLICIES:
         problems.append(f"model.nan_policy must be one of {', '.join(NAN_POLICIES)}, got {_show(nan_policy)}")
-    if not _is_int(max_consecutive_skips) or max_consecutive_skips < 0:
+    if not is_int(max_consecutive_skips) or max_consecutive_skips < 0:
         problems.append(f"model.max_consecutive_skips must be an integer >= 0, got {_show(max_consecutive_skips)}")
     return problems
 

@@ -24,6 +24,8 @@ from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
+from data_prep.fileio import TMP_MARK, atomic_write, parse_temp, pid_alive, writable_problem, write_text_atomic
+
 WandbMode = Literal["auto", "online", "offline", "disabled"]
 
 
@@ -109,10 +111,7 @@ def wandb_run_id(run: RunConfig, resume: bool) -> str:
         return path.read_text().strip()
     run_id = uuid.uuid4().hex[:12]
     if rank_zero_only.rank == 0:
-        run.dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(run_id + "\n")
-        os.replace(tmp, path)
+        write_text_atomic(path, run_id + "\n")
     return run_id
 
 
@@ -256,7 +255,6 @@ def build_checkpoint_callback(run: RunConfig) -> Callback:
 # ------------------------------------------------------------------ one run, one directory
 
 LOCK_FILE = "run.lock"
-TMP_MARK = ".tmp-"  # atomic writes go to ``.<name>.tmp-<pid>`` beside their target
 _LAST_RE = re.compile(r"^last(-v?\d+)?\.ckpt$")
 _STEP_RE = re.compile(r"step(\d+)")
 _RANK_VARS = ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")  # Lightning's order
@@ -292,16 +290,6 @@ def run_contents(run_dir: Path) -> list[str]:
     if not run_dir.is_dir():
         return []
     return sorted(p.name + ("/" if p.is_dir() else "") for p in run_dir.iterdir() if p.name != LOCK_FILE)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class RunLock:
@@ -391,15 +379,10 @@ def _ways_on(run: RunConfig) -> str:
             f"(nothing is deleted) and start afresh")
 
 
-def _check_writable(run: RunConfig) -> None:
-    target = run.dir if run.dir.exists() else Path(run.root)
-    while not target.exists() and target != target.parent:
-        target = target.parent
-    where = f"run.root {run.root}: cannot create the run directory {run.dir}"
-    if not target.is_dir():
-        raise RunDirError(f"{where}, {target} is not a directory")
-    if not os.access(target, os.W_OK | os.X_OK):
-        raise RunDirError(f"{where}, {target} is not writable")
+def _refuse_unwritable_run_dir(run: RunConfig) -> None:
+    problem = writable_problem(run.dir, is_dir=True)
+    if problem:
+        raise RunDirError(f"run.root {run.root}: cannot create the run directory {run.dir}, {problem}")
 
 
 def checkpoint_problem(path: Path) -> str | None:
@@ -498,7 +481,7 @@ def check_before_fit(run: RunConfig, ckpt_path: str | None) -> None:
     """Everything ``fit`` refuses before any work: run root not writable, run dir in use by a live
     process, run dir already holding a run (unless resuming or ``run.overwrite``), an unreadable
     ``--ckpt_path``. Changes nothing on disk."""
-    _check_writable(run)
+    _refuse_unwritable_run_dir(run)
     holder = RunLock.holder(run.dir)
     if holder is not None:
         raise RunLockedError(_locked_message(run.dir, run.dir / LOCK_FILE))
@@ -557,48 +540,17 @@ def start_run(run: RunConfig, ckpt_path: str | None) -> RunLock:
 # ------------------------------------------------------------------ atomic checkpoints
 
 
-def _fsync_dir(directory: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to ``.<name>.tmp-<pid>`` in the target's own directory, fsync, then ``os.replace``.
-
-    The rename never crosses a filesystem, so a kill or a full disk leaves either the previous file or
-    the new one under ``path``, never a partial one; the temp file is removed on any error (a kill -9
-    leaves it for :func:`clean_stale_temps` at the next start).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    _fsync_dir(path.parent)
-
-
 def clean_stale_temps(directory: Path) -> list[Path]:
-    """Remove ``.<name>.tmp-<pid>`` files in ``directory`` whose writer is dead; return what went."""
+    """Remove the temp files of atomic writes (``.<name>.tmp-<pid>``, :func:`data_prep.fileio.temp_path`)
+    in ``directory`` whose writer is dead; return what went."""
     removed = []
     if not Path(directory).is_dir():
         return removed
     for p in Path(directory).glob(f".*{TMP_MARK}*"):
-        pid = p.name.rsplit(TMP_MARK, 1)[1]
+        temp = parse_temp(p)
         # called at start, before this process writes any checkpoint: a temp with our own pid is a
         # leftover of an earlier process that had the same pid (containers often start at pid 1)
-        if not pid.isdigit() or (int(pid) != os.getpid() and _pid_alive(int(pid))):
+        if temp is None or (temp[1] != os.getpid() and pid_alive(temp[1])):
             continue
         with contextlib.suppress(FileNotFoundError):
             p.unlink()
@@ -607,7 +559,8 @@ def clean_stale_temps(directory: Path) -> list[Path]:
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's ``TorchCheckpointIO`` with :func:`atomic_torch_save` for local paths.
+    """Lightning's ``TorchCheckpointIO`` with an atomic ``torch.save`` for local paths: to a temp file in the
+    checkpoint's own directory, fsynced, then renamed over it (:func:`data_prep.fileio.atomic_write`).
 
     Lightning's own save streams through fsspec, whose temp file lives in ``$TMPDIR``: when the run
     directory is on another filesystem the final step is a copy, and a kill or full disk during it
@@ -617,4 +570,5 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         if storage_options is not None or "://" in str(path):
             return super().save_checkpoint(checkpoint, path, storage_options)
-        atomic_torch_save(checkpoint, path)
+        with atomic_write(path, "wb") as f:
+            torch.save(checkpoint, f)

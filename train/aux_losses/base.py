@@ -20,7 +20,6 @@ they are refused when the module is built.
 """
 from __future__ import annotations
 
-import math
 import random
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ import torch.distributed as dist
 import torch.distributed.nn  # noqa: F401  (all_gather with gradient; not imported by torch.distributed)
 from torch import Tensor, nn
 
+from data_prep.checks import is_real
 from eval.text_encoding import encode_text
 from train.data_samples import derive_seed
 
@@ -137,7 +137,7 @@ class AuxLoss(nn.Module):
             weight: Factor of this loss's terms in the training loss (0: computed and logged only).
         """
         super().__init__()
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
+        if not is_real(weight):
             raise ValueError(f"weight must be a finite number, got {weight!r}")
         self.weight = float(weight)
 

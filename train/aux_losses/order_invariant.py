@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from data_prep.checks import is_int
 from train.aux_losses.base import AuxBatch, AuxLoss, Terms
 from train.mitigations import CaptionShuffle
 
@@ -88,7 +89,7 @@ class OrderInvariantText(AuxLoss):
         super().__init__(weight)
         if mode not in ("multi_positive", "pull"):
             raise ValueError(f"mode must be 'multi_positive' or 'pull', got {mode!r}")
-        if isinstance(max_tries, bool) or not isinstance(max_tries, int) or max_tries < 1:
+        if not is_int(max_tries) or max_tries < 1:
             raise ValueError(f"max_tries must be an int >= 1, got {max_tries!r}")
         self.mode, self.max_tries, self.name = mode, max_tries, name
         self._shuffle = CaptionShuffle(p=1.0, vocabulary=vocabulary)
