@@ -17,14 +17,16 @@ from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from data_prep.checks import is_int
-from train.data import WebDataModule, expand_shards
+from train.data import WebDataModule, count_samples, expand_shards
+from train.data_samples import NoUsableSamplesError
 from train.models import REPO_ROOT
 from train.module import CLIPModule
 from train.progress import ModelSummaryNoFlops, StepProgressBar
 from train.resume import ResumeMismatchError, refuse_changed_history
 from train.run_dir import (
     AtomicCheckpointIO, RunConfig, RunDirError, RunLock, build_checkpoint_callback, build_loggers, check_before_fit,
-    check_resume_checkpoint, finished_message, is_launching_process, last_checkpoint, start_run,
+    check_resume_checkpoint, finished_message, is_launching_process, label_rows_by_global_step, last_checkpoint,
+    start_run,
 )
 
 CONFIG_DIR = REPO_ROOT / "configs"
@@ -104,6 +106,9 @@ def resolve_config_args(argv: list[str]) -> list[str]:
         out[1:1] = ["--config", str(CONFIG_DIR / DEFAULT_CONFIG)]
     configs = [out[k + 1] for k, a in enumerate(out[:-1]) if a in ("--config", "-c")]
     configs += [a.split("=", 1)[1] for a in out if a.startswith("--config=")]
+    for config in configs:
+        if (error := yaml_syntax_error(config)) is not None:
+            raise error
     if configs and all(is_overlay(c) for c in configs):
         shown = " ".join(f"--config {Path(c).resolve().relative_to(CONFIG_DIR.resolve()).as_posix()}" for c in configs)
         raise ConfigError(f"{shown} only changes a base config; add one first, e.g. "
@@ -159,6 +164,103 @@ def missing_shards_error(section) -> ConfigError | None:
                 f"needs pip install -e '.[laion]', see docs/real_data.md) and point data.{key} at what it writes, "
                 f"or train on the rendered corpus: --config {DEFAULT_CONFIG}")
     return None
+
+
+def world_size_of(trainer) -> int:
+    """Ranks the trainer config asks for (``devices`` × ``num_nodes``); 1 where ``devices`` is not a count."""
+    devices, nodes = trainer.get("devices"), trainer.get("num_nodes") or 1
+    count = devices if is_int(devices) and devices > 0 else len(devices) if isinstance(devices, (list, tuple)) else 1
+    return count * (nodes if is_int(nodes) and nodes > 0 else 1)
+
+
+def epoch_size_error(section) -> ConfigError | None:
+    """``data.train_shards`` whose samples cannot be counted (no ``sizes.json``, ``pipe:`` or remote URLs)
+    without ``data.samples_per_epoch``, or an epoch smaller than one batch: checked from the config,
+    before the model is built (the data module would find out after)."""
+    data, trainer = section.get("data"), section.get("trainer") or {}
+    if not hasattr(data, "get") or data.get("samples_per_epoch") is not None:
+        return None
+    if data.get("synthetic") is not None:
+        spec = data.get("synthetic")
+        n, where = (spec.get("num_samples") if hasattr(spec, "get") else None), "data.synthetic.num_samples"
+    elif data.get("train_shards"):
+        try:
+            urls = expand_shards(data.get("train_shards"))
+        except ValueError:
+            return None  # reported by missing_shards_error
+        n, where = count_samples(urls), "data.train_shards"
+        if n is None and urls:
+            remote = [u for u in urls if "://" in u or u.startswith("pipe:")]
+            why = (f"{len(remote)} of {len(urls)} shards are pipe: or remote URLs" if remote else
+                   f"no sizes.json or *_stats.json beside {urls[0]}")
+            return ConfigError(f"data.train_shards: cannot count the training samples ({why}), so an epoch has no "
+                               f"length: set data.samples_per_epoch=N (the samples in one pass over the shards)")
+    else:
+        return None
+    batch, world = data.get("batch_size"), world_size_of(trainer)
+    if is_int(n) and is_int(batch) and batch > 0 and n < batch * world:
+        return ConfigError(f"data.batch_size={batch}: one batch ({batch} x {world} rank(s)) is more than the {n} samples "
+                           f"of {where}; lower data.batch_size to at most {max(n // world, 1)}")
+    return None
+
+
+def accelerator_error(section) -> ConfigError | None:
+    """``trainer.accelerator`` naming a device this machine lacks (Lightning raises it as a traceback)."""
+    trainer = section.get("trainer") or {}
+    accelerator = str(trainer.get("accelerator") or "auto").lower()
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        return ConfigError(f"trainer.accelerator={accelerator}: this machine has no usable CUDA GPU "
+                           f"(torch {torch.__version__}, torch.cuda.is_available() is False); use "
+                           f"--trainer.accelerator=cpu, or auto to take a GPU where there is one")
+    if accelerator == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        return ConfigError("trainer.accelerator=mps: this machine has no Apple GPU; use --trainer.accelerator=cpu or auto")
+    return None
+
+
+def yaml_syntax_error(path: str) -> ConfigError | None:
+    """A config file that is not valid YAML, named with its own path (jsonargparse says ``<unicode string>``)."""
+    import yaml
+
+    try:
+        yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        return ConfigError(f"--config {path}:{where}: not valid YAML ({problem})")
+    except (OSError, UnicodeDecodeError) as err:
+        return ConfigError(f"--config {path}: cannot read it ({err})")
+    return None
+
+
+def schedule_problems(section) -> tuple[list[str], list[str]]:
+    """(errors, warnings) of ``trainer.max_steps`` against the LR schedule, from the config alone.
+
+    Errors: ``max_steps`` 0 or below -1 (nothing to train), or -1 (no limit) with nothing else that
+    sizes the cosine schedule. Warning: ``model.warmup_steps`` > ``max_steps`` with no explicit
+    ``model.total_steps`` (an explicit one is checked by the model): the LR never reaches ``model.lr``."""
+    trainer, model = section.get("trainer"), section.get("model")
+    if not hasattr(trainer, "get") or not hasattr(model, "get"):
+        return [], []
+    max_steps, max_epochs = trainer.get("max_steps"), trainer.get("max_epochs")
+    total, warmup = model.get("total_steps"), model.get("warmup_steps")
+    if not is_int(max_steps):
+        return [], []
+    if max_steps == 0 or max_steps < -1:
+        return [f"trainer.max_steps={max_steps} trains nothing: set it to the number of optimizer steps to run "
+                f"(> 0), or -1 with trainer.max_epochs"], []
+    if max_steps == -1:
+        if total is None and not (is_int(max_epochs) and max_epochs > 0):
+            return [f"trainer.max_steps=-1 sets no step limit and trainer.max_epochs={max_epochs} none either, so "
+                    f"the cosine schedule has no length: set trainer.max_steps > 0, or trainer.max_epochs > 0 (or "
+                    f"model.total_steps)"], []
+        return [], []
+    if total is None and is_int(warmup) and warmup > max_steps and section.get("ckpt_path") is None:
+        lr = model.get("lr")
+        peak = f" (it ends at {max_steps}/{warmup} x model.lr = {lr * max_steps / warmup:g})" if isinstance(lr, float) else ""
+        return [], [f"model.warmup_steps={warmup} > trainer.max_steps={max_steps}: the LR rises for the whole run "
+                    f"and never reaches model.lr{peak}; lower model.warmup_steps or raise trainer.max_steps"]
+    return [], []
 
 
 def _image_size_flag(section) -> str:
@@ -281,8 +383,25 @@ class ClipCLI(LightningCLI):
             check_before_fit(run, section.get("ckpt_path"))
         else:  # validate/test/predict: no run-dir rule, but an unreadable checkpoint is still named
             check_resume_checkpoint(run, section.get("ckpt_path"))
-        if (error := missing_shards_error(section)) is not None:
-            raise error
+        for check in (accelerator_error, missing_shards_error) + ((epoch_size_error,) if subcommand == "fit" else ()):
+            if (error := check(section)) is not None:
+                raise error
+        if subcommand == "fit":
+            errors, notes = schedule_problems(section)
+            if errors:
+                raise ConfigError("; ".join(errors))
+            for note in notes:
+                print(f"warning: {note}", file=sys.stderr)
+
+    def _parse_ckpt_path(self) -> None:
+        """``fit``: today's config builds the model, whatever ``--ckpt_path`` names (a file, ``last``, another
+        run's file), so that the history check (:func:`train.resume.refuse_changed_history`) compares the
+        checkpoint with what the user asked for and refuses or prints "applying changed ...". Lightning's
+        own version replaces ``model.*`` with the checkpoint's values for an explicit file only, so a
+        changed ``model.model_name`` or ``model.lr`` was silently dropped there. Other subcommands keep
+        Lightning's (they evaluate the checkpoint's model)."""
+        if self.config.get("subcommand") != "fit":
+            super()._parse_ckpt_path()
 
     def instantiate_classes(self) -> None:
         try:
@@ -351,7 +470,9 @@ class ClipCLI(LightningCLI):
             if not any(isinstance(p, CheckpointIO) for p in plugins):
                 plugins.append(AtomicCheckpointIO())  # every checkpoint: temp file beside it, then rename
             kwargs["plugins"] = plugins
-            return super().instantiate_trainer(**kwargs)
+            trainer = super().instantiate_trainer(**kwargs)
+            label_rows_by_global_step(trainer)
+            return trainer
         except BaseException:
             self._release_run_lock()
             raise
@@ -439,10 +560,25 @@ def main(argv: list[str] | None = None) -> ClipCLI:
         print("stopped by SIGTERM: last.ckpt holds the last finished step; continue with --ckpt_path last",
               file=sys.stderr)
         raise SystemExit(SIGTERM_EXIT) from None
-    except (ConfigError, RunDirError, ResumeMismatchError) as err:
+    except (ConfigError, RunDirError, ResumeMismatchError, NoUsableSamplesError) as err:
         # From the shell: one readable error, no traceback (set CLIP_BIAS_LAB_TRACEBACK=1 for it).
         # In-process callers (tests, notebooks) get the exception itself.
         if not from_command_line or os.environ.get(TRACEBACK_ENV, "") not in ("", "0"):
             raise
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {without_worker_traceback(err)}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def without_worker_traceback(err: BaseException) -> str:
+    """The message of ``err`` without the worker's traceback that torch's DataLoader puts in front of it
+    when it re-raises a worker's exception in the main process ("Caught X in DataLoader worker process 0.
+    Original Traceback ... X: message")."""
+    text = str(err)
+    if "Original Traceback" not in text:
+        return text
+    marker = f"{type(err).__name__}: "
+    lines = text.splitlines()
+    for i in range(len(lines) - 1, -1, -1):
+        if lines[i].startswith(marker) or lines[i].startswith(f"{type(err).__module__}.{marker}"):
+            return lines[i].split(marker, 1)[1] + "".join("\n" + rest for rest in lines[i + 1:])
+    return text

@@ -369,10 +369,14 @@ class CLIPModule(L.LightningModule):
             self._apply_optimizer_settings_on_resume()
             max_steps, total = self.trainer.max_steps, self._total_steps
             if self.hparams.total_steps is None and total and max_steps and max_steps > total:
+                hp = self.hparams
+                first, last = (hp.lr * warmup_cosine(s, hp.warmup_steps, total, hp.min_lr_ratio)
+                               for s in (max(total, self.global_step), max_steps - 1))
+                shown = f"LR {first:g}" if first == last else f"LR {first:g} .. {last:g}"
                 self.print(
-                    f"trainer.max_steps={max_steps} goes past the cosine schedule, whose length ({total} steps) was "
-                    f"fixed when the run started: steps {total}..{max_steps - 1} run at model.min_lr_ratio x model.lr "
-                    f"= {self.hparams.min_lr_ratio * self.hparams.lr:g}."
+                    f"trainer.max_steps={max_steps} goes past the LR schedule, whose length ({total} steps, warmup "
+                    f"{hp.warmup_steps}) was fixed when the run started: steps {max(total, self.global_step) + 1}.."
+                    f"{max_steps} run at the stored schedule's {shown}, not a new cosine."
                 )
         define_samples_axis(self.loggers, ["train/*", "val/*"])  # bias/*, data/*: their callbacks
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import netrc
 import os
 import re
@@ -19,12 +20,14 @@ from urllib.parse import urlparse
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
-from lightning.pytorch.loggers import CSVLogger, Logger
+from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from data_prep.fileio import TMP_MARK, atomic_write, parse_temp, pid_alive, writable_problem, write_text_atomic
+from data_prep.fileio import (
+    TMP_MARK, atomic_write, parse_temp, pid_alive, writable_problem, write_json_atomic, write_text_atomic,
+)
 
 WandbMode = Literal["auto", "online", "offline", "disabled"]
 
@@ -145,7 +148,46 @@ class _AppendingWriter(ExperimentWriter):
         return new_keys
 
 
-class ResumableCSVLogger(CSVLogger):
+class GlobalStepLabels:
+    """Logger mixin: every row is labelled with ``trainer.global_step`` when it is written, the optimizer
+    updates done so far — the step of ``stepNNNNNNN.ckpt`` and of every ``bias.jsonl`` record. The
+    train row of step ``s`` is the batch whose update made step ``s`` (so ``samples_seen`` there is
+    ``s`` × samples per step); the validation after ``s`` updates is step ``s``. Lightning's own label
+    (its count of stepped batches) is one less for validation rows and drifts by one on every resume
+    from a checkpoint written at the end of training. Set ``trainer`` once the trainer exists
+    (:func:`label_rows_by_global_step`); until then Lightning's step is kept. The ``epoch`` column is
+    the epoch of step ``s``'s batch, counted from the step (Lightning's starts a new epoch after a resume
+    from the end of training)."""
+
+    trainer: Any = None
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        if self.trainer is not None:
+            step = int(self.trainer.global_step)
+            if "epoch" in metrics and (epoch := epoch_of_step(self.trainer, step)) is not None:
+                metrics = {**metrics, "epoch": epoch}
+        super().log_metrics(metrics, step)
+
+
+def epoch_of_step(trainer, step: int) -> int | None:
+    """The epoch whose batches made optimizer step ``step`` (1-based; step 0 is epoch 0), from the
+    trainer's batches per epoch; None when that is unknown."""
+    batches = getattr(trainer, "num_training_batches", None)
+    accumulate = getattr(trainer, "accumulate_grad_batches", 1) or 1
+    if not isinstance(batches, int) or batches <= 0:
+        return None
+    steps_per_epoch = -(-batches // accumulate)  # the last window of an epoch steps however short it is
+    return max(step - 1, 0) // steps_per_epoch
+
+
+def label_rows_by_global_step(trainer) -> None:
+    """Point every :class:`GlobalStepLabels` logger of ``trainer`` at it."""
+    for logger in trainer.loggers:
+        if isinstance(logger, GlobalStepLabels):
+            logger.trainer = trainer
+
+
+class ResumableCSVLogger(GlobalStepLabels, CSVLogger):
     """CSVLogger that appends to the run's ``metrics.csv`` instead of deleting it.
 
     Lightning's writer deletes ``metrics.csv`` (and warns) whenever the log dir is not empty; here the
@@ -165,12 +207,14 @@ class ResumableCSVLogger(CSVLogger):
         return CSVLogger.experiment.fget.__wrapped__(self)
 
 
-def _wandb_logger(**kwargs: Any) -> Logger:
-    """Lightning's ``WandbLogger`` without its ``anonymous=None`` init argument, which W&B >= 0.19
-    answers with "The anonymous setting has no effect" on every run."""
-    from lightning.pytorch.loggers import WandbLogger
+class StepWandbLogger(GlobalStepLabels, WandbLogger):
+    """Lightning's ``WandbLogger`` with rows labelled by :class:`GlobalStepLabels`."""
 
-    logger = WandbLogger(**kwargs)
+
+def _wandb_logger(**kwargs: Any) -> Logger:
+    """:class:`StepWandbLogger` without its ``anonymous=None`` init argument, which W&B >= 0.19
+    answers with "The anonymous setting has no effect" on every run."""
+    logger = StepWandbLogger(**kwargs)
     if logger._wandb_init.get("anonymous") is None:
         logger._wandb_init.pop("anonymous", None)
     return logger
@@ -290,6 +334,44 @@ def run_contents(run_dir: Path) -> list[str]:
     if not run_dir.is_dir():
         return []
     return sorted(p.name + ("/" if p.is_dir() else "") for p in run_dir.iterdir() if p.name != LOCK_FILE)
+
+
+#: what a fit writes before its first training step
+STARTUP_FILES = ("config.yaml", "hparams.yaml", "metrics.csv", "wandb_id", "wandb/", "checkpoints/", "branch.json")
+
+
+def never_trained(run_dir: Path) -> bool:
+    """True when ``run_dir`` holds only what a fit writes before its first step (a start that crashed):
+    no checkpoint, no metric row, no bias record, nothing else. Such a directory is no run: the next
+    fit starts there afresh instead of being refused."""
+    contents = run_contents(run_dir)
+    if not contents or any(name not in STARTUP_FILES for name in contents):
+        return False
+    ckpt_dir = Path(run_dir) / "checkpoints"
+    if ckpt_dir.is_dir() and any(p.suffix == ".ckpt" and TMP_MARK not in p.name for p in ckpt_dir.iterdir()):
+        return False
+    metrics = Path(run_dir) / "metrics.csv"
+    try:
+        return not metrics.is_file() or len(metrics.read_text().splitlines()) <= 1
+    except OSError:
+        return False
+
+
+def held_run(run_dir: Path) -> list[str]:
+    """:func:`run_contents` of a directory that holds a run; [] for an empty or :func:`never_trained` one."""
+    return [] if never_trained(run_dir) else run_contents(run_dir)
+
+
+def reuse_untrained(run_dir: Path) -> None:
+    """Make an :func:`never_trained` directory ready for a fresh start: its header-only ``metrics.csv``
+    goes (it holds no row; the other start-up files are rewritten by the new start), and one line says so."""
+    if not never_trained(run_dir):
+        return
+    metrics = Path(run_dir) / "metrics.csv"
+    if metrics.is_file():
+        metrics.unlink()
+    print(f"note: {run_dir} holds only the files of an earlier start that stopped before its first step "
+          f"({', '.join(run_contents(run_dir))}); starting the run there afresh", file=sys.stderr)
 
 
 class RunLock:
@@ -417,6 +499,52 @@ def finished_message(path: Path, max_steps: int | None) -> str | None:
             f"and resume with --ckpt_path last.")
 
 
+def checkpoint_step(path: Path) -> int | None:
+    """The ``global_step`` a checkpoint holds (None: unreadable). Cheap: tensors are mmapped, not read."""
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=False, mmap=True).get("global_step", 0))
+    except Exception:  # noqa: BLE001 - unreadable checkpoints are reported by checkpoint_problem
+        return None
+
+
+def run_of_checkpoint(path: Path) -> Path | None:
+    """The run directory a checkpoint file belongs to (``<run>/checkpoints/<file>``), else None."""
+    path = Path(path).resolve()
+    return path.parent.parent if path.parent.name == "checkpoints" else None
+
+
+def newest_state(run_dir: Path) -> tuple[Path, int] | None:
+    """The run's newest trained state: the readable checkpoint (``last.ckpt`` included) with the highest step."""
+    ckpt_dir = Path(run_dir) / "checkpoints"
+    found = []
+    last = last_checkpoint_in(ckpt_dir)
+    if last is not None and (step := checkpoint_step(last)) is not None:
+        found.append((last, step))
+    if (step_file := newest_readable_checkpoint(ckpt_dir)) is not None:
+        found.append(step_file)
+    return max(found, key=lambda f: f[1]) if found else None
+
+
+def branch_name(run: RunConfig, step: int) -> str:
+    """The run name suggested for a branch of ``run`` from ``step``."""
+    return f"{run.name}-from-step{step}"
+
+
+def older_state_problem(run: RunConfig, path: Path) -> str | None:
+    """Why resuming the step file ``path`` of ``run`` inside ``run.dir`` would lose data (None: it would not):
+    the run trained past it, so ``last.ckpt`` and ``metrics.csv`` hold a later history a resume there
+    would overwrite and mix. The fix named is a branch: the same checkpoint into a new run."""
+    step = checkpoint_step(path)
+    newest = newest_state(run.dir)
+    if step is None or newest is None or newest[1] <= step:
+        return None
+    branch = Path(run.root) / branch_name(run, step)
+    return (f"--ckpt_path {path} holds step {step}, but {run.dir} trained on to step {newest[1]} ({newest[0]}): "
+            f"resuming it there would overwrite {run.dir / 'checkpoints' / 'last.ckpt'} and add a second history to "
+            f"its metrics.csv. Branch it into a new run instead (the parent stays as it is; both runs record the "
+            f"branch):\n  --run.name {branch.name} --ckpt_path {path}")
+
+
 def newest_readable_checkpoint(ckpt_dir: Path, exclude: tuple[Path, ...] = ()) -> tuple[Path, int] | None:
     """The readable checkpoint in ``ckpt_dir`` with the highest global step (``last*.ckpt`` excluded)."""
     if not ckpt_dir.is_dir():
@@ -447,7 +575,11 @@ def _instead(ckpt_dir: Path, exclude: tuple[Path, ...]) -> str:
 
 def last_checkpoint(run: RunConfig) -> Path | None:
     """What Lightning's ``--ckpt_path last`` picks: the newest ``last*.ckpt`` in the run's checkpoints."""
-    ckpt_dir = run.dir / "checkpoints"
+    return last_checkpoint_in(run.dir / "checkpoints")
+
+
+def last_checkpoint_in(ckpt_dir: Path) -> Path | None:
+    """The newest ``last*.ckpt`` in ``ckpt_dir`` (None: there is none)."""
     found = [p for p in ckpt_dir.glob("last*.ckpt") if _LAST_RE.match(p.name)] if ckpt_dir.is_dir() else []
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
@@ -460,10 +592,19 @@ def check_resume_checkpoint(run: RunConfig, ckpt_path: str | None) -> None:
     if ckpt_path == "last":
         path = last_checkpoint(run)
         if path is None:
+            if never_trained(run.dir):
+                raise RunDirError(f"--ckpt_path last: {run.dir} holds no checkpoint: an earlier start stopped before "
+                                  f"its first step, so nothing was trained. Start the run again: leave out --ckpt_path.")
             if run_contents(run.dir):  # Lightning would warn and start from scratch inside the old run
                 raise RunDirError(f"--ckpt_path last: {run.dir} holds a run ({', '.join(run_contents(run.dir))}) "
                                   f"but {ckpt_dir / 'last.ckpt'} does not exist. " + _instead(ckpt_dir, ()))
-            return  # nothing to resume yet: Lightning starts afresh ("set and forget")
+            # Lightning would train from step 0 (with a hint about save_last): a typo in --run.name
+            # would silently start a new run instead of continuing the old one
+            runs = sorted(Path(p).parent.parent.name for p in Path(run.root).glob("*/checkpoints/last.ckpt"))
+            shown = f" Runs under {run.root} that can resume: {', '.join(runs[:8])}{', ...' if len(runs) > 8 else ''}." \
+                if runs else ""
+            raise RunDirError(f"--ckpt_path last: there is no run {run.name!r} to resume ({run.dir} holds no "
+                              f"checkpoint).{shown} To start the run, leave out --ckpt_path.")
         problem = checkpoint_problem(path)
         if problem:
             raise RunDirError(f"--ckpt_path last: {path} is unreadable ({problem}). " + _instead(ckpt_dir, (path,)))
@@ -485,7 +626,7 @@ def check_before_fit(run: RunConfig, ckpt_path: str | None) -> None:
     holder = RunLock.holder(run.dir)
     if holder is not None:
         raise RunLockedError(_locked_message(run.dir, run.dir / LOCK_FILE))
-    contents = run_contents(run.dir)
+    contents = held_run(run.dir)
     if run.overwrite and ckpt_path:
         inside = ckpt_path == "last" or run.dir.resolve() in Path(ckpt_path).resolve().parents
         if inside and contents:
@@ -496,6 +637,10 @@ def check_before_fit(run: RunConfig, ckpt_path: str | None) -> None:
         raise RunDirError(f"--ckpt_path {ckpt_path} is not a checkpoint of {run.dir}, which already holds a run; "
                           "resuming it there would mix two runs. Resume it under its own --run.name, or start "
                           "from it in a new, empty --run.name.")
+    if contents and ckpt_path and ckpt_path != "last" and not run.overwrite and Path(ckpt_path).is_file() \
+            and run.dir.resolve() in Path(ckpt_path).resolve().parents:
+        if (problem := older_state_problem(run, Path(ckpt_path))) is not None:
+            raise RunDirError(problem)
     if contents and not ckpt_path and not run.overwrite:
         shown = ", ".join(contents[:6]) + (", ..." if len(contents) > 6 else "")
         raise RunDirError(f"{run.dir} already holds a run ({shown}); fit will not mix a second run into it. "
@@ -520,7 +665,7 @@ def start_run(run: RunConfig, ckpt_path: str | None) -> RunLock:
     directory for the run's life, check again that no other run slipped in since
     :func:`check_before_fit`, and remove temp files that dead writers left behind."""
     resume = bool(ckpt_path)
-    if run.overwrite and run_contents(run.dir):  # check_before_fit refused resuming from inside it
+    if run.overwrite and held_run(run.dir):  # check_before_fit refused resuming from inside it
         old = RunLock(run.dir).acquire()  # nobody may be writing the run we move
         try:
             aside = move_aside(run.dir)
@@ -528,13 +673,42 @@ def start_run(run: RunConfig, ckpt_path: str | None) -> RunLock:
             old.release()
         print(f"run.overwrite: moved the old run {run.dir} aside to {aside} (nothing deleted)", file=sys.stderr)
     lock = RunLock(run.dir).acquire()
-    contents = run_contents(run.dir)
+    if not resume or ckpt_path != "last":
+        reuse_untrained(run.dir)
+    contents = held_run(run.dir)
     if contents and not resume:
         lock.release()
         raise RunDirError(f"{run.dir} already holds a run ({', '.join(contents)}), written since this fit "
                           f"started; fit will not mix a second run into it. " + _ways_on(run))
     clean_stale_temps(run.dir / "checkpoints")
+    if ckpt_path and ckpt_path != "last" and not contents:
+        record_branch(run, Path(ckpt_path))
     return lock
+
+
+BRANCH_FILE = "branch.json"  #: in a branch: where it came from
+BRANCHES_FILE = "branches.json"  #: in a parent: the runs branched from its checkpoints
+
+
+def record_branch(run: RunConfig, ckpt: Path) -> None:
+    """A fit that starts an empty run directory from a checkpoint is a branch: ``branch.json`` in it
+    names the checkpoint, its step and its run; that run's ``branches.json`` lists its branches. The
+    parent's checkpoints, ``metrics.csv`` and ``bias.jsonl`` are never touched."""
+    parent = run_of_checkpoint(ckpt)
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    entry = {"checkpoint": str(Path(ckpt).resolve()), "global_step": checkpoint_step(ckpt), "created": stamp}
+    write_json_atomic(run.dir / BRANCH_FILE, {**entry, "parent_run": str(parent) if parent else None})
+    if parent is None or not (parent / "checkpoints").is_dir():
+        return
+    path = parent / BRANCHES_FILE
+    try:
+        branches = json.loads(path.read_text()) if path.is_file() else []
+        branches = [b for b in branches if b.get("run") != str(run.dir.resolve())]  # a restarted branch: once
+        branches.append({**entry, "run": str(run.dir.resolve())})
+        write_json_atomic(path, branches)
+    except (OSError, ValueError) as err:  # a read-only parent: the branch still records where it came from
+        print(f"warning: could not record this branch in {path} ({err}); {run.dir / BRANCH_FILE} records it",
+              file=sys.stderr)
 
 
 # ------------------------------------------------------------------ atomic checkpoints
