@@ -223,6 +223,10 @@ def _run_caption_order(p, args) -> None:
     for f in [*args.shards, args.coco_instances, args.coco_captions]:
         if f is not None and not f.exists():
             p.error(f"input {f} does not exist")
+    for d in args.shards:
+        if d.is_dir() and not any(d.glob("*.tar")):
+            p.error(f"--shards {d} holds no *.tar shard (give the folder that data_prep or img2dataset wrote, "
+                    f"or the .tar files themselves)")
     _check_out(p, args.out, args.overwrite)
     if args.sidecar is not None and not args.shards:
         p.error("--sidecar goes with --shards")

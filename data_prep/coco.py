@@ -133,6 +133,10 @@ def convert(images: Sequence[str | Path] | str | Path, captions: Sequence[str | 
     imgs, anns, caps = load_coco(instances, captions)
     if not imgs:
         raise ValueError("no 'images' list in --instances or --captions: file names are unknown")
+    if problem := id_mismatch(imgs, anns, caps, bool(instances)):
+        raise ValueError(problem)
+    if problem := images_absent(imgs, caps, image_dirs):
+        raise ValueError(problem)
     cat_names = sorted({a["name"] for lst in anns.values() for a in lst})
     vocab = vocabulary_for(cat_names, vocabulary)
     # at most one sample per caption of an image: planned names are an upper bound (missing images write fewer)
@@ -140,7 +144,12 @@ def convert(images: Sequence[str | Path] | str | Path, captions: Sequence[str | 
     planned = [shard_name(s) for s in range(math.ceil(n_max / shard_size))] + ["sizes.json", "meta.json"]
     out = prepare_out_dir(Path(out_dir), overwrite, planned=planned)
     counts = {"images": 0, "samples": 0, "missing_images": 0, "images_without_captions": 0,
+              "captions_without_image": sum(len(c) for i, c in caps.items() if i not in imgs),
+              "captioned_images_without_boxes": 0,
               "objects": 0, "objects_named": 0, "captions_naming_2plus_boxed": 0}
+    if counts["captions_without_image"]:
+        warnings.warn(f"{counts['captions_without_image']} captions name an image id that no 'images' list "
+                      f"holds; skipped (counted in meta.json as captions_without_image)", stacklevel=2)
 
     def samples() -> Iterator[tuple[bytes, str, dict]]:
         for image_id in sorted(imgs):
@@ -158,6 +167,7 @@ def convert(images: Sequence[str | Path] | str | Path, captions: Sequence[str | 
                 continue
             jpg, w, h, scale = _image_bytes(path, max_size)
             counts["images"] += 1
+            counts["captioned_images_without_boxes"] += not anns.get(image_id)
             for c in image_caps:
                 caption = c["caption"].strip()
                 objects = objects_for_caption(caption, anns.get(image_id, []), vocab, scale)
@@ -193,6 +203,14 @@ def convert(images: Sequence[str | Path] | str | Path, captions: Sequence[str | 
         bar.update(len(batch))
         shard += 1
     bar.close()
+    if counts["missing_images"]:
+        warnings.warn(f"{counts['missing_images']} of {counts['missing_images'] + counts['images']} captioned images "
+                      f"were not found under {', '.join(map(str, image_dirs))}; skipped (meta.json: missing_images)",
+                      stacklevel=2)
+    if instances and counts["images"] and counts["captioned_images_without_boxes"] > counts["images"] // 2:
+        warnings.warn(f"{counts['captioned_images_without_boxes']} of {counts['images']} images have no instance "
+                      f"annotation, so their samples carry no objects: do --instances and --captions come from "
+                      f"the same split?", stacklevel=2)
     write_json_atomic(out / "sizes.json", sizes)
     meta = {"kind": "coco", "num_samples": counts["samples"], "num_shards": len(sizes), "shard_size": shard_size,
             "max_size": max_size, "captions": [str(p) for p in captions], "instances": [str(p) for p in instances],
@@ -200,6 +218,27 @@ def convert(images: Sequence[str | Path] | str | Path, captions: Sequence[str | 
             "mention_index_rule": "position of the object's name among the distinct objects the caption names "
                                   "(data_prep.mentions); null if not named"}
     return write_meta(out, meta)
+
+
+def id_mismatch(imgs: dict, anns: dict, caps: dict, have_instances: bool) -> str | None:
+    """Why the captions and instance files do not describe the same images (None: they do, at least in part)."""
+    if have_instances and anns and caps and not set(anns) & set(caps):
+        return (f"--captions and --instances share no image id (captions: {len(caps)} images, ids {min(caps)}.."
+                f"{max(caps)}; instances: {len(anns)} images, ids {min(anns)}..{max(anns)}): every sample would "
+                f"carry no objects. Give the captions and instances files of the same split (e.g. both val2017).")
+    if caps and not set(caps) & set(imgs):
+        return "no caption names an image id of the 'images' lists: the files describe different images"
+    return None
+
+
+def images_absent(imgs: dict, caps: dict, image_dirs: Sequence[Path], probe: int = 50) -> str | None:
+    """Why no image can be read (None: at least one of the first ``probe`` captioned images exists)."""
+    names = [imgs[i]["file_name"] for i in sorted(imgs) if caps.get(i)][:probe]
+    if not names or any(_find_image(image_dirs, n) is not None for n in names):
+        return None
+    return (f"none of the first {len(names)} captioned images (e.g. {names[0]!r}) is under "
+            f"{', '.join(map(str, image_dirs))}: point --images at the folder holding the annotation files' "
+            f"file_name entries")
 
 
 def check_inputs(images: Sequence[Path], captions: Sequence[Path], instances: Sequence[Path]) -> list[str]:

@@ -173,10 +173,15 @@ class ClipAdapter:
         register_model_configs()
         try:
             model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained, device=device)
-        except RuntimeError as e:
+        except (RuntimeError, AssertionError) as e:  # open_clip asserts on a pos_embed of another width
+            named = sorted(p.stem for p in Path(pretrained).parent.glob("*.json")) if pretrained and \
+                Path(pretrained).is_file() else []
+            hint = (f"; the export beside it names its model: {', '.join(named)} (--model {named[0]})"
+                    if len(named) == 1 and named[0] != name else "")
             raise ValueError(
-                f"open_clip could not build {name!r} with pretrained={pretrained!r} ({str(e)[:300]}); "
-                "for a checkpoint of train.module.CLIPModule use from_checkpoint / --checkpoint"
+                f"open_clip could not build {name!r} with pretrained={pretrained!r} ({' '.join(str(e).split())[:300]}): "
+                f"the weights may be of another architecture{hint}; for a checkpoint of train.module.CLIPModule "
+                "use from_checkpoint / --checkpoint"
             ) from e
         model.eval()
         return cls(model, preprocess, open_clip.get_tokenizer(name), name=f"{name}:{pretrained}",

@@ -31,7 +31,7 @@ import open_clip
 import torch
 from torch import nn
 
-from data_prep.fileio import atomic_write, write_json_atomic
+from data_prep.fileio import atomic_write, check_writable, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +140,9 @@ def load_checkpoint(path: str | Path) -> Any:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if path.stat().st_size == 0:
+        raise ValueError(f"checkpoint {path} is empty (0 bytes): a copy or save that did not finish; use another "
+                         f"checkpoint (a run keeps one every run.checkpoint_every_n_steps in checkpoints/)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
@@ -147,11 +150,11 @@ def load_checkpoint(path: str | Path) -> Any:
         # which the safe loader refuses: the file is the user's own checkpoint, so load it fully.
         log.info("%s holds non-tensor objects; loading with weights_only=False", path)
     except Exception as e:  # torch raises several types for a file that is not a checkpoint
-        raise ValueError(f"{path} is not a PyTorch checkpoint ({type(e).__name__}: {e})") from e
+        raise ValueError(f"{path} is not a PyTorch checkpoint, or a truncated one ({type(e).__name__}: {e})") from e
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:
-        raise ValueError(f"{path} is not a PyTorch checkpoint ({type(e).__name__}: {e})") from e
+        raise ValueError(f"{path} is not a PyTorch checkpoint, or a truncated one ({type(e).__name__}: {e})") from e
 
 
 def clip_state_dict(ckpt: Any, path: str | Path) -> dict[str, torch.Tensor]:
@@ -253,6 +256,7 @@ def export_checkpoint(ckpt_path: str | Path, out_path: str | Path) -> tuple[str,
     ``open_clip.add_model_config(json_path); open_clip.create_model(model_name, pretrained=out_path)``.
     Returns ``(model_name, out_path)``.
     """
+    check_writable(out_path, "OUT")  # before reading a large checkpoint
     ckpt = load_checkpoint(ckpt_path)
     state = clip_state_dict(ckpt, ckpt_path)
     name = checkpoint_model_name(ckpt, ckpt_path)

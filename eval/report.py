@@ -183,9 +183,12 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path) -> list[Pa
         if bad:  # a torn or foreign line costs that line, not the report
             skipped.append(describe_bad_lines(bias_path(d), bad))
             log.warning("%s", skipped[-1])
-    empty = [label for label, recs in runs.items() if not recs]
+    empty = [bias_path(d) for (label, recs), d in zip(runs.items(), run_dirs) if not recs]
     if empty:
-        raise ValueError(f"no evaluation records in {empty}" + (f" ({'; '.join(skipped)})" if skipped else ""))
+        shown = ", ".join(f"{p} ({p.stat().st_size} bytes)" if p.is_file() else str(p) for p in empty)
+        raise ValueError(f"no evaluation records in {shown}" + (f" ({'; '.join(skipped)})" if skipped else "")
+                         + ": the run wrote no bias evaluation yet (BiasEvalCallback writes one at step 0 and "
+                           "every eval_every_n_steps); report it once it has")
     out_dir = Path(out_dir)
     figures = plot_runs(runs, out_dir)
     table = summary_table(runs)

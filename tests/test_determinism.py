@@ -37,7 +37,7 @@ def test_same_seed_same_losses(tmp_path, tiny_shards, workers):
         main(fit_args(tiny_shards, tmp_path, name, "--trainer.max_steps=10", f"--data.num_workers={workers}",
                       "--trainer.callbacks=[]", *FAST))
     a, b = losses(tmp_path / "a"), losses(tmp_path / "b")
-    assert sorted(a) == list(range(10)) and a == b
+    assert sorted(a) == list(range(1, 11)) and a == b  # rows by global step: 1..10
 
 
 def test_same_seed_same_bias_records(tmp_path, tiny_shards):
@@ -74,14 +74,14 @@ def test_data_seed_sets_first_batch(tiny_shards):
 
 
 def test_seed_everything_drives_data_seed(tmp_path, tiny_shards):
-    """data.seed unset: seed_everything's seed, written into config.yaml; step-0 loss follows the seed."""
+    """data.seed unset: seed_everything's seed, written into config.yaml; the first loss follows the seed."""
     for name, seed in (("s0", 0), ("s0b", 0), ("s1", 1)):
         cli = main(fit_args(tiny_shards, tmp_path, name, "--trainer.max_steps=1", f"--seed_everything={seed}",
                             "--trainer.callbacks=[]", *FAST))
         assert cli.datamodule.seed == seed
         assert f"seed: {seed}" in (tmp_path / name / "config.yaml").read_text().split("data:")[1]
     assert losses(tmp_path / "s0") == losses(tmp_path / "s0b")
-    assert losses(tmp_path / "s0")[0] != losses(tmp_path / "s1")[0]
+    assert losses(tmp_path / "s0")[1] != losses(tmp_path / "s1")[1]
     # set apart on purpose: an explicit data.seed wins over seed_everything
     cli = main(fit_args(tiny_shards, tmp_path, "apart", "--trainer.max_steps=1", "--seed_everything=0",
                         "--data.seed=7", "--trainer.callbacks=[]", *FAST))

@@ -55,8 +55,9 @@ def test_resume_applies_a_changed_peak_lr_from_the_resume_step(tmp_path, tiny_sh
         assert groups == pytest.approx([lr, lr], rel=1e-6)
     assert "applying changed model.lr 0.001 -> 0.01 from this step on" in capsys.readouterr().out
     logged = read_metrics(tmp_path / "lr/metrics.csv", "train/lr")
-    assert [logged[s] for s in range(3, 6)] == pytest.approx(want, rel=1e-6)
-    assert [logged[s] for s in range(3)] == pytest.approx([1e-3 * warmup_cosine(s, 2, 6) for s in range(3)], rel=1e-6)
+    # the row of step s is the update that made step s, which used the schedule at s - 1
+    assert [logged[s + 1] for s in range(3, 6)] == pytest.approx(want, rel=1e-6)
+    assert [logged[s + 1] for s in range(3)] == pytest.approx([1e-3 * warmup_cosine(s, 2, 6) for s in range(3)], rel=1e-6)
     assert cli.trainer.global_step == 6
     # config.yaml stays the config the run started with; the resume's config is kept beside it
     import yaml
@@ -118,7 +119,7 @@ def test_samples_seen_continues_from_the_checkpoint(tmp_path, tiny_shards):
     cli = main(fit_args(tiny_shards, tmp_path, "seen", "--trainer.max_steps=5", f"--ckpt_path={ckpt_dir / 'edited.ckpt'}",
                         *FAST))
     seen = read_metrics(tmp_path / "seen/metrics.csv", "samples_seen")
-    assert [seen[s] for s in range(5)] == [16, 32, 48, 1016, 1032]
+    assert [seen[s] for s in range(1, 6)] == [16, 32, 48, 1016, 1032]
     assert cli.model.samples_seen == 1032
     again = torch.load(ckpt_dir / "last.ckpt", map_location="cpu", weights_only=False)["clip_bias_lab_run"]
     assert again["samples_seen"] == 1032 and again["global_step"] == 5
@@ -133,7 +134,8 @@ def test_resume_with_longer_max_steps_keeps_the_schedule_of_the_run(tmp_path, ti
     main(fit_args(tiny_shards, tmp_path, "long", "--trainer.max_steps=6", "--ckpt_path=last", *fast))
     # steps 2..5 are past the 2-step schedule: min_lr_ratio x lr, not a cosine re-planned over 6 steps
     assert [g[0] for g in lr_used] == pytest.approx([1e-4] * 4, rel=1e-6)
-    assert "trainer.max_steps=6 goes past the cosine schedule" in capsys.readouterr().out
+    assert "trainer.max_steps=6 goes past the LR schedule, whose length (2 steps, warmup 1) was fixed when the run " \
+           "started: steps 3..6 run at the stored schedule's LR 0.0001, not a new cosine." in capsys.readouterr().out
 
 
 # ---------------------------------------------------------------- NaN
@@ -156,14 +158,14 @@ def _nan_on(monkeypatch, calls: set[int] | None = None, after: int | None = None
 
 
 def test_nan_skip_logs_skipped_steps_not_a_stale_loss(tmp_path, tiny_shards, monkeypatch, capsys):
-    _nan_on(monkeypatch, calls={3, 4})  # global steps 2 and 3
+    _nan_on(monkeypatch, calls={3, 4})  # the 3rd and 4th batches: the rows of steps 3 and 4
     main(fit_args(tiny_shards, tmp_path, "skip", "--trainer.max_steps=6", "--model.nan_policy=skip",
                   "--trainer.callbacks=[]"))
     rows = [r for r in metric_rows(tmp_path / "skip/metrics.csv") if r.get("samples_seen")]
     by_step = {int(r["step"]): r for r in rows}
-    assert sorted(by_step) == list(range(6))
-    assert [by_step[s]["train/loss"] != "" for s in range(6)] == [True, True, False, False, True, True]
-    assert [float(by_step[s]["train/skipped_steps"]) for s in range(6)] == [0, 0, 1, 2, 2, 2]
+    assert sorted(by_step) == list(range(1, 7))
+    assert [by_step[s]["train/loss"] != "" for s in range(1, 7)] == [True, True, False, False, True, True]
+    assert [float(by_step[s]["train/skipped_steps"]) for s in range(1, 7)] == [0, 0, 1, 2, 2, 2]
     assert "2 of 6 steps were skipped for a non-finite loss" in capsys.readouterr().out
 
 

@@ -120,4 +120,4 @@ def test_cli_fit_two_cpu_processes(tmp_path):
     assert ckpt["global_step"] == 3
     with open(run / "metrics.csv") as f:
         seen = {int(r["step"]): float(r["samples_seen"]) for r in csv.DictReader(f) if r.get("samples_seen")}
-    assert seen[2] == 3 * 8 * 2  # global_step x per-device batch x world size, logged after step 3
+    assert seen[3] == 3 * 8 * 2  # global_step x per-device batch x world size, the row of step 3

@@ -46,9 +46,9 @@ def test_one_step_fit_writes_run_dir(tmp_path, tiny_shards):
     header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
     for key in ("train/loss", "train/lr", "train/logit_scale", "samples_seen", "val/i2t_R@1", "val/t2i_R@10"):
         assert key in header, key
-    assert read_metrics(run / "metrics.csv", "samples_seen")[0] == 16
+    assert read_metrics(run / "metrics.csv", "samples_seen")[1] == 16  # rows by global step
     # ClipLoss over a batch of 16 random pairs starts near ln(16)
-    assert abs(read_metrics(run / "metrics.csv", "train/loss")[0] - math.log(16)) < 0.5
+    assert abs(read_metrics(run / "metrics.csv", "train/loss")[1] - math.log(16)) < 0.5
 
 
 def test_loss_falls_over_50_steps(tmp_path, tiny_shards):
@@ -56,8 +56,8 @@ def test_loss_falls_over_50_steps(tmp_path, tiny_shards):
     main(fit_args(tiny_shards, tmp_path, "fall", "--trainer.max_steps=50", "--model.lr=2e-3",
                   "--run.checkpoint_every_n_steps=1000"))
     loss = read_metrics(tmp_path / "fall" / "metrics.csv", "train/loss")
-    first = sum(loss[s] for s in range(5)) / 5
-    last = sum(loss[s] for s in range(45, 50)) / 5
+    first = sum(loss[s] for s in range(1, 6)) / 5
+    last = sum(loss[s] for s in range(46, 51)) / 5
     assert last < 0.75 * first, (first, last)
     sps = read_metrics(tmp_path / "fall" / "metrics.csv", "train/samples_per_sec")
     assert len(sps) >= 40 and all(v > 0 for v in sps.values())
@@ -74,8 +74,8 @@ def test_resume_continues_at_same_step_lr_and_samples(tmp_path, tiny_shards):
     assert resumed.model.samples_seen == straight.model.samples_seen == 96
     lr_a = read_metrics(tmp_path / "straight/metrics.csv", "train/lr")
     lr_b = read_metrics(tmp_path / "resumed/metrics.csv", "train/lr")
-    assert sorted(lr_b) == sorted(lr_a) == list(range(6))  # resumed run logged steps 3..5 after 0..2
-    for step in range(6):
+    assert sorted(lr_b) == sorted(lr_a) == list(range(1, 7))  # resumed run logged steps 4..6 after 1..3
+    for step in range(1, 7):
         assert lr_b[step] == pytest.approx(lr_a[step], rel=1e-9)
     final_a = straight.trainer.optimizers[0].param_groups[0]["lr"]
     final_b = resumed.trainer.optimizers[0].param_groups[0]["lr"]
@@ -140,7 +140,7 @@ def test_sample_transforms_from_config_run_and_are_counted(tmp_path, tiny_shards
                         '--data.sample_transforms=[{"class_path": "conftest.UpperCaption"}]'))
     assert type(cli.datamodule.sample_transforms[0]).__name__ == "UpperCaption"
     applied = read_metrics(tmp_path / "tf" / "metrics.csv", "data/UpperCaption/applied")
-    assert applied[1] >= 32  # two batches of 16 went through the transform
+    assert applied[2] >= 32  # by step 2, two batches of 16 went through the transform
 
 
 def test_logit_scale_clamped_to_ln100_after_the_optimizer_step(tmp_path, tiny_shards):

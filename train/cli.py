@@ -17,6 +17,7 @@ from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from data_prep.checks import is_int
+from data_prep.shell import traceback_wanted
 from train.data import WebDataModule, count_samples, expand_shards
 from train.data_samples import NoUsableSamplesError
 from train.models import REPO_ROOT
@@ -36,7 +37,6 @@ SUBCOMMANDS = ("fit", "validate", "test", "predict")
 # keeps the error itself in view. `--help` still lists every option.
 SUBCOMMAND_USAGE = "%(prog)s [--config NAME] [--SECTION.KEY VALUE ...]"
 SIGTERM_EXIT = 143  # 128 + SIGTERM, as a shell reports a process the signal ended: stopped, not finished
-TRACEBACK_ENV = "CLIP_BIAS_LAB_TRACEBACK"  # set to 1 to see the traceback behind a one-line error
 HELP_FLAGS = ("-h", "--help")
 #: messages of the happy path that say nothing about this run, each matched exactly
 NOISE_LOGS = (
@@ -201,6 +201,21 @@ def epoch_size_error(section) -> ConfigError | None:
     if is_int(n) and is_int(batch) and batch > 0 and n < batch * world:
         return ConfigError(f"data.batch_size={batch}: one batch ({batch} x {world} rank(s)) is more than the {n} samples "
                            f"of {where}; lower data.batch_size to at most {max(n // world, 1)}")
+    return None
+
+
+def model_name_error(section) -> ConfigError | None:
+    """An unknown ``model.model_name``, named with the valid ones (the model's own check, run early)."""
+    from eval.models import check_model_name
+
+    model = section.get("model")
+    name = model.get("model_name") if hasattr(model, "get") else None
+    if not isinstance(name, str):
+        return None
+    try:
+        check_model_name(name)
+    except ValueError as err:
+        return ConfigError(f"model.model_name: {err}")
     return None
 
 
@@ -383,7 +398,8 @@ class ClipCLI(LightningCLI):
             check_before_fit(run, section.get("ckpt_path"))
         else:  # validate/test/predict: no run-dir rule, but an unreadable checkpoint is still named
             check_resume_checkpoint(run, section.get("ckpt_path"))
-        for check in (accelerator_error, missing_shards_error) + ((epoch_size_error,) if subcommand == "fit" else ()):
+        for check in (missing_shards_error, model_name_error, accelerator_error) + \
+                ((epoch_size_error,) if subcommand == "fit" else ()):
             if (error := check(section)) is not None:
                 raise error
         if subcommand == "fit":
@@ -530,7 +546,7 @@ def main(argv: list[str] | None = None) -> ClipCLI:
     try:
         args = resolve_config_args(list(sys.argv[1:] if argv is None else argv))
     except (ConfigError, FileNotFoundError) as err:
-        if not from_command_line or os.environ.get(TRACEBACK_ENV, "") not in ("", "0"):
+        if not from_command_line or traceback_wanted():
             raise
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -563,7 +579,7 @@ def main(argv: list[str] | None = None) -> ClipCLI:
     except (ConfigError, RunDirError, ResumeMismatchError, NoUsableSamplesError) as err:
         # From the shell: one readable error, no traceback (set CLIP_BIAS_LAB_TRACEBACK=1 for it).
         # In-process callers (tests, notebooks) get the exception itself.
-        if not from_command_line or os.environ.get(TRACEBACK_ENV, "") not in ("", "0"):
+        if not from_command_line or traceback_wanted():
             raise
         print(f"error: {without_worker_traceback(err)}", file=sys.stderr)
         raise SystemExit(2) from None
