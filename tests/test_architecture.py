@@ -104,3 +104,10 @@ def test_one_definition_per_shared_helper():
                 if isinstance(node, ast.FunctionDef) and node.name in names:
                     defined.setdefault(node.name.lstrip("_"), []).append(_where(path, node.lineno))
     assert {k: len(v) for k, v in defined.items()} == {k: 1 for k in defined}, defined
+
+
+def test_the_traceback_switch_has_one_home():
+    """Every command reads ``CLIP_BIAS_LAB_TRACEBACK`` through data_prep/shell.py, so all obey it alike."""
+    homes = {str(path.relative_to(ROOT)) for room in ROOMS for path in (ROOT / room).rglob("*.py")
+             if '"CLIP_BIAS_LAB_TRACEBACK"' in path.read_text()}
+    assert homes == {"data_prep/shell.py"}, homes

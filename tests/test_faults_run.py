@@ -297,6 +297,8 @@ def test_disk_full_during_save_keeps_previous_checkpoint_and_leaves_no_temp(
         chain.append(e)
         e = e.__cause__ or e.__context__
     assert any(getattr(e, "errno", None) == errno.ENOSPC or "No space left" in str(e) for e in chain), chain
+    assert type(exc.value).__name__ == "CheckpointWriteError", chain  # one line from the shell, the chain kept
+    assert "is full" in str(exc.value) and "--ckpt_path last" in str(exc.value)
 
     assert snapshot(ckpt_dir) == before, "no partial checkpoint and no temp file may be left"
     assert sorted(os.listdir(ckpt_dir)) == sorted(before)

@@ -744,5 +744,28 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         if storage_options is not None or "://" in str(path):
             return super().save_checkpoint(checkpoint, path, storage_options)
-        with atomic_write(path, "wb") as f:
-            torch.save(checkpoint, f)
+        try:
+            with atomic_write(path, "wb") as f:
+                torch.save(checkpoint, f)
+        except (OSError, RuntimeError) as err:  # torch reports a full disk as "unexpected pos" (a RuntimeError)
+            if not _disk_full(err):
+                raise
+            raise CheckpointWriteError(
+                f"the disk holding {Path(path).parent} is full: checkpoint {Path(path).name} was not written (the "
+                f"previous checkpoints are whole; nothing partial is left). Free space there, then continue with "
+                f"--ckpt_path last") from err
+
+
+class CheckpointWriteError(RunDirError):
+    """A checkpoint could not be written (disk full); the previous ones are intact."""
+
+
+def _disk_full(err: BaseException) -> bool:
+    """True if ``err`` or an exception behind it is ENOSPC (torch wraps it in a RuntimeError)."""
+    import errno
+
+    while err is not None:
+        if getattr(err, "errno", None) == errno.ENOSPC or "No space left" in str(err):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
