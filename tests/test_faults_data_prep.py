@@ -187,6 +187,7 @@ def test_caption_order_unwritable_out_fails_before_the_analysis(tmp_path, capsys
     monkeypatch.setattr("data_prep.caption_order.analyse_shards", boom)
     shards = tmp_path / "shards"
     shards.mkdir()
+    (shards / "00000.tar").write_bytes(b"")  # a shard to analyse (never read: --out is refused first)
     with pytest.raises(SystemExit) as err:
         cli_main(["caption-order", "--shards", str(shards), "--out", "/proc/clip-bias-lab-test/co"])
     assert err.value.code == 2 and "--out /proc/clip-bias-lab-test/co cannot be written" in capsys.readouterr().err
