@@ -120,3 +120,11 @@ def test_caption_order_on_a_folder_without_shards_is_refused(tmp_path, capsys):
     assert exc.value.code == 2
     assert f"--shards {tmp_path / 'noshards'} holds no *.tar shard" in capsys.readouterr().err
     assert not (tmp_path / "co").exists()
+
+
+def test_export_to_a_place_that_cannot_be_written_is_refused_before_reading_the_checkpoint(tmp_path):
+    from data_prep.fileio import OutDirError
+    from eval.models import export_checkpoint
+
+    with pytest.raises(OutDirError, match=r"OUT /proc/clip-bias-lab-test/m.pt cannot be written"):
+        export_checkpoint(tmp_path / "never-read.ckpt", "/proc/clip-bias-lab-test/m.pt")
