@@ -15,16 +15,19 @@ from typing import Iterable, Sequence
 
 from tqdm.auto import tqdm
 
-from .mentions import Vocabulary, default_vocabulary, mentioned_names
+from .mentions import Vocabulary, caption_problem, default_vocabulary, mentioned_names
 from .read_shards import iter_samples
 
 BINS = ("0", "1", "2", "3+")
 
 
-def _n_objects(meta: dict, vocab: Vocabulary, names: Counter) -> int:
+def _n_objects(meta: dict, vocab: Vocabulary, names: Counter, unread: Counter) -> int:
     objects = meta.get("objects")
     if objects and "template" in meta:  # rendered: the transform rebuilds from the ground truth
         found = [o["name"] for o in objects if o.get("mention_index") is not None]
+    elif (problem := caption_problem(meta.get("caption") or "")) is not None:  # CaptionShuffle leaves it
+        unread[problem] += 1
+        found = []
     else:
         found = mentioned_names(meta.get("caption") or "", vocab)
     names.update(found)
@@ -37,13 +40,14 @@ def caption_stats(metas: Iterable[dict], vocab: Vocabulary | None = None, max_sa
     vocab = vocab or default_vocabulary()
     bins: Counter[str] = Counter()
     names: Counter[str] = Counter()
+    unread: Counter[str] = Counter()
     n = 0
     expected_changed = expected_first_moved = 0.0
     for meta in tqdm(metas, desc="caption-stats", disable=not progress):
         if max_samples is not None and n >= max_samples:
             break
         n += 1
-        k = _n_objects(meta, vocab, names)
+        k = _n_objects(meta, vocab, names, unread)
         bins[BINS[min(k, 3)]] += 1
         if k >= 2:
             expected_changed += 1 - 1 / math.factorial(k)
@@ -64,14 +68,47 @@ def caption_stats(metas: Iterable[dict], vocab: Vocabulary | None = None, max_sa
             "expected_first_object_moved_per_epoch": {"count": round(expected_first_moved, 2), "of": n,
                                                       "share": share(expected_first_moved)},
         },
+        "not_searched": dict(sorted(unread.items())),
         "top_objects": dict(names.most_common(15)),
     }
+
+
+def read_caption_file(path: str | Path, max_samples: int | None = None) -> list[dict]:
+    """Sample dicts ``{"caption": ...}`` of a caption file: one caption per line, or the first
+    tab-separated column (Conceptual Captions' TSV); a first line with a ``caption`` column is a
+    header naming the column to read (e.g. ``gold.tsv``). Blank lines are skipped."""
+    out, column = [], 0
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for lineno, line in enumerate(f):
+            cols = line.rstrip("\n").split("\t")
+            if lineno == 0 and "caption" in (c.strip().lower() for c in cols):
+                column = [c.strip().lower() for c in cols].index("caption")
+                continue
+            caption = cols[column] if column < len(cols) else ""
+            if caption.strip():
+                out.append({"caption": caption})
+            if max_samples is not None and len(out) >= max_samples:
+                break
+    return out
+
+
+def compare_vocabularies(metas: Iterable[dict], vocabs: dict[str, Vocabulary], max_samples: int | None = None,
+                         progress: bool = False) -> dict[str, dict]:
+    """:func:`caption_stats` of the same samples under each named vocabulary (e.g. the chosen one
+    and ``open``), so a user sees how much a shuffle can do with each."""
+    metas = list(metas) if max_samples is None else [m for _, m in zip(range(max_samples), metas)]
+    return {name: caption_stats(metas, vocab, progress=progress) for name, vocab in vocabs.items()}
 
 
 def shard_caption_stats(paths: Sequence[str | Path], vocab: Vocabulary | None = None,
                         max_samples: int | None = None, progress: bool = True) -> dict:
     """:func:`caption_stats` over webdataset shards (files or directories of ``*.tar``)."""
     return caption_stats((m for m, _ in iter_samples(paths)), vocab, max_samples, progress)
+
+
+def format_views(views: dict[str, dict]) -> str:
+    """:func:`format_stats` of each vocabulary's view, one after the other, headed by its name."""
+    return "\n\n".join(f"== vocabulary: {name}\n{format_stats(stats)}" for name, stats in views.items())
 
 
 def format_stats(stats: dict) -> str:
@@ -96,6 +133,8 @@ def format_stats(stats: dict) -> str:
         f"  expected first object moved      {cs['expected_first_object_moved_per_epoch']['count']:>8} / {n}  "
         f"{pct(cs['expected_first_object_moved_per_epoch']['share'])}",
     ]
+    if stats.get("not_searched"):
+        lines.append("not searched (left unchanged): " + ", ".join(f"{k} {v}" for k, v in stats["not_searched"].items()))
     if stats["top_objects"]:
         lines.append("most named: " + ", ".join(f"{k} {v}" for k, v in stats["top_objects"].items()))
     return "\n".join(lines)

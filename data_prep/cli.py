@@ -1,4 +1,4 @@
-"""Command line: ``python -m data_prep {synth,comco,official,caption-order,laion,vocab} ...``.
+"""Command line: ``python -m data_prep {synth,comco,official,caption-order,caption-stats,mention-eval,laion,vocab,coco} ...``.
 
 Every sub-command checks its arguments before doing any work and reports bad values through
 ``parser.error`` (exit code 2, message naming the flag).
@@ -144,9 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
         sp.set_defaults(parser=sp)
 
     cs = sub.add_parser("caption-stats", help="share of captions naming 0/1/2/3+ objects; what CaptionShuffle can do")
-    cs.add_argument("shards", nargs="+", type=Path, help="tar shards or directories of shards")
+    cs.add_argument("shards", nargs="*", type=Path, help="tar shards or directories of shards")
+    cs.add_argument("--captions", type=Path, default=None,
+                    help="instead of shards: a caption file (one per line, or the first tab-separated column)")
     cs.add_argument("--vocabulary", default="default",
-                    help="default (COCO + rendered objects), coco, rendered, or a TSV file name<TAB>synonyms")
+                    help="default (COCO + rendered objects), coco, rendered, open (every depictable noun), or a "
+                         "TSV file name<TAB>synonyms; the open vocabulary's view is shown beside it")
     cs.add_argument("--max-samples", type=_positive("--max-samples"), default=None, help="stop after this many")
     cs.add_argument("--json", type=Path, default=None, help="also write the numbers to this JSON file")
     cs.set_defaults(parser=cs)
@@ -164,7 +167,32 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("--overwrite", action="store_true", help="allow a non-empty --out")
     co.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     co.set_defaults(parser=co)
+
+    me = sub.add_parser("mention-eval", help="recall/precision of mention vocabularies on hand-labelled captions")
+    me.add_argument("gold", type=Path, help="gold TSV: source, id, caption, mentions ('phrase => head' | ...)")
+    me.add_argument("--vocabulary", nargs="+", default=["open", "default"],
+                    help="vocabularies to compare (open, default, coco, rendered or TSV files)")
+    me.add_argument("--json", type=Path, default=None, help="also write the numbers to this JSON file")
+    me.set_defaults(parser=me)
     return p
+
+
+def _run_mention_eval(p, args) -> None:
+    from .fileio import write_json_atomic
+    from .mention_gold import evaluate, format_evaluation, read_gold
+    from .mentions import load_vocabulary
+    if not args.gold.is_file():
+        p.error(f"gold file {args.gold} does not exist")
+    try:
+        gold = read_gold(args.gold)
+        vocabs = {str(v): load_vocabulary(v) for v in args.vocabulary}
+    except (ValueError, KeyError) as e:
+        p.error(f"{args.gold}: {e}" if isinstance(e, KeyError) else str(e))
+    results = {name: evaluate(gold, vocab) for name, vocab in vocabs.items()}
+    print("\n".join(format_evaluation(name, r) for name, r in results.items()))
+    if args.json:
+        write_json_atomic(args.json, results)
+        print(f"wrote {args.json}")
 
 
 def _run_synth(p, args) -> None:
@@ -279,20 +307,25 @@ def _run_vocab(p, args) -> None:
 
 
 def _run_caption_stats(p, args) -> None:
-    from .caption_stats import format_stats, shard_caption_stats
-    from .mentions import load_vocabulary
+    from .caption_stats import compare_vocabularies, format_views, read_caption_file
     from .fileio import write_json_atomic
+    from .mentions import load_vocabulary, open_vocabulary
+    from .read_shards import iter_samples
     try:
         vocab = load_vocabulary(args.vocabulary)
     except ValueError as e:
         p.error(f"--vocabulary: {e}")
-    for f in args.shards:
+    if bool(args.shards) == (args.captions is not None):
+        p.error("give shards or --captions FILE (one of them)")
+    for f in [*args.shards, *([args.captions] if args.captions else [])]:
         if not f.exists():
-            p.error(f"shard path {f} does not exist")
-    stats = shard_caption_stats(args.shards, vocab, args.max_samples)
-    print(format_stats(stats))
-    if args.json:
-        write_json_atomic(args.json, stats)
+            p.error(f"input {f} does not exist")
+    metas = read_caption_file(args.captions) if args.captions else (m for m, _ in iter_samples(args.shards))
+    views = {str(args.vocabulary): vocab, **({} if str(args.vocabulary) == "open" else {"open": open_vocabulary()})}
+    stats = compare_vocabularies(metas, views, args.max_samples, progress=True)
+    print(format_views(stats))
+    if args.json:  # the chosen vocabulary's numbers at the top; every view under "views"
+        write_json_atomic(args.json, {**stats[str(args.vocabulary)], "vocabulary": str(args.vocabulary), "views": stats})
         print(f"wrote {args.json}")
 
 
@@ -325,7 +358,7 @@ def main(argv: list[str] | None = None) -> None:
     sub = args.parser  # the sub-command's parser, so errors show its usage
     {"synth": _run_synth, "comco": _run_comco, "official": _run_official,
      "caption-order": _run_caption_order, "laion": _run_laion, "vocab": _run_vocab,
-     "caption-stats": _run_caption_stats, "coco": _run_coco}[args.command](sub, args)
+     "caption-stats": _run_caption_stats, "coco": _run_coco, "mention-eval": _run_mention_eval}[args.command](sub, args)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -19,7 +19,9 @@ Python, nothing to download):
   their words; "clock tower" is configurable (:func:`coco_vocabulary`);
 - "orange"/"remote" in the singular are colour/adjective unless they stand alone.
 
-Vocabularies: :func:`rendered_vocabulary` (the drawable objects of :mod:`data_prep.vocab`),
+Vocabularies: :func:`open_vocabulary` (every concrete, depictable noun of web alt-text: a curated
+list shipped in ``vocabularies/open_objects.tsv``, the default of the caption mitigations),
+:func:`rendered_vocabulary` (the drawable objects of :mod:`data_prep.vocab`),
 :func:`coco_vocabulary` (the 80 COCO categories, usual synonyms and plurals),
 :func:`default_vocabulary` (COCO plus the rendered objects COCO lacks) and
 :meth:`Vocabulary.from_tsv` (a user file: ``name<TAB>synonym, synonym, ...``; a row whose name is
@@ -39,7 +41,7 @@ from typing import Iterable, Mapping, Sequence
 __all__ = [
     "Mention", "Vocabulary", "find_mentions", "mentioned_names", "coco_vocabulary", "rendered_vocabulary",
     "default_vocabulary", "load_vocabulary", "pluralize", "COCO_CATEGORIES", "spacy_available",
-    "in_possessive",
+    "in_possessive", "open_vocabulary", "caption_problem", "VOCABULARIES",
 ]
 
 # ----------------------------------------------------------------------------- vocabularies
@@ -231,6 +233,12 @@ _QUANTITY = frozenset("""
     box boxes stack stacks pile piles row rows line lines set sets variety collection number team family
     pack packs litter bundle tray trays basket baskets crowd dozen dozens handful half plate plates platter
     assortment selection fleet bouquet loaf
+""".split())
+#: containers that take "of" + what they hold ("a cup of coffee", "a glass of wine"): the phrase's object
+#: is what follows when a vocabulary names it (the open one names coffee and wine), else the container
+_CONTAINERS = frozenset("""
+    cup cups glass glasses bowl bowls bottle bottles jar jars mug mugs bag bags bucket buckets can cans
+    jug jugs pot pots carton cartons sack sacks vase vases
 """.split())
 #: "for men", "for kids": the audience of a product, not a depicted person
 _AUDIENCE = frozenset("men women kids boys girls children toddlers babies adults teens ladies".split())
@@ -424,8 +432,26 @@ def default_vocabulary() -> Vocabulary:
     return coco_vocabulary().merged(extra)
 
 
+#: the curated names of :func:`open_vocabulary` (sources and cleaning: CREDITS.md beside it)
+OPEN_VOCABULARY_FILE = Path(__file__).parent / "vocabularies" / "open_objects.tsv"
+#: ``--vocabulary`` values besides a TSV path
+VOCABULARIES = ("open", "default", "coco", "rendered")
+
+
+@lru_cache(maxsize=1)
+def open_vocabulary() -> Vocabulary:
+    """Every concrete, depictable noun of free-form captions (web alt-text): the curated names of
+    :data:`OPEN_VOCABULARY_FILE` (LVIS, Open Images and COCO objects, people words, clothing,
+    buildings and rooms, plants, body parts, landscape features as things), over
+    :func:`default_vocabulary` for the names it lacks. Its own canonical names win, so "man" and
+    "woman" stay two objects (COCO folds both into "person")."""
+    return Vocabulary.from_tsv(OPEN_VOCABULARY_FILE).merged(default_vocabulary())
+
+
 def load_vocabulary(spec: str | Path | None) -> Vocabulary:
-    """``None``/``"default"``, ``"coco"``, ``"rendered"``, or a TSV path (merged over nothing)."""
+    """``"open"``, ``None``/``"default"``, ``"coco"``, ``"rendered"``, or a TSV path (merged over nothing)."""
+    if str(spec) == "open":
+        return open_vocabulary()
     if spec is None or str(spec) == "default":
         return default_vocabulary()
     if str(spec) == "coco":
@@ -434,7 +460,7 @@ def load_vocabulary(spec: str | Path | None) -> Vocabulary:
         return rendered_vocabulary()
     path = Path(spec)
     if not path.is_file():
-        raise ValueError(f"vocabulary {str(spec)!r} is neither default, coco, rendered nor an existing TSV file")
+        raise ValueError(f"vocabulary {str(spec)!r} is neither {', '.join(VOCABULARIES)} nor an existing TSV file")
     return Vocabulary.from_tsv(path)
 
 
@@ -532,6 +558,9 @@ def _heads(toks: list[_Tok], vocab: Vocabulary) -> list[tuple[int, int, str]]:
             continue  # product titles: "Backpack for Men"
         if nxt is not None and nxt.word == "of" and j - i == 1 and toks[i].word in _QUANTITY:
             continue  # "a couple of dogs", "a crowd of people"
+        if nxt is not None and nxt.word == "of" and j - i == 1 and toks[i].word in _CONTAINERS \
+                and _names_after_of(toks, raw, k, j):
+            continue  # "a cup of coffee" where coffee is a name: one phrase, its object the coffee
         singular = tuple(t.word for t in toks[i:j]) not in vocab.plurals
         if nxt is not None and not toks[j - 1].possessive:
             nxt_m = raw[k + 1] if k + 1 < len(raw) and raw[k + 1][0] == j else None
@@ -551,6 +580,19 @@ def _heads(toks: list[_Tok], vocab: Vocabulary) -> list[tuple[int, int, str]]:
             continue  # "bright orange", "black and orange"
         heads.append((i, j, name))
     return heads
+
+
+def _names_after_of(toks: list[_Tok], raw: list[tuple[int, int, str | None]], k: int, j: int) -> bool:
+    """True if the noun phrase after the "of" at token ``j`` (match ``k`` ends there) is headed by a name:
+    the next match starts after only determiners, numbers and adjectives, and is no possessor
+    ("a cup of men's coffee": the men are not in the cup)."""
+    if k + 1 >= len(raw) or raw[k + 1][2] is None:
+        return False
+    start, end, _ = raw[k + 1]
+    between = toks[j + 1:start]
+    if start <= j or any(_punct(t.gap) for t in toks[j + 1:start + 1]) or toks[end - 1].possessive:
+        return False
+    return all(t.word in _DETERMINERS or t.word in _NUMBERS or _is_adjective(t.word) for t in between)
 
 
 def _is_adjective(word: str) -> bool:
@@ -591,7 +633,7 @@ def _extend_left(toks: list[_Tok], i: int, floor: int) -> int:
     # quantity prefix: "a group of people", "a slice of pizza", "lots of birds"
     k = start - 1
     if k - 1 >= floor and toks[k].word == "of" and not _punct(toks[k].gap) and not _punct(toks[start].gap) \
-            and toks[k - 1].word in _QUANTITY:
+            and (toks[k - 1].word in _QUANTITY or toks[k - 1].word in _CONTAINERS):
         q = k - 1
         start = q
         if q - 1 >= floor and not _punct(toks[q].gap) and (toks[q - 1].word in _DETERMINERS
@@ -725,6 +767,34 @@ def first_mentions(mentions: Sequence[Mention]) -> list[Mention]:
             seen.add(m.name)
             out.append(m)
     return out
+
+
+#: longest caption searched for mentions; longer text is left as it is (counted as ``too_long``)
+MAX_CAPTION_CHARS = 1000
+_HTML = re.compile(r"<\s*/?\s*[a-zA-Z][^>]*>|&(?:[a-zA-Z]+|#\d+);")
+
+
+def caption_problem(caption: str) -> str | None:
+    """Why a caption is not searched for mentions (a mitigation leaves it unchanged and counts the
+    reason), or None: ``empty``, ``too_long`` (> :data:`MAX_CAPTION_CHARS`), ``html`` (tags or
+    entities left in the alt-text), ``no_letters`` (emoji, digits, punctuation only), ``not_latin``
+    (fewer than half of the letters are ASCII: another script, likely not English), ``all_caps``
+    (shouting, often a product title: case tells nothing about the phrase boundaries)."""
+    text = caption.strip() if isinstance(caption, str) else ""
+    if not text:
+        return "empty"
+    if len(text) > MAX_CAPTION_CHARS:
+        return "too_long"
+    if _HTML.search(text):
+        return "html"
+    letters = [c for c in text if c.isalpha()]
+    if not letters:
+        return "no_letters"
+    if sum(c.isascii() for c in letters) < len(letters) / 2:
+        return "not_latin"
+    if len(letters) >= 8 and text.upper() == text:
+        return "all_caps"
+    return None
 
 
 _POSSESSIVE_AFTER = re.compile(r"['’]")

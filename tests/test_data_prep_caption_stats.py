@@ -53,7 +53,7 @@ def test_bins_and_shuffle_coverage(tmp_path):
 
 
 def test_stats_agree_with_the_transform():
-    t = CaptionShuffle(p=1.0)
+    t = CaptionShuffle(p=1.0, vocabulary="default")  # caption_stats' default vocabulary
     rng = random.Random(0)
     epochs = 300
     for _ in range(epochs):

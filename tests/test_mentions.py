@@ -346,7 +346,7 @@ def test_user_tsv(tmp_path):
     bad.write_text("\tsynonym\n", encoding="utf-8")
     with pytest.raises(ValueError, match="bad.tsv:1"):
         Vocabulary.from_tsv(bad)
-    with pytest.raises(ValueError, match="neither default"):
+    with pytest.raises(ValueError, match="neither open, default"):
         load_vocabulary(tmp_path / "missing.tsv")
 
 

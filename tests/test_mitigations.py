@@ -19,6 +19,9 @@ from train.mitigations import CaptionShuffle, ObjectAwareCrop, RandomResizedCrop
 from train.transforms import SampleTransform
 
 NAMES = ["dog", "apple", "car", "pizza", "umbrella"]
+#: the free-form tests below check the matcher's rules with the default (COCO) vocabulary, whose
+#: names these captions were written for; the open vocabulary on web text: tests/test_web_captions.py
+DEFAULT = "default"
 COLOURS = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (255, 0, 255)]
 
 
@@ -129,7 +132,7 @@ def _skeleton(caption: str) -> str:
 def test_free_form_shuffle_permutes_mentions_and_keeps_other_words(caption):
     from data_prep.mentions import find_mentions, mentioned_names
 
-    t = CaptionShuffle(p=1.0)
+    t = CaptionShuffle(p=1.0, vocabulary=DEFAULT)
     rng = random.Random(7)
     before = sorted(m.name for m in find_mentions(caption))
     phrases = sorted(caption[m.start:m.end].lower() for m in find_mentions(caption))
@@ -174,7 +177,7 @@ def test_free_form_shuffle_keeps_sentence_case():
 NOT_SHUFFLED = [
     ("A beautiful sunset over the ocean", "no_mention"),
     ("Population grew to 1,000", "no_mention"),
-    ("", "no_mention"),
+    ("", "empty"),
     ("a photo of a dog", "one_mention"),
     ("Vintage 1950s chrome toaster for sale", "one_mention"),
     ("a dog chasing another dog", "one_mention"),
@@ -190,7 +193,7 @@ def test_free_form_with_fewer_than_two_objects_unchanged_and_counted(caption, re
 def _shuffled_unchanged(caption: str, seed: int, times: int) -> dict:
     """Apply CaptionShuffle(p=1) ``times`` to a free-form caption, assert it and its meta stay as
     they are, and return the transform's counters."""
-    t = CaptionShuffle(p=1.0)
+    t = CaptionShuffle(p=1.0, vocabulary=DEFAULT)
     rng = random.Random(seed)
     meta = {**laion_meta(), "caption": caption}
     for _ in range(times):
@@ -228,7 +231,7 @@ def _no_broken_possessive(caption: str, out: str) -> None:
 
 @pytest.mark.parametrize("caption, expected", POSSESSIVE_SHUFFLED)
 def test_free_form_shuffle_around_possessives(caption, expected):
-    t = CaptionShuffle(p=1.0)
+    t = CaptionShuffle(p=1.0, vocabulary=DEFAULT)
     rng = random.Random(3)
     outs = set()
     for _ in range(200):
@@ -251,7 +254,7 @@ def test_possessive_skip_keeps_first_mention_uniform_for_the_rest():
     caption = "a cup of men's coffee next to a dog and a laptop"
     names = mentioned_names(caption)
     assert names == ["cup", "dog", "laptop"]
-    t = CaptionShuffle(p=1.0)
+    t = CaptionShuffle(p=1.0, vocabulary=DEFAULT)
     rng = random.Random(4)
     outs = [t(None, caption, {}, rng)[1] for _ in range(3000)]
     for out in set(outs):

@@ -23,8 +23,9 @@ from PIL import Image
 # Rendered captions are rebuilt from the ground-truth objects with the sample's template id.
 from data_prep.captions import make_caption
 # Object mentions in free-form captions have one home: data_prep.mentions.
-from data_prep.mentions import (Mention, Vocabulary, find_mentions, first_mentions, in_possessive,
-                                load_vocabulary)
+from data_prep.mentions import (Mention, Vocabulary, caption_problem, default_vocabulary, find_mentions,
+                                first_mentions, in_possessive, load_vocabulary, mentioned_names,
+                                open_vocabulary)
 from train.transforms import SampleTransform
 
 __all__ = ["CaptionShuffle", "RandomResizedCrop", "ObjectAwareCrop", "shuffle_mentions"]
@@ -98,6 +99,28 @@ def shuffle_mentions(caption: str, mentions: Sequence[Mention], rng: random.Rand
     return "".join(out), names
 
 
+def reindex_objects(objects: Sequence[dict], caption: str, names: list[str], vocab: Vocabulary) -> list[dict]:
+    """``objects`` (boxes of a COCO conversion or a detector sidecar) with ``mention_index`` following
+    the new ``caption``. ``mention_index`` counts the distinct objects the caption names in the
+    vocabulary the conversion matched with (COCO's categories: "a man" is "person"); with the open
+    vocabulary, which names more ("man", "street"), the new caption is matched again with the
+    default vocabulary so the index keeps that meaning. ``names``: the new caption's distinct names
+    in ``vocab`` (from :func:`shuffle_mentions`)."""
+    if vocab is open_vocabulary():
+        index_vocab = default_vocabulary()
+        names = mentioned_names(caption, index_vocab)
+    else:
+        index_vocab = vocab
+    out = []
+    for o in objects:
+        o = dict(o)
+        name = index_vocab.canonical(o.get("name", ""))
+        if o.get("mention_index") is not None and name in names:
+            o["mention_index"] = names.index(name)
+        out.append(o)
+    return out
+
+
 class CaptionShuffle(SampleTransform):
     """Mention the objects of a caption in a uniformly random order.
 
@@ -108,6 +131,8 @@ class CaptionShuffle(SampleTransform):
     dogs" — are permuted in place, every other word stays (see :func:`shuffle_mentions`); the
     first-mentioned object is uniform over the caption's distinct objects. ``mention_index`` of
     ``meta["objects"]`` (COCO conversion, detector sidecar) follows the new order.
+    Captions a mention search cannot read (:func:`data_prep.mentions.caption_problem`: empty,
+    too long, HTML, no letters, not Latin script, all caps) are left as they are, counted by reason.
 
     Counts (logged as ``data/CaptionShuffle/<reason>``): ``changed``, ``unchanged`` (the random
     order equalled the old one), ``no_mention`` and ``one_mention`` (free-form captions naming
@@ -116,13 +141,14 @@ class CaptionShuffle(SampleTransform):
     left as they are so no "'s" is moved or stranded), ``skipped`` (not drawn with probability ``p``).
     """
 
-    def __init__(self, p: float = 1.0, vocabulary: str | None = None) -> None:
+    def __init__(self, p: float = 1.0, vocabulary: str = "open") -> None:
         """
         Args:
             p: probability of shuffling a sample.
-            vocabulary: object names for free-form captions: ``default`` (COCO categories with
-                synonyms + the rendered objects), ``coco``, ``rendered``, or a TSV file
-                (``name<TAB>synonym, synonym``; see ``data_prep.mentions``).
+            vocabulary: object names for free-form captions: ``open`` (every concrete, depictable
+                noun: web alt-text), ``default`` (COCO categories with synonyms + the rendered
+                objects), ``coco``, ``rendered``, or a TSV file (``name<TAB>synonym, synonym``; see
+                ``data_prep.mentions``).
         """
         super().__init__()
         self.p = _check_p(p)
@@ -153,6 +179,9 @@ class CaptionShuffle(SampleTransform):
         return caption, {**meta, "objects": objects, "caption": caption}
 
     def _shuffle_free(self, caption: str, meta: dict, rng: random.Random) -> tuple[str, dict]:
+        if (problem := caption_problem(caption)) is not None:  # left as it is, counted
+            self.counts[problem] += 1
+            return caption, meta
         mentions = find_mentions(caption, self._vocab)
         n = len({m.name for m in mentions})
         if n < 2:
@@ -170,14 +199,7 @@ class CaptionShuffle(SampleTransform):
         self.counts["changed"] += 1
         meta = {**meta, "caption": new} if "caption" in meta else dict(meta)
         if meta.get("objects"):
-            objects = []
-            for o in meta["objects"]:
-                o = dict(o)
-                name = self._vocab.canonical(o.get("name", ""))
-                if o.get("mention_index") is not None and name in names:
-                    o["mention_index"] = names.index(name)
-                objects.append(o)
-            meta["objects"] = objects
+            meta["objects"] = reindex_objects(meta["objects"], new, names, self._vocab)
         return new, meta
 
 

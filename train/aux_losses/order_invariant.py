@@ -75,14 +75,14 @@ class OrderInvariantText(AuxLoss):
 
     needs_meta = True
 
-    def __init__(self, weight: float = 1.0, mode: Mode = "multi_positive", vocabulary: str | None = None,
+    def __init__(self, weight: float = 1.0, mode: Mode = "multi_positive", vocabulary: str = "open",
                  max_tries: int = 8, name: str = "order_invariant") -> None:
         """
         Args:
             weight: Factor of the term in the training loss.
             mode: ``multi_positive`` (twin as a second positive) or ``pull`` (1 - cosine of caption and twin).
-            vocabulary: Object names for free-form captions (``data_prep.mentions``: ``default``, ``coco``,
-                ``rendered`` or a TSV path).
+            vocabulary: Object names for free-form captions (``data_prep.mentions``: ``open``, ``default``,
+                ``coco``, ``rendered`` or a TSV path).
             max_tries: Permutations drawn per caption until one differs from it; none: no twin.
             name: Term name, logged as ``train/aux/<name>``.
         """
