@@ -16,6 +16,9 @@ from typing import Sequence
 from .mentions import Mention, Vocabulary, find_mentions
 
 
+GOLD_COLUMNS = ("source", "id", "caption", "mentions")
+
+
 @dataclass(frozen=True)
 class GoldCaption:
     source: str
@@ -29,7 +32,11 @@ def read_gold(path: str | Path) -> list[GoldCaption]:
     that is not in its caption (in order)."""
     out = []
     with open(path, encoding="utf-8", newline="") as f:
-        for row_no, row in enumerate(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE), 2):
+        reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        missing = [c for c in GOLD_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"{path}: no {', '.join(missing)} column (the header must name {', '.join(GOLD_COLUMNS)})")
+        for row_no, row in enumerate(reader, 2):
             caption, spans, pos = row["caption"], [], 0
             for item in filter(None, (m.strip() for m in (row.get("mentions") or "").split(" | "))):
                 phrase, _, head = item.partition(" => ")

@@ -131,3 +131,15 @@ def test_mention_eval_prints_each_vocabulary_with_its_denominators(capsys):
     text = capsys.readouterr().out
     assert "vocabulary open:" in text and "vocabulary default:" in text
     assert re.search(r"mention recall\s+\d\.\d{3}\s+\(\d+ / \d+\)", text)
+
+
+def test_mention_eval_refuses_a_file_that_is_not_a_gold_set(tmp_path, capsys):
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("a\tb\n1\t2\n")
+    with pytest.raises(SystemExit):
+        data_prep_main(["mention-eval", str(bad)])
+    assert "no source, id, caption, mentions column" in capsys.readouterr().err
+    bad.write_text("source\tid\tcaption\tmentions\nx\t1\ta dog\ta cat => cat\n")
+    with pytest.raises(SystemExit):
+        data_prep_main(["mention-eval", str(bad)])
+    assert "mention 'a cat' is not in the caption" in capsys.readouterr().err
