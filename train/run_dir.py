@@ -488,11 +488,8 @@ def finished_message(path: Path, max_steps: int | None) -> str | None:
     else None. Resuming a finished run would otherwise re-run validation and append duplicate rows."""
     if max_steps is None or max_steps < 0 or not Path(path).is_file():
         return None
-    try:
-        step = int(torch.load(path, map_location="cpu", weights_only=False, mmap=True).get("global_step", 0))
-    except Exception:  # noqa: BLE001 - unreadable checkpoints are reported elsewhere
-        return None
-    if step < max_steps:
+    step = checkpoint_step(path)  # None: unreadable, reported elsewhere
+    if step is None or step < max_steps:
         return None
     return (f"the run is finished: {path} holds step {step} and trainer.max_steps is {max_steps}, so there is "
             f"nothing to train. To train further, raise trainer.max_steps (e.g. --trainer.max_steps={2 * step}) "
