@@ -82,7 +82,7 @@ def objects_for_caption(caption: str, annotations: Sequence[dict], vocab: Vocabu
     return out
 
 
-def _find_image(image_dirs: Sequence[Path], file_name: str) -> Path | None:
+def find_image(image_dirs: Sequence[Path], file_name: str) -> Path | None:
     for d in image_dirs:
         for p in (d / file_name, d / Path(file_name).name):
             if p.is_file():
@@ -158,7 +158,7 @@ def convert(images: Sequence[str | Path] | str | Path, captions: Sequence[str | 
             if not image_caps:
                 counts["images_without_captions"] += 1
                 continue
-            path = _find_image(image_dirs, im["file_name"])
+            path = find_image(image_dirs, im["file_name"])
             if path is None:
                 counts["missing_images"] += 1
                 if counts["missing_images"] <= 5:
@@ -234,7 +234,7 @@ def id_mismatch(imgs: dict, anns: dict, caps: dict, have_instances: bool) -> str
 def images_absent(imgs: dict, caps: dict, image_dirs: Sequence[Path], probe: int = 50) -> str | None:
     """Why no image can be read (None: at least one of the first ``probe`` captioned images exists)."""
     names = [imgs[i]["file_name"] for i in sorted(imgs) if caps.get(i)][:probe]
-    if not names or any(_find_image(image_dirs, n) is not None for n in names):
+    if not names or any(find_image(image_dirs, n) is not None for n in names):
         return None
     return (f"none of the first {len(names)} captioned images (e.g. {names[0]!r}) is under "
             f"{', '.join(map(str, image_dirs))}: point --images at the folder holding the annotation files' "
@@ -254,4 +254,4 @@ def check_inputs(images: Sequence[Path], captions: Sequence[Path], instances: Se
     return errs
 
 
-__all__ = ["convert", "load_coco", "objects_for_caption", "vocabulary_for", "check_inputs"]
+__all__ = ["convert", "load_coco", "objects_for_caption", "vocabulary_for", "check_inputs", "find_image"]

@@ -41,7 +41,7 @@ from typing import Iterable, Mapping, Sequence
 __all__ = [
     "Mention", "Vocabulary", "find_mentions", "mentioned_names", "coco_vocabulary", "rendered_vocabulary",
     "default_vocabulary", "load_vocabulary", "pluralize", "COCO_CATEGORIES", "spacy_available",
-    "in_possessive", "open_vocabulary", "caption_problem", "VOCABULARIES",
+    "in_possessive", "open_vocabulary", "caption_problem", "VOCABULARIES", "noun_adjective_spans",
 ]
 
 # ----------------------------------------------------------------------------- vocabularies
@@ -806,3 +806,19 @@ def in_possessive(text: str, mention: Mention) -> bool:
     ("a woman's |handbag", "the children's |bicycle"): moving its span alone would move or
     strand the "'s"/"'" and break the caption."""
     return bool(_POSSESSIVE_AFTER.match(text, mention.end) or _POSSESSIVE_BEFORE.search(text[:mention.start]))
+
+
+def noun_adjective_spans(text: str, vocab: Vocabulary | None = None) -> list[tuple[int, int]]:
+    """Character spans of the nouns and adjectives of every object mention, in text order: each
+    mention's head words (the matched name) and the adjectives before it ("large brown" of "a
+    large brown dog"; no determiners or numbers). The rule-based stand-in for the NOUN/ADJ tags
+    that ARO's word-order perturbations use (``eval.word_order``)."""
+    spans: list[tuple[int, int]] = []
+    for m in find_mentions(text, vocab):
+        head_start = m.head_start if m.head_start >= 0 else m.start
+        for t in _tokens(text[m.start:head_start]):
+            if t.word not in _DETERMINERS and t.word not in _NUMBERS and not t.word.isdigit() and _is_adjective(t.word):
+                spans.append((m.start + t.start, m.start + t.end))
+        for t in _tokens(text[head_start:m.end if m.head_end < 0 else m.head_end]):
+            spans.append((head_start + t.start, head_start + t.end))
+    return spans

@@ -35,7 +35,8 @@ import torch
 
 from eval.eval_sets import default_eval_set, eval_set_cache_problem, n_objects_problem
 from eval.model_access import ClipAdapter, model_image_size
-from eval.records import BIAS_FILE, append_records, flatten, make_records, metric_key
+from eval.benchmarks import METRIC_GLOBS, BenchmarkConfig
+from eval.records import BIAS_FILE, append_records, flatten, make_records, metric_prefix
 from eval.samples_axis import define_samples_axis, samples_seen
 from eval.suite import SuiteConfig, SuiteOptionError, check_int, options_doc, suite_options
 
@@ -98,6 +99,19 @@ class BiasEvalCallback(L.Callback):
         linear_method: str = SuiteConfig.linear_method,
         linear_steps: int = SuiteConfig.linear_steps,
         train_frac: float = SuiteConfig.train_frac,
+        zeroshot: bool = BenchmarkConfig.zeroshot,
+        zeroshot_folder: str | None = BenchmarkConfig.zeroshot_folder,
+        word_order: bool = BenchmarkConfig.word_order,
+        word_order_items: int = BenchmarkConfig.word_order_items,
+        word_order_template: str = BenchmarkConfig.word_order_template,
+        sugarcrepe_dir: str | None = BenchmarkConfig.sugarcrepe_dir,
+        sugarcrepe_images: str | None = BenchmarkConfig.sugarcrepe_images,
+        coco_images: str | None = BenchmarkConfig.coco_images,
+        coco_instances: str | None = BenchmarkConfig.coco_instances,
+        coco_captions: str | None = BenchmarkConfig.coco_captions,
+        coco_prompts: str | None = BenchmarkConfig.coco_prompts,
+        coco_ratio: float = BenchmarkConfig.coco_ratio,
+        min_items: int = BenchmarkConfig.min_items,
     ) -> None:
         super().__init__()
         v = self._checked(
@@ -106,9 +120,19 @@ class BiasEvalCallback(L.Callback):
             cache_dir=cache_dir, image_size=image_size, eval_set_blocks=eval_set_blocks, templates=templates,
             text_encodings=text_encodings, run_dir=run_dir, eval_at_end=eval_at_end, plots=plots, seed=seed,
             gallery_template=gallery_template, split_template=split_template, linear_items=linear_items,
-            linear_method=linear_method, linear_steps=linear_steps, train_frac=train_frac)
+            linear_method=linear_method, linear_steps=linear_steps, train_frac=train_frac,
+            benchmarks=BenchmarkConfig(
+                zeroshot=zeroshot, zeroshot_folder=zeroshot_folder, word_order=word_order,
+                word_order_items=word_order_items, word_order_template=word_order_template,
+                sugarcrepe_dir=sugarcrepe_dir, sugarcrepe_images=sugarcrepe_images, coco_images=coco_images,
+                coco_instances=coco_instances, coco_captions=coco_captions, coco_prompts=coco_prompts,
+                coco_ratio=coco_ratio,
+                min_items=min_items))
         #: the probe options (the suite's own defaults and checks)
         self.suite: SuiteConfig = v["suite"]
+        #: the probes beyond the paper's (zero-shot, word order, SugarCrepe, COCO bias)
+        self.benchmarks: BenchmarkConfig = v["benchmarks"]
+        self._prepared_benchmarks: Any = None
         #: evaluation spacing in optimizer steps; with ``evaluations_per_run``, set when training starts
         self.every_n_steps: int | None = v["every_n_steps"]
         self.evaluations_per_run: int | None = v["evaluations_per_run"]
@@ -178,6 +202,8 @@ class BiasEvalCallback(L.Callback):
             if problem := eval_set_cache_problem(cache, out["suite"].seed, out["image_size"], "cache_dir",
                                                  out["eval_set_blocks"] or 1):
                 errs.append(problem)
+        errs += args["benchmarks"].problems()
+        out["benchmarks"] = args["benchmarks"]
         if args["run_dir"] is not None:
             try:
                 check_writable(Path(args["run_dir"]), "run_dir", is_dir=True)
@@ -280,6 +306,7 @@ class BiasEvalCallback(L.Callback):
                     self._prepare(pl_module, prepare_suite)
                 t0 = time.perf_counter()
                 result = run_suite(self._adapter, self._prepared)
+                benchmarks = self._run_benchmarks()
         finally:
             for m, was_training in modes.items():
                 m.train(was_training)
@@ -287,7 +314,7 @@ class BiasEvalCallback(L.Callback):
         self.total_seconds += seconds
         self.n_evaluations += 1
         samples = samples_seen(trainer, pl_module, self._batch_size)
-        records = make_records(result, trainer.global_step, samples, eval_seconds=seconds)
+        records = make_records(result, trainer.global_step, samples, eval_seconds=seconds, benchmarks=benchmarks)
         append_records(self.resolve_run_dir(trainer) / BIAS_FILE, records)
         self._log(trainer, records, samples, seconds)
 
@@ -300,6 +327,11 @@ class BiasEvalCallback(L.Callback):
         t1 = time.perf_counter()
         self._adapter = ClipAdapter.from_module(pl_module)
         self._prepared = prepare_suite(self._adapter, eval_set, **self._suite_args())
+        if self.benchmarks.active:
+            from eval.benchmarks import prepare_benchmarks
+
+            self._prepared_benchmarks = prepare_benchmarks(self._adapter, self.benchmarks, eval_set,
+                                                           self.suite.n_objects, self.suite.seed)
         self.prepare_seconds = time.perf_counter() - t1
         log.info("bias probes ready in %.1f s (eval set %s in %.1f s; decoding and tokenising %.1f s)",
                  self.render_seconds + self.prepare_seconds, getattr(eval_set, "root", "?"), self.render_seconds,
@@ -310,6 +342,13 @@ class BiasEvalCallback(L.Callback):
         from eval.suite import prepare_suite, run_suite
 
         return prepare_suite, run_suite
+
+    def _run_benchmarks(self) -> dict[str, dict]:
+        if self._prepared_benchmarks is None:
+            return {}
+        from eval.benchmarks import run_benchmarks
+
+        return run_benchmarks(self._adapter, self._prepared_benchmarks)
 
     def _suite_args(self) -> dict[str, Any]:
         return {"config": self.suite, "progress": False}
@@ -330,19 +369,21 @@ class BiasEvalCallback(L.Callback):
     def _log(self, trainer: L.Trainer, records: list[dict], samples: int, seconds: float) -> None:
         metrics: dict[str, float] = {"samples_seen": float(samples), "bias/eval_seconds": seconds}
         for rec in records:
-            metrics.update(flatten(rec["result"], f"bias/{metric_key(rec)}"))
-        define_samples_axis(trainer.loggers, ["bias/*"])  # once per logger, see eval.samples_axis
+            metrics.update(flatten(rec["result"], metric_prefix(rec)))
+        define_samples_axis(trainer.loggers, ["bias/*", *METRIC_GLOBS])  # once per logger, see eval.samples_axis
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
 
 
 def _with_probe_options(doc: str) -> str:
     """``doc`` with the probe options' entries (SuiteConfig's help, ``null`` for None) first in its
-    ``Args:`` section, where docstring_parser (and so jsonargparse's help) finds them."""
+    ``Args:`` section and BenchmarkConfig's after them, where docstring_parser (and so jsonargparse's
+    help) finds them."""
     head, args, rest = doc.partition("    Args:\n")
     if not args:
         raise RuntimeError("BiasEvalCallback's docstring needs an Args: section for the probe options")
-    return f"{head}{args}{options_doc(BiasEvalCallback.SUITE_OPTIONS, none_as='null')}\n{rest}"
+    bench = BenchmarkConfig.__doc__.partition("    Args:\n")[2].rstrip()
+    return f"{head}{args}{options_doc(BiasEvalCallback.SUITE_OPTIONS, none_as='null')}\n{bench}\n{rest}"
 
 
 BiasEvalCallback.__doc__ = _with_probe_options(BiasEvalCallback.__doc__)

@@ -1,15 +1,19 @@
-"""``python -m eval``: subcommands ``comco`` (run the probes), ``report`` and ``attention``.
+"""``python -m eval``: subcommands ``comco`` (run the probes), ``coco``, ``sugarcrepe``,
+``zeroshot``, ``word-order`` (the probes beyond the paper's), ``report`` and ``attention``.
 
 Example::
 
     python -m eval comco --checkpoint runs/quick/checkpoints/last.ckpt --n-objects 3 4 --out res.json
     python -m eval comco --model ViT-B-32 --pretrained openai --probes tor,ior --out res.json
+    python -m eval coco --images val2017 --instances instances_val2017.json --captions captions_val2017.json \
+        --checkpoint runs/quick/checkpoints/last.ckpt --out coco.json
 """
 from __future__ import annotations
 
 import argparse
 import sys
 import time
+from dataclasses import asdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +21,7 @@ from typing import Any
 from data_prep.fileio import write_json_atomic
 from eval import report, suite
 from eval.attention import attention_by_role, format_attention, vit_last_attention
+from eval.benchmarks import BenchmarkConfig
 from eval.eval_sets import CACHE_ENV, default_eval_set, eval_set_cache_problem, n_objects_problem
 from eval.manifest import load_eval_set
 from eval.model_access import ClipAdapter, model_image_size
@@ -133,13 +138,7 @@ def add_comco_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
 
 def validate_args(args: argparse.Namespace) -> None:
     """Collect every problem with the ``comco`` arguments into one error."""
-    problems = []
-    if (args.checkpoint is None) == (args.model is None):
-        problems.append("give exactly one of --checkpoint PATH or --model NAME [--pretrained TAG|FILE]")
-    if args.pretrained and args.checkpoint is not None:
-        problems.append("--pretrained goes with --model, not with --checkpoint")
-    if args.checkpoint is not None and not args.checkpoint.is_file():
-        problems.append(f"--checkpoint {args.checkpoint} does not exist")
+    problems = model_problems(args)
     config = None
     try:
         config = suite_config(args)
@@ -162,6 +161,18 @@ def validate_args(args: argparse.Namespace) -> None:
     problems += output_problems(args)
     if problems:
         raise SystemExit("error: " + "\n  ".join(problems))
+
+
+def model_problems(args: argparse.Namespace) -> list[str]:
+    """What is wrong with ``--checkpoint`` / ``--model`` / ``--pretrained`` (before anything loads)."""
+    problems = []
+    if (args.checkpoint is None) == (args.model is None):
+        problems.append("give exactly one of --checkpoint PATH or --model NAME [--pretrained TAG|FILE]")
+    if args.pretrained and args.checkpoint is not None:
+        problems.append("--pretrained goes with --model, not with --checkpoint")
+    if args.checkpoint is not None and not args.checkpoint.is_file():
+        problems.append(f"--checkpoint {args.checkpoint} does not exist")
+    return problems
 
 
 def output_problems(args: argparse.Namespace) -> list[str]:
@@ -335,10 +346,168 @@ def add_attention_parser(subparsers: argparse._SubParsersAction) -> argparse.Arg
     return p
 
 
+# ---------------------------------------------------------------- the probes beyond the paper's
+
+def _add_model_arguments(p: argparse.ArgumentParser) -> None:
+    src = p.add_argument_group("model (one of)")
+    src.add_argument("--checkpoint", type=Path, help="Lightning checkpoint of train.module.CLIPModule")
+    src.add_argument("--model", help="open_clip model name (built-in, clip-tiny/clip-micro, or ./configs/models/*.json)")
+    src.add_argument("--pretrained", help="open_clip pretrained tag (needs network) or weights file (an export)")
+    p.add_argument("--min-items", type=int, default=BenchmarkConfig.min_items,
+                   help="fewest items behind a reported number; below it: n/a (N = k) (default: %(default)s)")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    p.add_argument("--batch-size", type=int, default=256, help="encoder batch size")
+    p.add_argument("--seed", type=int, default=0, help="seed of the word-order perturbations, of the rendered "
+                   "default eval set and of a random init (--model without --pretrained) (default: %(default)s)")
+    p.add_argument("--out", type=Path, required=True, help="results JSON (written atomically)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _add_rendered_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", type=Path, help="eval-set folder with manifest.jsonl (default: the rendered "
+                   "default set, as comco renders it, in --cache-dir)")
+    p.add_argument("--cache-dir", type=Path, default=None, help=CACHE_HELP)
+    p.add_argument("--image-size", type=int, default=None,
+                   help="side of rendered default eval images (default: the model's input size)")
+
+
+def add_benchmark_parsers(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "coco", help="size and order bias on real photos (COCO-format)", description="The size bias of the "
+        "image encoder and the order bias of the text encoder on a COCO-format dataset (COCO, LVIS, Visual "
+        "Genome exports), and the word-order probe on its captions (eval.coco_bias, eval.word_order).")
+    p.add_argument("--images", type=Path, required=True, help="image folder the annotations' file_name entries point into")
+    p.add_argument("--instances", type=Path, required=True, help="instances JSON (boxes)")
+    p.add_argument("--captions", type=Path, help="captions JSON (the text side and the word-order probe)")
+    p.add_argument("--ratio", type=float, default=BenchmarkConfig.coco_ratio, help="an image enters the size probe "
+                   "when its largest instance is at least this many times the next category's (default: %(default)s)")
+    p.add_argument("--prompts", type=Path, help="JSON object {category: prompt} for the gallery (default: "
+                   "'a photo of a {}.' per category; a category it lacks is left out, its items counted)")
+    p.add_argument("--no-word-order", action="store_true", help="skip the word-order probe on the captions")
+    _add_model_arguments(p)
+    p.set_defaults(func=run_benchmark_command, benchmark="coco")
+    p = subparsers.add_parser(
+        "sugarcrepe", help="SugarCrepe compositionality accuracy", description="SugarCrepe (Hsieh et al. 2023): "
+        "per subset, the share of pairs whose caption beats its hard negative (eval.sugarcrepe).")
+    p.add_argument("--dir", type=Path, required=True, help="folder of SugarCrepe's JSON files (add_obj.json, ...)")
+    p.add_argument("--images", type=Path, required=True, help="the COCO val2017 image folder")
+    _add_model_arguments(p)
+    p.set_defaults(func=run_benchmark_command, benchmark="sugarcrepe")
+    p = subparsers.add_parser(
+        "zeroshot", help="zero-shot classification", description="Zero-shot top-1/top-5 (prompt templates "
+        "averaged) on a class-per-folder directory, or on the rendered single-object images (eval.zeroshot).")
+    p.add_argument("--folder", type=Path, help="ROOT/<class>/<image> (e.g. ImageNet val by class); default: the "
+                   "rendered eval set's single-object images")
+    _add_rendered_arguments(p)
+    _add_model_arguments(p)
+    p.set_defaults(func=run_benchmark_command, benchmark="zeroshot")
+    p = subparsers.add_parser(
+        "word-order", help="the word-order probe (ARO's COCO-Order idea)", description="Precision@1 of each "
+        "image's caption against word-order perturbations of it, on the rendered eval set (eval.word_order); "
+        "for COCO captions use `python -m eval coco`.")
+    p.add_argument("--items", type=int, default=BenchmarkConfig.word_order_items, help="multi-object images "
+                   "(default: %(default)s)")
+    p.add_argument("--template", default=BenchmarkConfig.word_order_template, help="caption template (default: %(default)s)")
+    _add_rendered_arguments(p)
+    _add_model_arguments(p)
+    p.set_defaults(func=run_benchmark_command, benchmark="word-order")
+
+
+def benchmark_config(args: argparse.Namespace) -> BenchmarkConfig:
+    """The :class:`eval.benchmarks.BenchmarkConfig` of a ``coco``/``sugarcrepe``/``zeroshot``/``word-order`` command."""
+    off = {"zeroshot": False, "word_order": False, "min_items": args.min_items}
+    if args.benchmark == "coco":
+        return BenchmarkConfig(**{**off, "word_order": not args.no_word_order}, coco_images=str(args.images),
+                               coco_instances=str(args.instances),
+                               coco_captions=None if args.captions is None else str(args.captions),
+                               coco_prompts=None if args.prompts is None else str(args.prompts), coco_ratio=args.ratio)
+    if args.benchmark == "sugarcrepe":
+        return BenchmarkConfig(**off, sugarcrepe_dir=str(args.dir), sugarcrepe_images=str(args.images))
+    if args.benchmark == "zeroshot":
+        if args.folder is not None:
+            return BenchmarkConfig(**off, zeroshot_folder=str(args.folder))
+        return BenchmarkConfig(**{**off, "zeroshot": True})
+    return BenchmarkConfig(**{**off, "word_order": True}, word_order_items=args.items, word_order_template=args.template)
+
+
+def run_benchmark_command(args: argparse.Namespace, adapter_factory: Callable[[argparse.Namespace], Any] = load_adapter) -> int:
+    """``coco``, ``sugarcrepe``, ``zeroshot``, ``word-order``: check everything, load the model,
+    prepare, run, print one table, write JSON."""
+    from eval.benchmarks import prepare_benchmarks, run_benchmarks
+
+    problems = model_problems(args)
+    config = None
+    try:
+        config = benchmark_config(args)
+        problems += [_flag_names(p) for p in config.problems()]
+    except ValueError as e:
+        problems.append(str(e))
+    rendered = args.benchmark == "word-order" or (args.benchmark == "zeroshot" and args.folder is None)
+    if rendered and args.data is not None and not (args.data / "manifest.jsonl").is_file():
+        problems.append(f"--data {args.data} has no manifest.jsonl (make one with data_prep)")
+    if rendered and args.data is None and (problem := eval_set_cache_problem(args.cache_dir, args.seed, args.image_size,
+                                                                             "--cache-dir")):
+        problems.append(problem)
+    problems += output_problems(args)
+    if problems:
+        raise SystemExit("error: " + "\n  ".join(problems))
+    progress = not args.no_progress
+    import torch
+
+    torch.manual_seed(args.seed)  # a --model without --pretrained is a random init: the same one for a seed
+    adapter = adapter_factory(args)
+    eval_set = None
+    if rendered:
+        size = args.image_size or model_image_size(adapter)
+        eval_set = load_eval_set(args.data or default_eval_set(args.cache_dir, args.seed, size, progress))
+    t0 = time.perf_counter()
+    prepared = prepare_benchmarks(adapter, config, eval_set, seed=args.seed, progress=progress)
+    t1 = time.perf_counter()
+    results = run_benchmarks(adapter, prepared)
+    t2 = time.perf_counter()
+    print(format_benchmarks(results))
+    record = {"model": getattr(adapter, "name", None) or str(args.checkpoint or f"{args.model}:{args.pretrained}"),
+              "config": asdict(config), "timing_s": {"prepare": round(t1 - t0, 3), "run": round(t2 - t1, 3)},
+              "results": results}
+    if eval_set is not None:
+        record["eval_set"] = str(Path(eval_set.root).resolve())
+    write_json_atomic(args.out, record)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _flag_names(problem: str) -> str:
+    """A BenchmarkConfig problem in this command line's words (``coco_images`` -> ``--images``, ...)."""
+    for key, flag in (("coco_images", "--images"), ("coco_instances", "--instances"), ("coco_captions", "--captions"), ("coco_prompts", "--prompts"),
+                      ("coco_ratio", "--ratio"), ("sugarcrepe_dir", "--dir"), ("sugarcrepe_images", "--images"),
+                      ("zeroshot_folder", "--folder"), ("word_order_items", "--items"),
+                      ("word_order_template", "--template"), ("min_items", "--min-items")):
+        problem = problem.replace(key, flag)
+    return problem
+
+
+def format_benchmarks(results: dict[str, dict]) -> str:
+    """One row per summary index: value, 95 % interval, denominator; then what was skipped."""
+    lines: list[str] = []
+    for probe, res in results.items():
+        lines += ["", f"{probe}:"]
+        for name, entry in summary_of(res).items():
+            ci = entry.get("ci")
+            signed = "bias" in name  # an index around 0; accuracies and shares are plain
+            value = "n/a" if entry["value"] is None else f"{entry['value']:{'+' if signed else ''}.3f}"
+            interval = f"[{ci[0]:{'+' if signed else ''}.3f}, {ci[1]:{'+' if signed else ''}.3f}]" if ci else ""
+            lines.append(f"  {name:38} {value:>7} {interval:18} {entry['denominator']}")
+        for part in (res, *(v for v in res.values() if isinstance(v, dict))):
+            if part.get("skipped"):
+                lines.append("  skipped: " + ", ".join(f"{k} {v}" for k, v in part["skipped"].items()))
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m eval", description=__doc__.split("\n")[0])
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_comco_parser(subparsers)
+    add_benchmark_parsers(subparsers)
     report.add_subparser(subparsers)
     add_attention_parser(subparsers)
     return parser

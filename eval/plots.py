@@ -270,9 +270,10 @@ def plot_probe(runs: Mapping[str, Sequence[Mapping]], probe: str, out_path: Path
             if notes:
                 ax.text(0.5, 0.5 if is_conditional(group) else 0.06, "\n".join(notes), transform=ax.transAxes,
                         ha="center", va="center" if is_conditional(group) else "bottom", fontsize=8, color="0.3")
-            title = f"{probe.upper()} n={n} · {group}"
+            where = f"{probe.upper()} n={n}" if n is not None else probe.upper()
+            title = f"{where} · {group}"
             if group == VARIANT_GROUP:
-                title = f"{probe.upper()} n={n} · " + ("index by template" if probe == "tor" else "index by encoding")
+                title = f"{where} · " + ("index by template" if probe == "tor" else "index by encoding")
             ax.set_title(title, fontsize=9)
             ax.grid(alpha=0.3)
             if group not in (INDEX_GROUP, VARIANT_GROUP):

@@ -35,7 +35,14 @@ log = logging.getLogger(__name__)
 BIAS_FILE = "bias.jsonl"
 SUMMARY_KEY = "summary"  # = eval.probes.SUMMARY_KEY (not imported: this module stays free of torch)
 _PROPORTION_KEYS = {"share", "count", "total", "ci"}
-_SKIP_KEYS = {"probe", "labels"}
+_SKIP_KEYS = {"probe", "labels", "per_class_top1", "classnames", "kinds", "no_prompt", "missing_image_examples"}
+#: probes beyond the paper's (``eval.benchmarks``): records with ``n_objects: null``, scalars under
+#: these prefixes instead of ``bias/<probe>/n<k>``
+BENCHMARK_PREFIX = {
+    "zeroshot": "zeroshot/rendered", "zeroshot_folder": "zeroshot/folder",
+    "word_order": "word_order/rendered", "word_order_coco": "word_order/coco",
+    "sugarcrepe": "sugarcrepe", "coco_bias": "coco_bias",
+}
 
 
 def is_proportion(obj: Any) -> bool:
@@ -125,12 +132,15 @@ def add_legacy_summaries(result: Any) -> Any:
     return result
 
 
-def make_records(suite_out: Mapping, step: int, samples_seen: int, eval_seconds: float | None = None) -> list[dict]:
-    """One record per (probe, n) of a ``run_suite`` result ``{probe: {n: result}}``.
+def make_records(suite_out: Mapping, step: int, samples_seen: int, eval_seconds: float | None = None,
+                 benchmarks: Mapping[str, Mapping] | None = None) -> list[dict]:
+    """One record per (probe, n) of a ``run_suite`` result ``{probe: {n: result}}``, then one per
+    probe of ``eval.benchmarks.run_benchmarks``'s ``{probe: result}`` (``n_objects: null``).
 
     ``eval_seconds`` is the wall time of the whole evaluation (all probes), repeated in each record.
     """
-    records = []
+    records = [{"step": int(step), "samples_seen": int(samples_seen), "probe": str(probe), "n_objects": None,
+                "eval_seconds": eval_seconds, "result": result} for probe, result in (benchmarks or {}).items()]
     for probe, per_n in suite_out.items():
         if not isinstance(per_n, Mapping):
             raise TypeError(f"run_suite result for {probe!r} should map n -> result, got {type(per_n).__name__}")
@@ -141,8 +151,16 @@ def make_records(suite_out: Mapping, step: int, samples_seen: int, eval_seconds:
 
 
 def metric_key(record: Mapping) -> str:
-    """``<probe>/n<k>``: the key prefix of a record's scalars."""
-    return f"{record['probe']}/n{record['n_objects']}"
+    """``<probe>/n<k>`` (a benchmark probe: ``<probe>``): a record's name in tables and files."""
+    return record["probe"] if record["n_objects"] is None else f"{record['probe']}/n{record['n_objects']}"
+
+
+def metric_prefix(record: Mapping) -> str:
+    """The prefix of a record's logged scalars: ``bias/<probe>/n<k>``, or a benchmark probe's own
+    (:data:`BENCHMARK_PREFIX`, e.g. ``zeroshot/rendered``)."""
+    if record["n_objects"] is None:
+        return BENCHMARK_PREFIX.get(record["probe"], record["probe"])
+    return f"bias/{metric_key(record)}"
 
 
 REQUIRED_KEYS = ("step", "samples_seen", "probe", "n_objects", "result")

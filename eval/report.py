@@ -104,7 +104,7 @@ def summary_table(runs: Mapping[str, Sequence[Mapping]]) -> str:
         change = None if v0 is None or v1 is None else v1 - v0
         index = r["index"] + (_SPLIT_NOTE.get(r["template_split"], "") if r["probe"] == "tor" else "")
         lines.append(
-            f"| {r['run']} | {r['probe']} | {r['n']} | {index} | {_fmt(v0, True)} ({r['init_samples']}) "
+            f"| {r['run']} | {r['probe']} | {'-' if r['n'] is None else r['n']} | {index} | {_fmt(v0, True)} ({r['init_samples']}) "
             f"| {_fmt(v1, True)} ({r['final_samples']}) | {_fmt(change, True)} "
             f"| {r['init_denominator']} → {r['final_denominator']} "
             f"| {_fmt_ci(r['init_ci'])} → {_fmt_ci(r['final_ci'])} |"

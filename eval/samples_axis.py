@@ -6,7 +6,8 @@
 - :func:`define_samples_axis`: ``define_metric(prefix, step_metric="samples_seen")`` on every
   :class:`~lightning.pytorch.loggers.WandbLogger` (matched with ``isinstance``; ``wandb`` stays
   optional). Each part of a run declares the prefixes it logs (the module ``train/*``, ``val/*``;
-  the bias callback ``bias/*``; the data statistics callback ``data/*``); a prefix is declared once
+  the bias callback ``bias/*`` and its other probes' ``zeroshot/*``, ``word_order/*``,
+  ``sugarcrepe/*``, ``coco_bias/*``; the data statistics callback ``data/*``); a prefix is declared once
   per logger however many parts ask. :data:`SUMMARY` says which prefixes keep their last value as
   the run's summary (the bias indices, so W&B's runs table compares final values).
 - :func:`wandb_loggers`: the W&B loggers among a trainer's loggers.
@@ -22,7 +23,8 @@ from typing import Any
 
 STEP_METRIC = "samples_seen"
 #: prefix -> W&B summary mode; prefixes not named keep W&B's default
-SUMMARY = {"bias/*": "last"}
+SUMMARY = {"bias/*": "last", "zeroshot/*": "last", "word_order/*": "last", "sugarcrepe/*": "last",
+           "coco_bias/*": "last"}
 _DEFINED_ATTR = "_samples_axis_defined"  # set of names already declared, kept on the logger itself
 
 

@@ -12,8 +12,13 @@ from collections.abc import Sequence
 
 from data_prep.stats import Z95, wilson_interval
 
-__all__ = ["Z95", "difference_interval", "difference_items_needed", "lead_index_interval", "lead_index_items_needed",
-           "proportion", "wilson_interval"]
+__all__ = ["MIN_ITEMS", "Z95", "difference_interval", "difference_items_needed", "gated_entry", "lead_index_interval",
+           "lead_index_items_needed", "mean_interval", "proportion", "wilson_interval"]
+
+#: fewest items behind a reported number of the real-data and benchmark probes (zero-shot,
+#: word order, SugarCrepe, COCO bias): below it the value is ``None`` and the denominator reads
+#: ``n/a (N = k)``; counts are kept
+MIN_ITEMS = 20
 
 
 def proportion(count: int, total: int, z: float = Z95) -> dict:
@@ -25,6 +30,28 @@ def proportion(count: int, total: int, z: float = Z95) -> dict:
         "total": int(total),
         "ci": list(ci) if ci is not None else None,
     }
+
+
+def mean_interval(scores: Sequence[float], z: float = Z95) -> tuple[float, float] | None:
+    """Normal 95 % interval of the mean of per-item ``scores`` (sample variance, n − 1); ``None``
+    for fewer than 2 items. For indices whose items differ in size (COCO images with 2..k
+    categories), where :func:`lead_index_interval`'s fixed n does not apply."""
+    n = len(scores)
+    if n < 2:
+        return None
+    mean = sum(scores) / n
+    var = sum((x - mean) ** 2 for x in scores) / (n - 1)
+    half = z * math.sqrt(var / n)
+    return mean - half, mean + half
+
+
+def gated_entry(value: float | None, n: int, ci: Sequence[float] | None = None, min_items: int = MIN_ITEMS,
+                unit: str = "N") -> dict:
+    """A summary entry ``{"value", "denominator", "ci"}`` built on ``n`` items; below ``min_items``
+    the value and interval are ``None`` and the denominator says ``n/a (N = k)``."""
+    if n < min_items or value is None:
+        return {"value": None, "denominator": f"n/a ({unit} = {n}, fewer than {min_items})", "ci": None}
+    return {"value": float(value), "denominator": f"{unit}={n}", "ci": None if ci is None else [float(c) for c in ci]}
 
 
 def lead_index_interval(counts: Sequence[int], total: int, z: float = Z95) -> tuple[float, float] | None:

@@ -43,10 +43,19 @@ class RecordingModule(TinyCLIPModule):
         return super().training_step(batch, batch_idx)
 
 
+def read_eval_vocabulary(eval_dir) -> list[str]:
+    from eval.manifest import load_eval_set
+
+    return load_eval_set(eval_dir).vocabulary
+
+
 class FakeSuiteCallback(BiasEvalCallback):
     """The callback with a small suite (a real TOR on 4 captions) and a log of what it saw."""
 
     seen: list[dict]
+
+    def __init__(self, *args, zeroshot: bool = False, word_order: bool = False, **kw):
+        super().__init__(*args, zeroshot=zeroshot, word_order=word_order, **kw)  # the suite alone unless asked
 
     def _suite(self):
         self.seen = getattr(self, "seen", [])
@@ -80,7 +89,7 @@ def test_two_step_run_writes_records_logs_wandb_and_plots(tmp_path, tiny_name, e
         monkeypatch.setenv(var, str(tmp_path / "wandb_home"))  # nothing W&B writes leaves tmp_path
     module = RecordingModule(tiny_name)
     cb = FakeSuiteCallback(probes=["tor"], n_objects=[2], items_per_probe=8, every_n_steps=2,
-                           data_dir=str(eval_dir))
+                           data_dir=str(eval_dir), zeroshot=True, word_order=True)
     wandb_logger = WandbLogger(project="evaltest", save_dir=str(tmp_path), offline=True)
     csv_logger = CSVLogger(tmp_path, name="csv")
     trainer = _trainer(tmp_path, [cb], [wandb_logger, csv_logger])
@@ -94,9 +103,14 @@ def test_two_step_run_writes_records_logs_wandb_and_plots(tmp_path, tiny_name, e
     assert runs == [{"training": False, "grad": False}] * 2
     assert module.modes == [True, True]  # train mode restored after the step-0 evaluation
 
-    records = read_records(tmp_path)
+    every = read_records(tmp_path)
+    # beside the paper's probes, zero-shot and the word-order probe (on by default), n_objects null
+    assert [(r["step"], r["probe"], r["n_objects"]) for r in every] == [
+        (s, p, n) for s in (0, 2) for p, n in (("tor", 2), ("word_order", None), ("zeroshot", None))]
+    zs = [r for r in every if r["probe"] == "zeroshot"][-1]["result"]
+    assert zs["n_classes"] == len(read_eval_vocabulary(eval_dir)) and zs["top1"]["total"] == zs["n_images"] > 0
+    records = [r for r in every if r["probe"] == "tor"]
     assert [(r["step"], r["samples_seen"]) for r in records] == [(0, 0), (2, 8)]
-    assert records[0]["probe"] == "tor" and records[0]["n_objects"] == 2
     shares = records[0]["result"]["unconditional"]
     assert shares["pos1"]["total"] == 4 and set(shares) == {"pos1", "pos2", "none"}
     assert records[0]["result"]["summary"]["order_bias"]["value"] == pytest.approx(shares["pos1"]["share"] - shares["pos2"]["share"])
@@ -106,6 +120,7 @@ def test_two_step_run_writes_records_logs_wandb_and_plots(tmp_path, tiny_name, e
     key = "bias/tor/n2/unconditional/pos1"
     assert run.summary[key] == pytest.approx(records[-1]["result"]["unconditional"]["pos1"]["share"])
     assert run.summary["samples_seen"] == 8
+    assert run.summary["zeroshot/rendered/top1"] == pytest.approx(zs["top1"]["share"])
     run_dir = run.dir
     wandb_logger.experiment.finish()
     import wandb
@@ -115,6 +130,7 @@ def test_two_step_run_writes_records_logs_wandb_and_plots(tmp_path, tiny_name, e
     assert len(wandb_files) == 1
     blob = wandb_files[0].read_bytes()
     assert key.encode() in blob and b"samples_seen" in blob and b"bias/*" in blob
+    assert b"zeroshot/*" in blob and b"word_order/rendered/precision_at_1" in blob
     assert run_dir.startswith(str(tmp_path))
 
     # CSV: the same numbers at both evaluation steps
@@ -123,6 +139,8 @@ def test_two_step_run_writes_records_logs_wandb_and_plots(tmp_path, tiny_name, e
     assert [float(r["samples_seen"]) for r in rows] == [0.0, 8.0]
     assert [float(r[key]) for r in rows] == pytest.approx(
         [r["result"]["unconditional"]["pos1"]["share"] for r in records])
+    wo = [r["result"]["precision_at_1"] for r in every if r["probe"] == "word_order"]
+    assert [float(r["word_order/rendered/precision_at_1"]) for r in rows] == pytest.approx(wo)
 
     assert (tmp_path / "plots" / "tor.png").stat().st_size > 1000
 
@@ -209,7 +227,7 @@ def test_real_suite_callback_matches_cli_on_checkpoint(tmp_path, tiny_name, eval
     records = read_records(tmp_path)
     assert sorted({r["step"] for r in records}) == [0, 2]  # init + end of training
     final = {(r["probe"], r["n_objects"]): r["result"] for r in records if r["step"] == 2}
-    assert set(final) == {(p, n) for p in probes_ for n in (2, 3)}
+    assert set(final) == {(p, n) for p in probes_ for n in (2, 3)} | {("zeroshot", None), ("word_order", None)}
     initial = {(r["probe"], r["n_objects"]): r["result"] for r in records if r["step"] == 0}
     assert initial[("tor", 2)] != final[("tor", 2)]  # two SGD steps at lr 0.1 move the embeddings
 
@@ -219,7 +237,14 @@ def test_real_suite_callback_matches_cli_on_checkpoint(tmp_path, tiny_name, eval
                  "and_chain,photo", "--out", str(out), "--no-progress"]) == 0
     cli = json.loads(out.read_text())["results"]
     for (probe, n), result in final.items():
-        _approx_equal(result, cli[probe][str(n)], f"{probe}/n{n}")
+        if n is not None:
+            _approx_equal(result, cli[probe][str(n)], f"{probe}/n{n}")
+    # the probes beyond the paper's: the callback's numbers == `python -m eval zeroshot / word-order`
+    for command, probe, extra in (("zeroshot", "zeroshot", []), ("word-order", "word_order", ["--items", "128"])):
+        out = tmp_path / f"{command}.json"
+        assert main([command, "--checkpoint", str(ckpt), "--data", str(eval_dir), "--out", str(out),
+                     "--no-progress", *extra]) == 0
+        _approx_equal(final[(probe, None)], json.loads(out.read_text())["results"][probe], probe)
 
 
 def test_with_the_real_clip_module(tmp_path, eval_dir):
@@ -237,7 +262,7 @@ def test_with_the_real_clip_module(tmp_path, eval_dir):
     _trainer(tmp_path, [cb], False).fit(module, train_dataloaders=loader)
     records = read_records(tmp_path)
     assert [(r["step"], r["samples_seen"]) for r in records if r["probe"] == "tor"] == [(0, 0), (1, 4), (2, 8)]
-    assert {r["probe"] for r in records} == {"tor", "ior"}
+    assert {r["probe"] for r in records} == {"tor", "ior", "zeroshot", "word_order"}
     assert cb.n_evaluations == 3 and cb.total_seconds > 0
 
 
@@ -303,7 +328,7 @@ def test_itm_with_every_absent_object_as_distractor(tmp_path, tiny_name, eval_di
     """``itm_distractors: null`` (the paper's ITM) reaches the suite: one pair per image and absent object."""
     module = TinyCLIPModule(tiny_name)
     cb = BiasEvalCallback(probes=["itm"], n_objects=[2], items_per_probe=8, itm_distractors=None,
-                          every_n_steps=100, data_dir=str(eval_dir), plots=False)
+                          every_n_steps=100, data_dir=str(eval_dir), plots=False, zeroshot=False, word_order=False)
     assert cb.suite.itm_distractors is None
     _trainer(tmp_path, [cb], False, max_steps=1).fit(module, train_dataloaders=random_batches(module, 1))
     records = read_records(tmp_path)

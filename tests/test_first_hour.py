@@ -190,12 +190,12 @@ def test_wandb_run_holds_the_whole_config_group_and_tags(offline_run):
 def test_wandb_run_holds_the_plots_and_the_init_final_table(offline_run):
     run_dir, _ = offline_run
     images = sorted(p.name for p in (run_dir / "files" / "media" / "images").rglob("*.png"))
-    assert len(images) == 3, images  # tor, ior, itm
+    assert [i.rsplit("_", 2)[0] for i in images] == ["ior", "itm", "tor", "word_order", "zeroshot"], images
     (table,) = (run_dir / "files" / "media" / "table").rglob("bias_init_final*.table.json")
     content = json.loads(table.read_text())
     assert "init_ci_lo" in content["columns"] and "final_denominator" in content["columns"]
     indices = {row[content["columns"].index("index")] for row in content["data"]}
-    assert {"order_bias", "size_bias", "gap"} <= indices
+    assert {"order_bias", "size_bias", "gap", "top1", "precision_at_1"} <= indices
 
 
 def test_loading_a_trained_checkpoint_says_nothing_about_random_init(tiny_run, caplog):

@@ -77,14 +77,23 @@ def headline_index(result: Mapping) -> tuple[str, dict] | None:
 
 
 def probe_label(record: Mapping, several_n: bool) -> str:
-    return record["probe"].upper() + (f" n{record['n_objects']}" if several_n else "")
+    """``TOR n3`` (``n`` only when several are probed); a probe beyond the paper's by its own name."""
+    n = record["n_objects"] if "n_objects" in record else record.get("n")
+    return record["probe"].upper() + (f" n{n}" if several_n and n is not None else "")
+
+
+def _value(name: str, x: float | None) -> str:
+    """A bias index or gap signed (+0.31), an accuracy or share plain (0.40)."""
+    if x is not None and math.isfinite(x) and not (name.endswith("_bias") or "bias_" in name or "gap" in name):
+        return f"{x:.2f}"
+    return _signed(x)
 
 
 def eval_line(records: Sequence[Mapping]) -> str:
     """``bias @ step 52 (6,656 samples): TOR order +0.31 (N=62) | IOR size +0.40 (N=186) | ...``
     for the records of one evaluation."""
     first = records[0]
-    several_n = len({r["n_objects"] for r in records}) > 1
+    several_n = len({r["n_objects"] for r in records} - {None}) > 1
     parts = []
     for rec in records:
         head = headline_index(rec["result"])
@@ -92,7 +101,7 @@ def eval_line(records: Sequence[Mapping]) -> str:
             continue
         name, entry = head
         label = name[:-len("_bias")] if name.endswith("_bias") else name
-        parts.append(f"{probe_label(rec, several_n)} {label} {_signed(entry.get('value'))} "
+        parts.append(f"{probe_label(rec, several_n)} {label} {_value(name, entry.get('value'))} "
                      f"({entry.get('denominator', '-')})")
     return (f"bias @ step {first['step']} ({first['samples_seen']:,} samples): "
             + (" | ".join(parts) if parts else "no summary index (toc/ioc only)"))
@@ -112,18 +121,18 @@ def bias_table(records: Sequence[Mapping]) -> list[str]:
     rows = init_final_rows({"run": records})
     if not rows:
         return []
-    several_n = len({r["n"] for r in rows}) > 1
+    several_n = len({r["n"] for r in rows} - {None}) > 1
     steps = {(r["init_step"], r["final_step"]) for r in rows}
     shared = len(steps) == 1  # every probe evaluated at the same first and last step: say it once
     first, last = next(iter(steps)) if shared else ("first", "last")
     cells = [("probe", "index", f"step {first}", f"step {last}", "denominator")]
     for r in rows:
-        label = r["probe"].upper() + (f" n{r['n']}" if several_n else "")
+        label = probe_label(r, several_n)
         if not shared:
             label += f" (steps {r['init_step']}->{r['final_step']})"
         den0, den1 = r["init_denominator"], r["final_denominator"]
-        cells.append((label, r["index"], f"{_signed(r['init'])} {_ci_text(r['init_ci'])}".rstrip(),
-                      f"{_signed(r['final'])} {_ci_text(r['final_ci'])}".rstrip(),
+        cells.append((label, r["index"], f"{_value(r['index'], r['init'])} {_ci_text(r['init_ci'])}".rstrip(),
+                      f"{_value(r['index'], r['final'])} {_ci_text(r['final_ci'])}".rstrip(),
                       den1 if den0 == den1 else f"{den0} -> {den1}"))
     widths = [max(len(c[i]) for c in cells) for i in range(5)]
     return ["  " + "  ".join(c[i].ljust(widths[i]) for i in range(5)).rstrip() for c in cells]
