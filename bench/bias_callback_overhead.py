@@ -6,7 +6,7 @@ quickstart's batch size with the callback at its quickstart settings (all read f
 extrapolates to the quickstart schedule. Data loading is excluded, so the share printed is an
 upper bound for a real run.
 
-    python bench/bias_callback_overhead.py [--steps 24] [--every 8] [--threads 2]
+    python bench/bias_callback_overhead.py [--steps 24] [--every 8] [--threads 2] [--paper-probes-only]
 """
 from __future__ import annotations
 
@@ -54,6 +54,8 @@ def main() -> None:
         qs_every = BiasEvalCallback.spacing(qs["max_steps"], cb_args["evaluations_per_run"])
     ap.add_argument("--qs-every", type=int, default=qs_every,
                     help="quickstart evaluation spacing in steps (default: derived from its config)")
+    ap.add_argument("--paper-probes-only", action="store_true",
+                    help="without the probes beyond the paper's that are on by default (zeroshot, word_order)")
     args = ap.parse_args()
     missing = [f"--{k.replace('_', '-')}" for k in ("batch", "qs_steps", "qs_every") if not getattr(args, k)]
     if missing:
@@ -68,6 +70,8 @@ def main() -> None:
     loader = DataLoader(TensorDataset(images, tokens), batch_size=args.batch)
     with tempfile.TemporaryDirectory() as tmp:
         cb_args = {k: v for k, v in qs["callback"].items() if k != "evaluations_per_run"}
+        if args.paper_probes_only:
+            cb_args.update(zeroshot=False, word_order=False)
         cb = BiasEvalCallback(**{**cb_args, "every_n_steps": args.every, "cache_dir": tmp, "plots": False,
                                  "run_dir": tmp})
         cb._default_set(module)  # render the eval set outside the timed run (a one-off, cached)
