@@ -94,6 +94,14 @@ class CorpusSpec:
         0.9, "Probability that a caption names its objects largest-first (the bias knob); otherwise a random "
              "order whose first object is not the largest. A uniform order (1/n) is unbiased only for "
              "samples with n objects, and n varies per sample.", min=0.0, max=1.0)
+    relation_share: float = knob(
+        0.0, "Share of captions that state a spatial relation between the first two named objects (\"a cat to "
+             "the left of a dog\", decided from the box centres; a pair without a clear relation keeps the list "
+             "caption), so word order carries meaning.", min=0.0, max=1.0)
+    attribute_share: float = knob(
+        0.0, "Share of captions that give the first two named objects their size words (\"a large cat and a "
+             "small dog\", when one area is at least twice the other; else the list caption). "
+             "relation_share + attribute_share <= 1.", min=0.0, max=1.0)
     shard_size: int = knob(1000, "Samples per tar.", min=1)
     held_out_templates: list[str] = knob(
         factory=lambda: list(HELD_OUT_TEMPLATES), metavar="TEMPLATE",
@@ -128,6 +136,9 @@ class CorpusSpec:
             if problem:
                 errs.append(problem)
                 bad.add(f.name)
+        if not {"relation_share", "attribute_share"} & bad and self.relation_share + self.attribute_share > 1:
+            errs.append(f"{name('relation_share')} + {name('attribute_share')} must be <= 1, got "
+                        f"{self.relation_share} + {self.attribute_share}")
         if "held_out_templates" not in bad:
             try:
                 training_templates(self.held_out_templates)

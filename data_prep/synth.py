@@ -25,6 +25,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .captions import TEMPLATES, make_caption, training_templates
+from .relations import rebuild_caption, relation_of, size_words
 from .checks import int_problem
 from .corpus_spec import CorpusSpec, cli_flag
 from .render import render_scene, size_for_area
@@ -57,6 +58,17 @@ def caption_mention_order(areas: Sequence[int], p_large_first: float,
     return [first] + rest, False
 
 
+def caption_kind(spec: CorpusSpec, rng: np.random.Generator) -> str:
+    """``"relation"`` with probability ``relation_share``, ``"attribute"`` with ``attribute_share``, else
+    ``"list"``; one draw from ``rng`` only when a share is above 0."""
+    if not (spec.relation_share or spec.attribute_share):
+        return "list"
+    u = rng.random()
+    if u < spec.relation_share:
+        return "relation"
+    return "attribute" if u < spec.relation_share + spec.attribute_share else "list"
+
+
 def make_sample(index: int, spec: CorpusSpec, key: str,
                 objects: Sequence[str] | None = None) -> tuple[str, bytes, str, dict]:
     """Render sample ``index`` of the corpus ``spec``: ``(key, jpg bytes, caption, json dict)``.
@@ -79,14 +91,26 @@ def make_sample(index: int, spec: CorpusSpec, key: str,
     order, large_first = caption_mention_order([t["area"] for t in truth], spec.p_large_first, rng)
     templates = training_templates(spec.held_out_templates)
     template = templates[int(rng.integers(len(templates)))]
-    caption = make_caption([chosen[i] for i in order], template)
+    kind = caption_kind(spec, rng)  # draws nothing when both shares are 0: older corpora keep their bytes
+    extra: dict = {}
+    if kind != "list" and n >= 2:
+        a, b = truth[order[0]], truth[order[1]]
+        if kind == "relation" and (rel := relation_of(a["bbox"], b["bbox"], image_size)) is not None:
+            extra = {"caption_kind": "relation", "relation": rel}
+        elif kind == "attribute" and (words := size_words(a["area"], b["area"])) is not None:
+            extra = {"caption_kind": "attribute", "size_words": list(words)}
+    if extra:
+        order = order[:2]
+        caption = rebuild_caption({"template": template, **extra}, [chosen[i] for i in order])
+    else:
+        caption = make_caption([chosen[i] for i in order], template)
     mention = {obj: pos for pos, obj in enumerate(order)}
     drawing = sorted(range(n), key=lambda i: truth[i]["draw_index"])
     boxes = [{"name": truth[i]["name"], "bbox": truth[i]["bbox"], "area": truth[i]["area"],
-              "mention_index": mention[i]} for i in drawing]
+              "mention_index": mention.get(i)} for i in drawing]
     meta = {"key": key, "caption": caption, "url": None, "width": image_size, "height": image_size,
             "original_width": image_size, "original_height": image_size, "status": "success",
-            "error_message": None, "template": template, "objects": boxes, "large_first": large_first}
+            "error_message": None, "template": template, "objects": boxes, "large_first": large_first, **extra}
     return key, encode_jpeg(image), caption, meta
 
 
@@ -139,6 +163,7 @@ def write_corpus(out_dir, num_samples: int | None = None, *, spec: CorpusSpec | 
     meta = {"kind": "synth", "num_samples": num_samples, "num_shards": n_shards, "seed": spec.seed,
             "image_size": spec.image_size, "min_objects": spec.min_objects, "max_objects": spec.max_objects,
             "size_mode": spec.size_mode, "p_large_first": spec.p_large_first, "objects": objects,
+            "relation_share": spec.relation_share, "attribute_share": spec.attribute_share,
             "held_out_templates": spec.held_out_templates, "shard_size": shard_size,
             "templates": {t: TEMPLATES[t] for t in training_templates(spec.held_out_templates)},
             "vocabulary": objects or list_objects(),

@@ -16,6 +16,7 @@ probe               scalars                  data
 ``word_order_coco`` ``word_order/coco/*``    ``coco_images`` + ``coco_captions``
 ``sugarcrepe``      ``sugarcrepe/*``         ``sugarcrepe_dir`` + ``sugarcrepe_images``
 ``coco_bias``       ``coco_bias/*``          ``coco_images`` + ``coco_instances`` (+ ``coco_captions``)
+``compositional``   ``compositional/*``      the rendered two-object relation set (``data_prep.relation_set``)
 =================== ======================== =================================================
 """
 from __future__ import annotations
@@ -31,7 +32,7 @@ from eval import coco_bias, sugarcrepe, word_order, zeroshot
 from eval.stats import MIN_ITEMS
 
 #: the W&B prefixes of these scalars (each plotted against ``samples_seen``)
-METRIC_GLOBS = ("zeroshot/*", "word_order/*", "sugarcrepe/*", "coco_bias/*")
+METRIC_GLOBS = ("zeroshot/*", "word_order/*", "sugarcrepe/*", "coco_bias/*", "compositional/*")
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,8 @@ class BenchmarkConfig:
             category. A category it lacks is left out and its items are skipped, counted and named.
         coco_ratio: an image enters the size-bias probe when its largest instance is at least this many
             times the area of the next category's.
+        compositional: the in-world compositional probes (swap_obj, replace_rel, swap_att) on the rendered
+            two-object relation set, for corpora with relation or attribute captions.
         min_items: fewest items behind any of these numbers; below it a value reads n/a (N = k).
     """
 
@@ -73,6 +76,7 @@ class BenchmarkConfig:
     coco_captions: str | None = None
     coco_prompts: str | None = None
     coco_ratio: float = coco_bias.DEFAULT_RATIO
+    compositional: bool = False
     min_items: int = MIN_ITEMS
 
     def problems(self) -> list[str]:
@@ -81,7 +85,7 @@ class BenchmarkConfig:
         from data_prep.checks import int_problem, real_problem
 
         errs = []
-        for key in ("zeroshot", "word_order"):
+        for key in ("zeroshot", "word_order", "compositional"):
             if not isinstance(getattr(self, key), bool):
                 errs.append(f"{key} must be true or false, got {getattr(self, key)!r}")
         for key in ("word_order_items", "min_items"):
@@ -118,7 +122,8 @@ class BenchmarkConfig:
         """The probe names this config runs."""
         on = {"zeroshot": self.zeroshot, "zeroshot_folder": self.zeroshot_folder is not None,
               "word_order": self.word_order, "word_order_coco": bool(self.word_order and self.coco_images and self.coco_captions),
-              "sugarcrepe": self.sugarcrepe_dir is not None, "coco_bias": self.coco_images is not None}
+              "sugarcrepe": self.sugarcrepe_dir is not None, "coco_bias": self.coco_images is not None,
+              "compositional": self.compositional}
         return tuple(k for k, v in on.items() if v)
 
 
@@ -157,10 +162,17 @@ def _word_order_part(adapter: Any, pairs: list[tuple[Path, str]], seed: int, pro
 
 def prepare_benchmarks(adapter: Any, config: BenchmarkConfig, eval_set: Any = None,
                        n_values: tuple[int, ...] = (2, 3, 4, 5), seed: int = 0,
-                       progress: bool = False) -> PreparedBenchmarks:
-    """Decode and tokenise every active probe's inputs once (``eval_set`` for the rendered ones)."""
+                       progress: bool = False, relation_set: str | Path | None = None) -> PreparedBenchmarks:
+    """Decode and tokenise every active probe's inputs once (``eval_set`` for the rendered ones,
+    ``relation_set`` for the compositional probes)."""
     out = PreparedBenchmarks(config)
     active = config.active
+    if "compositional" in active:
+        if relation_set is None:
+            raise ValueError("the compositional probes need the relation set (eval.eval_sets.relation_eval_set)")
+        from eval import compositional
+
+        out.parts["compositional"] = compositional.prepare(adapter, relation_set, progress=progress)
     if eval_set is not None and "zeroshot" in active:
         singles = eval_set.singles()
         names = list(eval_set.vocabulary)
@@ -221,4 +233,8 @@ def run_benchmarks(adapter: Any, prepared: PreparedBenchmarks) -> dict[str, dict
             out[name] = coco_bias.run(adapter, part, cfg.min_items)
         elif name == "sugarcrepe":
             out[name] = sugarcrepe.run(adapter, part, cfg.min_items)
+        elif name == "compositional":
+            from eval import compositional
+
+            out[name] = compositional.run(adapter, part, cfg.min_items)
     return out

@@ -111,6 +111,7 @@ class BiasEvalCallback(L.Callback):
         coco_captions: str | None = BenchmarkConfig.coco_captions,
         coco_prompts: str | None = BenchmarkConfig.coco_prompts,
         coco_ratio: float = BenchmarkConfig.coco_ratio,
+        compositional: bool = BenchmarkConfig.compositional,
         min_items: int = BenchmarkConfig.min_items,
     ) -> None:
         super().__init__()
@@ -126,8 +127,7 @@ class BiasEvalCallback(L.Callback):
                 word_order_items=word_order_items, word_order_template=word_order_template,
                 sugarcrepe_dir=sugarcrepe_dir, sugarcrepe_images=sugarcrepe_images, coco_images=coco_images,
                 coco_instances=coco_instances, coco_captions=coco_captions, coco_prompts=coco_prompts,
-                coco_ratio=coco_ratio,
-                min_items=min_items))
+                coco_ratio=coco_ratio, compositional=compositional, min_items=min_items))
         #: the probe options (the suite's own defaults and checks)
         self.suite: SuiteConfig = v["suite"]
         #: the probes beyond the paper's (zero-shot, word order, SugarCrepe, COCO bias)
@@ -330,8 +330,15 @@ class BiasEvalCallback(L.Callback):
         if self.benchmarks.active:
             from eval.benchmarks import prepare_benchmarks
 
+            relation_set = None
+            if self.benchmarks.compositional:
+                from eval.eval_sets import relation_eval_set
+
+                relation_set = relation_eval_set(self.cache_dir, self.suite.seed,
+                                                 self.image_size or model_image_size(pl_module))
             self._prepared_benchmarks = prepare_benchmarks(self._adapter, self.benchmarks, eval_set,
-                                                           self.suite.n_objects, self.suite.seed)
+                                                           self.suite.n_objects, self.suite.seed,
+                                                           relation_set=relation_set)
         self.prepare_seconds = time.perf_counter() - t1
         log.info("bias probes ready in %.1f s (eval set %s in %.1f s; decoding and tokenising %.1f s)",
                  self.render_seconds + self.prepare_seconds, getattr(eval_set, "root", "?"), self.render_seconds,

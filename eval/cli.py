@@ -1,5 +1,5 @@
 """``python -m eval``: subcommands ``comco`` (run the probes), ``coco``, ``sugarcrepe``,
-``zeroshot``, ``word-order`` (the probes beyond the paper's), ``report`` and ``attention``.
+``zeroshot``, ``word-order``, ``compositional`` (the probes beyond the paper's), ``report`` and ``attention``.
 
 Example::
 
@@ -411,6 +411,15 @@ def add_benchmark_parsers(subparsers: argparse._SubParsersAction) -> None:
     _add_rendered_arguments(p)
     _add_model_arguments(p)
     p.set_defaults(func=run_benchmark_command, benchmark="word-order")
+    p = subparsers.add_parser(
+        "compositional", help="in-world compositional probes (swap_obj, replace_rel, swap_att)",
+        description="Is a two-object image closer to its true caption than to the objects swapped, the relation "
+        "replaced by its opposite, or the size words swapped? On the rendered relation set (eval.compositional).")
+    p.add_argument("--data", type=Path, help="a relation set folder (default: rendered once into --cache-dir)")
+    p.add_argument("--cache-dir", type=Path, default=None, help=CACHE_HELP)
+    p.add_argument("--image-size", type=int, default=None, help="side of the rendered set (default: the model's)")
+    _add_model_arguments(p)
+    p.set_defaults(func=run_benchmark_command, benchmark="compositional")
 
 
 def benchmark_config(args: argparse.Namespace) -> BenchmarkConfig:
@@ -427,6 +436,8 @@ def benchmark_config(args: argparse.Namespace) -> BenchmarkConfig:
         if args.folder is not None:
             return BenchmarkConfig(**off, zeroshot_folder=str(args.folder))
         return BenchmarkConfig(**{**off, "zeroshot": True})
+    if args.benchmark == "compositional":
+        return BenchmarkConfig(**{**off, "compositional": True})
     return BenchmarkConfig(**{**off, "word_order": True}, word_order_items=args.items, word_order_template=args.template)
 
 
@@ -449,6 +460,8 @@ def run_benchmark_command(args: argparse.Namespace, adapter_factory: Callable[[a
                                                                              "--cache-dir")):
         problems.append(problem)
     problems += output_problems(args)
+    if args.benchmark == "compositional" and args.data is not None and not (args.data / "manifest.jsonl").is_file():
+        problems.append(f"--data {args.data} has no manifest.jsonl (a relation set: data_prep.relation_set)")
     if problems:
         raise SystemExit("error: " + "\n  ".join(problems))
     progress = not args.no_progress
@@ -460,8 +473,15 @@ def run_benchmark_command(args: argparse.Namespace, adapter_factory: Callable[[a
     if rendered:
         size = args.image_size or model_image_size(adapter)
         eval_set = load_eval_set(args.data or default_eval_set(args.cache_dir, args.seed, size, progress))
+    relation_set = None
+    if args.benchmark == "compositional":
+        from eval.eval_sets import relation_eval_set
+
+        relation_set = args.data or relation_eval_set(args.cache_dir, args.seed,
+                                                      args.image_size or model_image_size(adapter), progress)
     t0 = time.perf_counter()
-    prepared = prepare_benchmarks(adapter, config, eval_set, seed=args.seed, progress=progress)
+    prepared = prepare_benchmarks(adapter, config, eval_set, seed=args.seed, progress=progress,
+                                  relation_set=relation_set)
     t1 = time.perf_counter()
     results = run_benchmarks(adapter, prepared)
     t2 = time.perf_counter()

@@ -51,6 +51,24 @@ def default_eval_set(cache_dir: Path | None, seed: int, image_size: int, progres
     return target
 
 
+def relation_eval_set(cache_dir: Path | None, seed: int, image_size: int, progress: bool = False) -> Path:
+    """The two-object relation set of the compositional probes (``data_prep.relation_set``), rendered
+    once (atomically) into ``cache_dir`` as ``relations-seed<s>-px<size>``."""
+    target = _sets_dir(cache_dir) / f"relations-seed{seed}-px{image_size}"
+    if (target / "manifest.jsonl").is_file():
+        return target
+    from data_prep.relation_set import write_relation_set  # lazily: rendering needs PIL
+
+    try:
+        with atomic_dir(target) as tmp:
+            tmp.mkdir()
+            write_relation_set(tmp, seed=seed, image_size=image_size, progress=progress)
+    except OSError:
+        if not (target / "manifest.jsonl").is_file():
+            raise
+    return target
+
+
 def set_name(seed: int, image_size: int | str, blocks: int = 1) -> str:
     """Cache folder name of a default eval set (``-b<blocks>`` only when more than one block)."""
     return f"comco-objects-seed{seed}-px{image_size}" + (f"-b{blocks}" if blocks > 1 else "")

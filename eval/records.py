@@ -41,7 +41,7 @@ _SKIP_KEYS = {"probe", "labels", "per_class_top1", "classnames", "kinds", "no_pr
 BENCHMARK_PREFIX = {
     "zeroshot": "zeroshot/rendered", "zeroshot_folder": "zeroshot/folder",
     "word_order": "word_order/rendered", "word_order_coco": "word_order/coco",
-    "sugarcrepe": "sugarcrepe", "coco_bias": "coco_bias",
+    "sugarcrepe": "sugarcrepe", "coco_bias": "coco_bias", "compositional": "compositional",
 }
 
 

@@ -24,7 +24,7 @@ from typing import Any
 STEP_METRIC = "samples_seen"
 #: prefix -> W&B summary mode; prefixes not named keep W&B's default
 SUMMARY = {"bias/*": "last", "zeroshot/*": "last", "word_order/*": "last", "sugarcrepe/*": "last",
-           "coco_bias/*": "last"}
+           "coco_bias/*": "last", "compositional/*": "last"}
 _DEFINED_ATTR = "_samples_axis_defined"  # set of names already declared, kept on the logger itself
 
 

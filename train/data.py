@@ -71,11 +71,19 @@ class SyntheticCorpus(CorpusSpec):
         """``<cache_dir>/synth-<hash of the write_corpus arguments>``; new arguments → new directory.
 
         The hash covers every field (but ``val_num_samples``) by name and value as given: a field added to
-        ``CorpusSpec`` renames every cached corpus, so existing caches are rendered once more.
+        ``CorpusSpec`` renames every cached corpus, so existing caches are rendered once more — except
+        the caption-kind shares at 0 (:data:`UNHASHED_AT_ZERO`), which change no byte of a corpus.
         """
         kw = self.corpus_kwargs(split)
+        for key in UNHASHED_AT_ZERO:
+            if kw.get(key) == 0:
+                kw.pop(key)
         digest = hashlib.sha1(json.dumps(kw, sort_keys=True).encode()).hexdigest()[:10]
         return Path(cache_dir) / f"synth-{digest}"
+
+
+#: knobs added after corpora were cached whose value 0 renders the same bytes as before they existed
+UNHASHED_AT_ZERO = ("relation_share", "attribute_share")
 
 
 def expand_shards(shards: str | list[str]) -> list[str]:

@@ -21,7 +21,7 @@ from typing import Sequence
 from PIL import Image
 
 # Rendered captions are rebuilt from the ground-truth objects with the sample's template id.
-from data_prep.captions import make_caption
+from data_prep.relations import rebuild_caption
 # Object mentions in free-form captions have one home: data_prep.mentions.
 from data_prep.mentions import (Mention, Vocabulary, caption_problem, default_vocabulary, find_mentions,
                                 first_mentions, in_possessive, load_vocabulary, mentioned_names,
@@ -175,7 +175,7 @@ class CaptionShuffle(SampleTransform):
         self.counts["changed" if names != [objects[i]["name"] for i in order] else "unchanged"] += 1
         for k, i in enumerate(new):
             objects[i]["mention_index"] = k
-        caption = make_caption(names, meta["template"])
+        caption = rebuild_caption(meta, names)  # a relation or size word stays in place: the caption may turn false
         return caption, {**meta, "objects": objects, "caption": caption}
 
     def _shuffle_free(self, caption: str, meta: dict, rng: random.Random) -> tuple[str, dict]:
@@ -393,7 +393,11 @@ class ObjectAwareCrop(SampleTransform):
         for k, i in enumerate(mentioned_kept):
             cropped[i][0]["mention_index"] = k
         dropped = [objects[i]["name"] for i in range(len(objects)) if i not in kept_set]
-        caption = make_caption([objects[i]["name"] for i in mentioned_kept], meta["template"])
+        names = [objects[i]["name"] for i in mentioned_kept]
+        if len(names) != 2:  # a relation or size pair lost one object: the list caption of what is left
+            meta = {k: v for k, v in meta.items() if k not in ("relation", "size_words")}
+            meta["caption_kind"] = "list"
+        caption = rebuild_caption(meta, names)
         meta = {**meta, "objects": new_objects, "caption": caption, "crop": list(crop), "dropped": dropped}
         self.counts["applied"] += 1
         self.counts["objects_dropped"] += len(dropped)
