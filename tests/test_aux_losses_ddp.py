@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 from test_aux_losses import _rendered_meta
 from test_train_ddp import _free_port, _grads, _model, _rank_result, _save_and_close
 
-from train.aux_losses import AuxBatch, OrderInvariantText, RegionLoss, aux_terms, capture_all
+from train.aux_losses import AuxBatch, HardNegatives, OrderInvariantText, RegionLoss, aux_terms, capture_all
 from train.loss import build_loss, contrastive_loss
 from train.models import register_model_configs
 
@@ -25,17 +25,36 @@ SETUPS = {
     # rank 1 has no caption with >= 2 objects, so no twin of its own: it must still join the
     # backward collectives of the gathers, or DDP hangs
     "multi_positive/rank1_without_twins": lambda: [OrderInvariantText(weight=1.0)],
+    # relation and attribute captions (the samples naming 2+ objects), so most samples have a negative
+    "hard_negatives/relational": lambda: [HardNegatives(weight=1.0)],
 }
 
 
 def _metas_for(label: str, metas: list[dict]) -> list[dict]:
-    """The setup's sample metas: for ``*/rank1_without_twins`` rank 1's samples name one object each."""
+    """The setup's sample metas: for ``*/rank1_without_twins`` rank 1's samples name one object each;
+    for ``*/relational`` the captions naming 2+ objects state a relation or the size words of the first two."""
+    if label.endswith("relational"):
+        return [_relational(m, i) for i, m in enumerate(metas)]
     if not label.endswith("rank1_without_twins"):
         return metas
     out = list(metas[:B])
     for i, m in enumerate(metas[B:], start=B):
         out.append(_rendered_meta(f"s{i:03d}", [m["objects"][0]["name"]], [m["objects"][0]["bbox"]]))
     return out
+
+
+def _relational(meta: dict, i: int) -> dict:
+    from data_prep.relations import rebuild_caption
+
+    objects = [dict(o) for o in meta["objects"]]
+    if len(objects) < 2:
+        return meta
+    for o in objects[2:]:
+        o["mention_index"] = None
+    extra = ({"caption_kind": "relation", "relation": ("left", "above", "below", "right")[i % 4]} if i % 2 else
+             {"caption_kind": "attribute", "size_words": ["large", "small"]})
+    caption = rebuild_caption({**meta, **extra}, [objects[0]["name"], objects[1]["name"]])
+    return {**meta, **extra, "objects": objects, "caption": caption}
 
 
 def _data(n: int) -> tuple[torch.Tensor, torch.Tensor, list[dict]]:
