@@ -33,7 +33,17 @@ INDICES = (
     ("I2TOR size", "i2tor", "size_bias"),
     ("ITM gap S1-S2", "itm", "gap"),
 )
+#: indices shown only where a run has them (the relational corpus's compositional probes; records
+#: of the probes beyond the paper's carry ``n_objects: null``)
+OPTIONAL_INDICES = (
+    ("swap_obj acc.", "compositional", "swap_obj"),
+    ("replace_rel acc.", "compositional", "replace_rel"),
+    ("swap_att acc.", "compositional", "swap_att"),
+    ("word order P@1", "word_order", "precision_at_1"),
+)
 RETRIEVAL = ("val i2t R@1", "val/i2t_R@1")
+TRADEOFF_FILE = "tradeoff.png"
+TRADEOFF_AXES = ("TOR order, photo (in-dist.)", "swap_obj acc.")
 BASELINE = "baseline"
 RUN_NAME = re.compile(r"exp-(?P<config>.+)-s(?P<seed>\d+)$")
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
@@ -66,7 +76,7 @@ def collect(run_dirs: list[Path], n_objects: int = 3) -> dict[str, dict[int, dic
             why = "no bias.jsonl" if m else "not named exp-<config>-s<seed>"
             print(f"eval report --across-seeds: left out {run}: {why}", file=sys.stderr)
             continue
-        records = [r for r in read_records(run / "bias.jsonl") if r["n_objects"] == n_objects]
+        records = [r for r in read_records(run / "bias.jsonl") if r["n_objects"] in (n_objects, None)]
         if records:
             found.append((run, m, records))
     end = max((max(r["samples_seen"] for r in recs) for _, _, recs in found), default=0)
@@ -78,12 +88,18 @@ def collect(run_dirs: list[Path], n_objects: int = 3) -> dict[str, dict[int, dic
             continue
         rows = {(r["probe"], r["index"]): r for r in init_final_rows({run.name: records}, variants=True)}
         row: dict = {"samples": max((r["samples_seen"] for r in records), default=0)}
-        for label, probe, index in INDICES:
+        for label, probe, index in INDICES + OPTIONAL_INDICES:
             if (r := rows.get((probe, index))) is not None:
                 row[label] = (r["init"], r["final"], r["final_denominator"])
         row[RETRIEVAL[0]] = (None, final_metric(run / "metrics.csv", RETRIEVAL[1]), "")
         table[m["config"]][int(m["seed"])] = row
     return dict(table)
+
+
+def labels_of(table: dict) -> list[str]:
+    """The paper's indices, then each optional one that some run has."""
+    have = {lab for runs in table.values() for row in runs.values() for lab in row}
+    return [lab for lab, _, _ in INDICES] + [lab for lab, _, _ in OPTIONAL_INDICES if lab in have]
 
 
 def _values(runs: dict[int, dict], label: str, what: str) -> dict[int, float | None]:
@@ -105,7 +121,7 @@ def statistics(table: dict) -> dict:
     no init) against the ``baseline`` configuration over their common seeds; None for the baseline
     itself or when there is no baseline.
     """
-    labels = [lab for lab, _, _ in INDICES] + [RETRIEVAL[0]]
+    labels = labels_of(table) + [RETRIEVAL[0]]
     out: dict = {}
     for config, runs in table.items():
         out[config] = {}
@@ -127,7 +143,7 @@ def _cell(s: SeedMean | None, flag: bool = False) -> str:
 def markdown(table: dict, command: str) -> str:
     """The results block (docs/results.md): change per configuration, the paired comparison, the init baseline, per seed."""
     stats = statistics(table)
-    labels = [lab for lab, _, _ in INDICES]
+    labels = labels_of(table)
     configs = sorted(table, key=lambda c: (c != BASELINE, c))
     seeds = sorted({s for runs in table.values() for s in runs})
     samples = sorted({row["samples"] for runs in table.values() for row in runs.values()})
@@ -183,7 +199,7 @@ def figure(table: dict, out_png: Path) -> None:
 
     stats = statistics(table)
     configs = sorted(table, key=lambda c: (c != BASELINE, c))
-    labels = [lab for lab, _, _ in INDICES]
+    labels = labels_of(table)
     fig, axes = plt.subplots(1, len(labels), figsize=(3.0 * len(labels), 3.8))
     for ax, label in zip(axes, labels):
         for x, config in enumerate(configs):
@@ -204,6 +220,43 @@ def figure(table: dict, out_png: Path) -> None:
     with atomic_write(out_png, "wb") as fh:
         fig.savefig(fh, dpi=90, format="png")
     plt.close(fig)
+
+
+def tradeoff_figure(table: dict, out_png: Path, axes: tuple[str, str] = TRADEOFF_AXES) -> bool:
+    """One point per run: the order bias's change from step 0 (x) against the final swap_obj
+    accuracy (y), a colour per configuration; config means as larger squares. False (nothing
+    written) when no run has both."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xlab, ylab = axes
+    configs = sorted(table, key=lambda c: (c != BASELINE, c))
+    points = {c: [(row[xlab][1] - row[xlab][0], row[ylab][1]) for row in table[c].values()
+                  if xlab in row and ylab in row and None not in (row[xlab][0], row[xlab][1], row[ylab][1])]
+              for c in configs}
+    if not any(points.values()):
+        return False
+    fig, ax = plt.subplots(figsize=(5.2, 4.0))
+    for k, c in enumerate(configs):
+        if points[c]:
+            xs, ys = zip(*points[c])
+            ax.plot(xs, ys, "o", color=f"C{k}", alpha=0.7, ms=5, label=c)
+            ax.plot(sum(xs) / len(xs), sum(ys) / len(ys), "s", color=f"C{k}", ms=9, mec="black")
+    ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+    ax.text(ax.get_xlim()[0], 0.5, " chance", va="bottom", fontsize=7, color="grey")
+    ax.axvline(0, color="black", lw=0.5)
+    ax.set_xlabel(f"{xlab}: change from step 0", fontsize=8)
+    ax.set_ylabel(f"{ylab} at the end (0.5 = chance)", fontsize=8)
+    ax.set_title("order bias vs compositional accuracy: dots = runs, squares = config means", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_write(out_png, "wb") as fh:
+        fig.savefig(fh, dpi=90, format="png")
+    plt.close(fig)
+    return True
 
 
 def replace_block(path: Path, block: str) -> None:
@@ -235,8 +288,11 @@ def write_seed_report(run_dirs: list[Path], out_dir: Path, n_objects: int = 3, r
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     figure(table, out_dir / FIGURE_FILE)
+    figures = [out_dir / FIGURE_FILE]
+    if tradeoff_figure(table, out_dir / TRADEOFF_FILE):
+        figures.append(out_dir / TRADEOFF_FILE)
     if results_block is not None:
         replace_block(results_block, text)
-        return text, [out_dir / FIGURE_FILE, Path(results_block)]
+        return text, [*figures, Path(results_block)]
     write_text_atomic(out_dir / "summary.md", text)
-    return text, [out_dir / FIGURE_FILE, out_dir / "summary.md"]
+    return text, [*figures, out_dir / "summary.md"]

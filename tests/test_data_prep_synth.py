@@ -232,7 +232,7 @@ def _synth_actions() -> dict:
 def test_synth_flags_are_exactly_the_declared_knobs_and_the_run_flags():
     assert set(_synth_actions()) == set(KNOBS) | RUN_FLAGS
     assert set(KNOBS) == {"num_samples", "seed", "image_size", "min_objects", "max_objects", "size_mode",
-                          "p_large_first", "shard_size", "held_out_templates"}
+                          "p_large_first", "relation_share", "attribute_share", "shard_size", "held_out_templates"}
 
 
 @pytest.mark.parametrize("name", KNOBS)

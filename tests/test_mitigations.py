@@ -538,7 +538,8 @@ MITIGATION_CONFIGS = sorted(p.name for p in MITIGATION_DIR.glob("*.yaml"))
 def test_all_overlays_present():
     assert MITIGATION_CONFIGS == sorted(
         ["caption_shuffle.yaml", "crop.yaml", "object_crop.yaml", "order_invariant.yaml", "region_loss.yaml",
-         "p_large_first_0.0.yaml", "p_large_first_0.5.yaml", "p_large_first_0.9.yaml"]
+         "p_large_first_0.0.yaml", "p_large_first_0.5.yaml", "p_large_first_0.9.yaml", "hard_negatives.yaml",
+         "hard_negatives_order_invariant.yaml"]
     )
 
 
@@ -562,13 +563,16 @@ def test_overlay_loads_through_the_real_cli(name, tmp_path, monkeypatch):
         assert dm.synthetic.p_large_first == float(name.removeprefix("p_large_first_").removesuffix(".yaml"))
         assert dm.sample_transforms == []
         return
-    if name in ("order_invariant.yaml", "region_loss.yaml"):  # objectives, not data transforms
-        from train.aux_losses import OrderInvariantText, RegionLoss
+    if name in ("order_invariant.yaml", "region_loss.yaml", "hard_negatives.yaml",
+                "hard_negatives_order_invariant.yaml"):  # objectives, not data transforms
+        from train.aux_losses import HardNegatives, OrderInvariantText, RegionLoss
 
         assert dm.sample_transforms == []
-        (loss,) = cli.model.aux_losses
-        assert type(loss) is {"order_invariant.yaml": OrderInvariantText, "region_loss.yaml": RegionLoss}[name]
-        assert loss.weight == 0.5
+        kinds = {"order_invariant.yaml": [OrderInvariantText], "region_loss.yaml": [RegionLoss],
+                 "hard_negatives.yaml": [HardNegatives],
+                 "hard_negatives_order_invariant.yaml": [OrderInvariantText, HardNegatives]}[name]
+        assert [type(loss) for loss in cli.model.aux_losses] == kinds
+        assert all(loss.weight == 0.5 for loss in cli.model.aux_losses)
         return
     (t,) = dm.sample_transforms
     expected = {"caption_shuffle.yaml": (CaptionShuffle, {"p": 1.0}),

@@ -128,6 +128,13 @@ def test_sweep_script_refuses_an_unknown_configuration_before_any_run(tmp_path):
     res = subprocess.run(["bash", str(REPO / "experiments" / "bias_mitigation.sh")], capture_output=True, text=True,
                          env={**os.environ, "RUNS": "baseline caption_shufle", "SEEDS": "0"}, timeout=60)
     assert res.returncode == 2 and "no configs/mitigation/caption_shufle.yaml" in res.stderr
+    # the trade-off experiment is the same script with its own configurations, every one of them present
+    res = subprocess.run(["bash", str(REPO / "experiments" / "compositional_tradeoff.sh")], capture_output=True,
+                         text=True, env={**os.environ, "RUNS": "baseline hard_negativs", "SEEDS": "0"}, timeout=60)
+    assert res.returncode == 2 and "no configs/mitigation/hard_negativs.yaml" in res.stderr
+    script = (REPO / "experiments" / "compositional_tradeoff.sh").read_text()
+    runs = script.split('DEFAULT_RUNS="')[1].split('"')[0].split()
+    assert all((REPO / "configs" / "mitigation" / f"{r}.yaml").is_file() for r in runs if r != "baseline")
 
 
 def test_unfinished_runs_and_runs_without_step_0_are_left_out_not_counted_as_no_change(tmp_path, capsys):
@@ -140,3 +147,29 @@ def test_unfinished_runs_and_runs_without_step_0_are_left_out_not_counted_as_no_
     assert list(table["baseline"]) == [0]
     err = capsys.readouterr().err
     assert "left out" in err and "exp-baseline-s1" in err and "exp-baseline-s2" in err
+
+
+def test_compositional_indices_join_when_present_and_the_tradeoff_figure(tmp_path):
+    """Records with n_objects null (the compositional probes) add their columns and a trade-off plot;
+    runs without them keep the paper's columns only."""
+    runs = []
+    for config, swap in (("baseline", (0.5, 0.8)), ("caption_shuffle", (0.5, 0.55))):
+        for seed in (0, 1):
+            run = _write_run(tmp_path, f"exp-{config}-s{seed}", [0.1, 0.4 - 0.3 * (config != "baseline")], [0.0, 0.1],
+                             legacy=False)
+            with open(run / "bias.jsonl", "a") as f:
+                for step, value in enumerate(swap):
+                    res = {"summary": {"swap_obj": _entry(value + 0.01 * seed, "N=248")}}
+                    f.write(json.dumps({"step": step * 10, "samples_seen": step * 80, "probe": "compositional",
+                                        "n_objects": None, "result": res}) + "\n")
+            runs.append(run)
+    out = tmp_path / "out"
+    assert _report(runs, "--out", str(out)) == 0
+    text = (out / "summary.md").read_text()
+    assert "swap_obj acc." in text and "+0.500 → +0.800 (N=248)" in text and "replace_rel acc." not in text
+    assert (out / mod.TRADEOFF_FILE).stat().st_size > 1000
+    table = mod.collect(runs)
+    assert table["caption_shuffle"][1]["swap_obj acc."] == (0.51, 0.56, "N=248")
+    plain = tmp_path / "plain"
+    assert _report(runs[:0] + [_write_run(tmp_path, "exp-baseline-s5", [0.1, 0.2], [0.0, 0.1])], "--out", str(plain)) == 0
+    assert "swap_obj" not in (plain / "summary.md").read_text() and not (plain / mod.TRADEOFF_FILE).exists()

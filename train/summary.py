@@ -110,9 +110,11 @@ def eval_line(records: Sequence[Mapping]) -> str:
 # ------------------------------------------------------------------ end of run
 
 
-def _ci_text(ci: Any) -> str:
+def _ci_text(ci: Any, name: str = "bias") -> str:
+    """``[+0.38, +0.45]`` for a bias index or gap, ``[0.32, 0.56]`` for an accuracy or share."""
     if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(isinstance(v, (int, float)) for v in ci):
-        return f"[{ci[0]:+.2f}, {ci[1]:+.2f}]"
+        lo, hi = (_value(name, v) for v in ci)
+        return f"[{lo}, {hi}]"
     return ""
 
 
@@ -131,8 +133,8 @@ def bias_table(records: Sequence[Mapping]) -> list[str]:
         if not shared:
             label += f" (steps {r['init_step']}->{r['final_step']})"
         den0, den1 = r["init_denominator"], r["final_denominator"]
-        cells.append((label, r["index"], f"{_value(r['index'], r['init'])} {_ci_text(r['init_ci'])}".rstrip(),
-                      f"{_value(r['index'], r['final'])} {_ci_text(r['final_ci'])}".rstrip(),
+        cells.append((label, r["index"], f"{_value(r['index'], r['init'])} {_ci_text(r['init_ci'], r['index'])}".rstrip(),
+                      f"{_value(r['index'], r['final'])} {_ci_text(r['final_ci'], r['index'])}".rstrip(),
                       den1 if den0 == den1 else f"{den0} -> {den1}"))
     widths = [max(len(c[i]) for c in cells) for i in range(5)]
     return ["  " + "  ".join(c[i].ljust(widths[i]) for i in range(5)).rstrip() for c in cells]
