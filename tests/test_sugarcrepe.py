@@ -84,3 +84,16 @@ def test_bad_folders_are_refused_before_work(tmp_path):
     (tmp_path / "swap_obj.json").write_text("{not json")
     with pytest.raises(ValueError, match="not JSON"):
         S.load(tmp_path, IMAGES, ["swap_obj"])
+
+
+def test_a_model_that_knows_nothing_sits_at_chance():
+    """Shuffled-label control: captions and negatives embedded at random, pooled over the subsets."""
+    def text_fn(s):
+        return torch.randn(16, generator=torch.Generator().manual_seed(sum(map(ord, s)) * 31 + len(s)))
+
+    adapter = TableAdapter(lambda im: torch.randn(16, generator=torch.Generator().manual_seed(im.size[0] * 7 + im.size[1])),
+                           text_fn)
+    res = S.run(adapter, S.prepare(adapter, S.load(ROOT, IMAGES)), min_items=1)
+    wins = sum(r["accuracy"]["count"] for r in res["subsets"].values())
+    lo, hi = S.proportion(wins, 69)["ci"]
+    assert lo < 0.5 < hi
