@@ -106,6 +106,7 @@ class CLIPModule(L.LightningModule):
         nan_policy: Literal["raise", "skip"] = "raise",
         max_consecutive_skips: int = 3,
         trim_text: bool = True,
+        grad_checkpointing: bool = False,
         aux_losses: list[AuxLoss] | None = None,
     ) -> None:
         """
@@ -130,6 +131,10 @@ class CLIPModule(L.LightningModule):
             trim_text: Run the text tower only up to the batch's last end-of-text token
                 (``eval.text_encoding``): equal results to ~1e-6, several times faster for short
                 captions; towers where that is not exact fall back to open_clip's ``encode_text``.
+            grad_checkpointing: Recompute each transformer block's activations in the backward pass
+                instead of keeping them (open_clip's ``set_grad_checkpointing``, both towers): less
+                activation memory for a larger batch, about one more forward of time; the same
+                gradients (to float rounding).
             aux_losses: Auxiliary objectives added to the contrastive loss (``train.aux_losses``; each
                 ``class_path`` + ``init_args``), their terms logged as ``train/aux/<name>``; the
                 contrastive part alone as ``train/loss_contrastive`` when any is set.
@@ -146,6 +151,10 @@ class CLIPModule(L.LightningModule):
         self.model, self.preprocess_train, self.preprocess_val = build_model_and_transforms(
             model_name, pretrained, **extra
         )
+        if not isinstance(grad_checkpointing, bool):
+            raise ValueError(f"Invalid model config: grad_checkpointing must be true or false, got {grad_checkpointing!r}")
+        if grad_checkpointing:
+            self.model.set_grad_checkpointing(True)
         self.tokenizer = open_clip.get_tokenizer(model_name)
         problems = check_aux_losses(aux_losses or [], self.model)
         if problems:
