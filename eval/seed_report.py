@@ -43,7 +43,7 @@ OPTIONAL_INDICES = (
 )
 RETRIEVAL = ("val i2t R@1", "val/i2t_R@1")
 TRADEOFF_FILE = "tradeoff.png"
-TRADEOFF_AXES = ("TOR order, photo (in-dist.)", "swap_obj acc.")
+TRADEOFF_AXES = ("TOR order, photo (in-dist.)", ("swap_obj acc.", "swap_att acc."))
 BASELINE = "baseline"
 RUN_NAME = re.compile(r"exp-(?P<config>.+)-s(?P<seed>\d+)$")
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
@@ -222,36 +222,39 @@ def figure(table: dict, out_png: Path) -> None:
     plt.close(fig)
 
 
-def tradeoff_figure(table: dict, out_png: Path, axes: tuple[str, str] = TRADEOFF_AXES) -> bool:
-    """One point per run: the order bias's change from step 0 (x) against the final swap_obj
-    accuracy (y), a colour per configuration; config means as larger squares. False (nothing
-    written) when no run has both."""
+def tradeoff_figure(table: dict, out_png: Path, axes: tuple = TRADEOFF_AXES) -> bool:
+    """One panel per compositional accuracy, one point per run: the order bias's change from step 0
+    (x) against the final accuracy (y), a colour per configuration, config means as squares. False
+    (nothing written) when no run has the order bias and any of the accuracies."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    xlab, ylab = axes
+    xlab, ylabs = axes
     configs = sorted(table, key=lambda c: (c != BASELINE, c))
-    points = {c: [(row[xlab][1] - row[xlab][0], row[ylab][1]) for row in table[c].values()
-                  if xlab in row and ylab in row and None not in (row[xlab][0], row[xlab][1], row[ylab][1])]
-              for c in configs}
-    if not any(points.values()):
+
+    def points(c: str, ylab: str) -> list[tuple[float, float]]:
+        return [(row[xlab][1] - row[xlab][0], row[ylab][1]) for row in table[c].values()
+                if xlab in row and ylab in row and None not in (row[xlab][0], row[xlab][1], row[ylab][1])]
+
+    ylabs = [y for y in ylabs if any(points(c, y) for c in configs)]
+    if not ylabs:
         return False
-    fig, ax = plt.subplots(figsize=(5.2, 4.0))
-    for k, c in enumerate(configs):
-        if points[c]:
-            xs, ys = zip(*points[c])
-            ax.plot(xs, ys, "o", color=f"C{k}", alpha=0.7, ms=5, label=c)
-            ax.plot(sum(xs) / len(xs), sum(ys) / len(ys), "s", color=f"C{k}", ms=9, mec="black")
-    ax.axhline(0.5, color="grey", lw=0.8, ls="--")
-    ax.text(ax.get_xlim()[0], 0.5, " chance", va="bottom", fontsize=7, color="grey")
-    ax.axvline(0, color="black", lw=0.5)
-    ax.set_xlabel(f"{xlab}: change from step 0", fontsize=8)
-    ax.set_ylabel(f"{ylab} at the end (0.5 = chance)", fontsize=8)
-    ax.set_title("order bias vs compositional accuracy: dots = runs, squares = config means", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    fig, axs = plt.subplots(1, len(ylabs), figsize=(4.6 * len(ylabs), 4.0), squeeze=False)
+    for ax, ylab in zip(axs[0], ylabs):
+        for k, c in enumerate(configs):
+            if pts := points(c, ylab):
+                xs, ys = zip(*pts)
+                ax.plot(xs, ys, "o", color=f"C{k}", alpha=0.7, ms=5, label=c)
+                ax.plot(sum(xs) / len(xs), sum(ys) / len(ys), "s", color=f"C{k}", ms=9, mec="black")
+        ax.axhline(0.5, color="grey", lw=0.8, ls="--", label="chance")
+        ax.axvline(0, color="black", lw=0.5)
+        ax.set_xlabel(f"{xlab}: change from step 0", fontsize=8)
+        ax.set_ylabel(f"{ylab} at the end", fontsize=8)
+        ax.grid(alpha=0.3)
+    axs[0][-1].legend(fontsize=7)
+    fig.suptitle("order bias vs compositional accuracy: dots = runs, squares = config means", fontsize=9)
     fig.tight_layout()
     with atomic_write(out_png, "wb") as fh:
         fig.savefig(fh, dpi=90, format="png")
