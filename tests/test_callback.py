@@ -120,7 +120,6 @@ def test_two_step_run_writes_records_logs_wandb_and_plots(tmp_path, tiny_name, e
     key = "bias/tor/n2/unconditional/pos1"
     assert run.summary[key] == pytest.approx(records[-1]["result"]["unconditional"]["pos1"]["share"])
     assert run.summary["samples_seen"] == 8
-    assert run.summary["zeroshot/rendered/top1"] == pytest.approx(zs["top1"]["share"])
     run_dir = run.dir
     wandb_logger.experiment.finish()
     import wandb
@@ -130,7 +129,9 @@ def test_two_step_run_writes_records_logs_wandb_and_plots(tmp_path, tiny_name, e
     assert len(wandb_files) == 1
     blob = wandb_files[0].read_bytes()
     assert key.encode() in blob and b"samples_seen" in blob and b"bias/*" in blob
-    assert b"zeroshot/*" in blob and b"word_order/rendered/precision_at_1" in blob
+    # (the new probes' values are read back from metrics.csv below: W&B's in-process summary object
+    # sometimes hands back a nested view for these keys while its service catches up)
+    assert b"zeroshot/*" in blob and b"zeroshot/rendered/top1" in blob and b"word_order/rendered/precision_at_1" in blob
     assert run_dir.startswith(str(tmp_path))
 
     # CSV: the same numbers at both evaluation steps
@@ -141,6 +142,8 @@ def test_two_step_run_writes_records_logs_wandb_and_plots(tmp_path, tiny_name, e
         [r["result"]["unconditional"]["pos1"]["share"] for r in records])
     wo = [r["result"]["precision_at_1"] for r in every if r["probe"] == "word_order"]
     assert [float(r["word_order/rendered/precision_at_1"]) for r in rows] == pytest.approx(wo)
+    top1 = [r["result"]["top1"]["share"] for r in every if r["probe"] == "zeroshot"]
+    assert [float(r["zeroshot/rendered/top1"]) for r in rows] == pytest.approx(top1)
 
     assert (tmp_path / "plots" / "tor.png").stat().st_size > 1000
 
