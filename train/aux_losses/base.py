@@ -80,6 +80,19 @@ class AuxBatch:
         tokens = self.tokenizer(captions).to(self.texts.device)
         return encode_text(self.model, tokens, normalize=True, trim=self.trim_text)
 
+    def encode_extra(self, captions: dict[int, str]) -> tuple[Tensor, Tensor, float]:
+        """One extra caption for some of this rank's samples (``{sample index: caption}``):
+        ``(mask [B], embeddings [B, D], global count)``. Rows without a caption are zeros *in the
+        graph* (a gather of them needs a backward on every rank, also one without captions)."""
+        txt = self.text_features
+        mask = torch.zeros(txt.shape[0], dtype=torch.bool, device=txt.device)
+        emb = txt * 0.0
+        if captions:
+            where = torch.tensor(list(captions), device=txt.device)
+            mask[where] = True
+            emb = emb.index_copy(0, where, self.encode_text(list(captions.values())).to(txt.dtype))
+        return mask, emb, self.all_sum(len(captions))
+
     def gather(self, x: Tensor) -> Tensor:
         """Concatenate every rank's ``x`` (same shape on all ranks) in rank order, with gradient."""
         if not _distributed(self.world_size):

@@ -86,20 +86,13 @@ class HardNegatives(AuxLoss):
     def forward(self, batch: AuxBatch) -> Terms:
         txt, img = batch.text_features, batch.image_features
         b = txt.shape[0]
-        idx, captions = [], []
+        captions = {}
         for i, meta in enumerate(batch.meta):
             got = hard_negative(meta, meta.get("caption", ""), batch.rng(self.name, i), self._shuffle, self.max_tries)
             if got is not None:
-                idx.append(i)
-                captions.append(got[0])
-        mask = torch.zeros(b, dtype=torch.bool, device=txt.device)
-        negatives = txt * 0.0
-        if idx:
-            where = torch.tensor(idx, device=txt.device)
-            mask[where] = True
-            negatives = negatives.index_copy(0, where, batch.encode_text(captions).to(txt.dtype))
-        total = batch.all_sum(len(idx))
-        coverage = txt.new_tensor(len(idx) / max(b, 1))
+                captions[i] = got[0]
+        mask, negatives, total = batch.encode_extra(captions)
+        coverage = txt.new_tensor(len(captions) / max(b, 1))
         if total == 0:
             return {self.name: txt.sum() * 0.0, f"{self.name}/coverage": (coverage, 0.0)}
         loss = hard_negative_sum(img, batch.gather(txt), negatives, mask, batch.rank * b, batch.logit_scale.detach())

@@ -105,20 +105,13 @@ class OrderInvariantText(AuxLoss):
     def forward(self, batch: AuxBatch) -> Terms:
         txt, img = batch.text_features, batch.image_features
         b = txt.shape[0]
-        idx, captions = [], []
+        captions = {}
         for i, meta in enumerate(batch.meta):
             new = self.twin(meta.get("caption", ""), meta, batch.rng(self.name, i))
             if new is not None:
-                idx.append(i)
-                captions.append(new)
-        mask = torch.zeros(b, dtype=torch.bool, device=txt.device)
-        perms = txt * 0.0  # zeros *in the graph*: gather(perms) needs a backward on every rank
-        if idx:
-            where = torch.tensor(idx, device=txt.device)
-            mask[where] = True
-            perms = perms.index_copy(0, where, batch.encode_text(captions).to(txt.dtype))
-        total = batch.all_sum(len(idx))
-        coverage = txt.new_tensor(len(idx) / max(b, 1))
+                captions[i] = new
+        mask, perms, total = batch.encode_extra(captions)
+        coverage = txt.new_tensor(len(captions) / max(b, 1))
         if total == 0:
             return {self.name: txt.sum() * 0.0, f"{self.name}/coverage": (coverage, 0.0)}
         if self.mode == "pull":
