@@ -75,6 +75,17 @@ def write_shards(
     return paths
 
 
+@pytest.fixture(autouse=True)
+def _no_wandb_run_leaks():
+    """Finish any W&B run a test left open, so a failed test cannot hand its run to the next one."""
+    yield
+    import sys
+
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish(quiet=True)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _eval_set_cache(tmp_path_factory):
     """Rendered default eval sets (BiasEvalCallback, `eval comco` without --data) go to one cache
