@@ -2,8 +2,8 @@
 
 One training step (forward + backward) of a CLIP with and without open_clip's
 ``set_grad_checkpointing``, alternated ``--reps`` times in one process. Memory: on CUDA the peak
-allocated bytes of the step (``torch.cuda.max_memory_allocated``); on any device the bytes autograd
-keeps for the backward (saved-tensor hooks; exact, the part checkpointing removes).
+allocated bytes of the step (``torch.cuda.max_memory_allocated``); on any device the most bytes autograd
+keeps for the backward at one time (:class:`SavedTensorMeter`; exact, the part checkpointing removes).
 
     python bench/grad_checkpointing.py [--model clip-tiny] [--batch 128] [--reps 5] [--device cpu]
 """
@@ -19,28 +19,54 @@ from train.loss import build_loss, contrastive_loss
 from train.module import CLIPModule
 
 
-def step(module: CLIPModule, images: torch.Tensor, texts: torch.Tensor) -> tuple[float, int, int]:
-    """Seconds, autograd-saved bytes and (CUDA) peak bytes of one forward + backward."""
-    saved = 0
+class _Saved:
+    """A tensor autograd keeps for the backward; its bytes count as live until autograd drops it."""
 
-    def pack(t):
-        nonlocal saved
-        saved += t.numel() * t.element_size()
-        return t
+    __slots__ = ("tensor", "nbytes", "meter", "__weakref__")
 
-    cuda = images.is_cuda
+    def __init__(self, tensor: torch.Tensor, meter: "SavedTensorMeter") -> None:
+        self.tensor, self.nbytes, self.meter = tensor, tensor.numel() * tensor.element_size(), meter
+        meter.live += self.nbytes
+        meter.peak = max(meter.peak, meter.live)
+
+    def __del__(self) -> None:
+        self.meter.live -= self.nbytes
+
+
+class SavedTensorMeter:
+    """Context manager: the peak bytes of tensors autograd holds for backward passes at one time
+    (saved-tensor hooks; a graph freed by its backward frees its bytes)."""
+
+    def __init__(self) -> None:
+        self.live = self.peak = 0
+
+    def __enter__(self) -> "SavedTensorMeter":
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(lambda t: _Saved(t, self), lambda s: s.tensor)
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._hooks.__exit__(*exc)
+
+
+def timed(run, cuda: bool) -> tuple[float, int, int]:
+    """Seconds, peak autograd-saved bytes and (CUDA) peak allocated bytes of ``run()`` (forward + backward)."""
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = contrastive_loss(module.model, images, texts, build_loss("clip"))
-    loss.backward()
+    with SavedTensorMeter() as meter:
+        run()
     if cuda:
         torch.cuda.synchronize()
-    seconds = time.perf_counter() - t0
+    return time.perf_counter() - t0, meter.peak, torch.cuda.max_memory_allocated() if cuda else 0
+
+
+def step(module: CLIPModule, images: torch.Tensor, texts: torch.Tensor) -> tuple[float, int, int]:
+    """Seconds, peak autograd-saved bytes and (CUDA) peak bytes of one forward + backward."""
+    result = timed(lambda: contrastive_loss(module.model, images, texts, build_loss("clip")).backward(), images.is_cuda)
     module.model.zero_grad(set_to_none=True)
-    return seconds, saved, torch.cuda.max_memory_allocated() if cuda else 0
+    return result
 
 
 def main() -> None:

@@ -59,3 +59,17 @@ def test_it_keeps_fewer_activations_for_the_backward():
 
     plain, checkpointed = saved_bytes(False), saved_bytes(True)
     assert checkpointed < 0.6 * plain, (plain, checkpointed)
+
+
+def test_bench_memory_meter_counts_saved_tensors_until_their_backward():
+    """The benches' memory number: bytes autograd saves, live until that graph's backward frees them."""
+    from bench.grad_checkpointing import SavedTensorMeter
+
+    x, w = torch.randn(8, 4, requires_grad=True), torch.randn(4, 3, requires_grad=True)
+    with SavedTensorMeter() as meter:
+        first = (x @ w).sum()  # mm saves both inputs: (32 + 12) floats
+        assert meter.live == meter.peak == 44 * 4
+        first.backward()
+        assert meter.live == 0
+        (x @ w).sum().backward()  # a second graph after the first was freed: the peak does not add up
+    assert meter.peak == 44 * 4 and meter.live == 0

@@ -81,6 +81,14 @@ def test_bad_batch_size_fails_before_training(tmp_path, tiny_shards):
         _fit_quick(tmp_path, "--data.batch_size=0", f"--data.train_shards={tiny_shards[0]}")
 
 
+def test_more_micro_batches_than_samples_fails_before_training(tmp_path, tiny_shards):
+    with pytest.raises(ConfigError, match=r"accumulate_contrastive=8 needs at least 8 samples per device batch, "
+                                          r"got a batch of 4"):
+        _fit_quick(tmp_path, "--model.accumulate_contrastive=8", "--data.batch_size=4",
+                   f"--data.train_shards={tiny_shards[0]}")
+    assert not (tmp_path / "quickstart").exists()
+
+
 def test_laion_config_without_shards_says_how_to_get_them(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ConfigError, match=r"(?s)data/laion_small/00000\.tar.*python -m data_prep laion --parquet"):

@@ -204,6 +204,22 @@ def epoch_size_error(section) -> ConfigError | None:
     return None
 
 
+def micro_batch_error(section) -> ConfigError | None:
+    """``model.accumulate_contrastive`` larger than ``data.batch_size`` (no sample for some micro-batch),
+    refused before the model is built rather than at the first step."""
+    from train.contrastive_cache import check_batch
+
+    model, data = section.get("model"), section.get("data")
+    k = model.get("accumulate_contrastive") if hasattr(model, "get") else None
+    batch = data.get("batch_size") if hasattr(data, "get") else None
+    if is_int(k) and is_int(batch) and batch > 0:
+        try:
+            check_batch(k, batch)
+        except ValueError as err:
+            return ConfigError(str(err))
+    return None
+
+
 def model_name_error(section) -> ConfigError | None:
     """An unknown ``model.model_name``, named with the valid ones (the model's own check, run early)."""
     from eval.models import check_model_name
@@ -399,7 +415,7 @@ class ClipCLI(LightningCLI):
         else:  # validate/test/predict: no run-dir rule, but an unreadable checkpoint is still named
             check_resume_checkpoint(run, section.get("ckpt_path"))
         for check in (missing_shards_error, model_name_error, accelerator_error) + \
-                ((epoch_size_error,) if subcommand == "fit" else ()):
+                ((epoch_size_error, micro_batch_error) if subcommand == "fit" else ()):
             if (error := check(section)) is not None:
                 raise error
         if subcommand == "fit":

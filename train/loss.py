@@ -24,6 +24,17 @@ def build_loss(kind: LossKind = "clip", rank: int = 0, world_size: int = 1) -> t
     raise ValueError(f"Unknown loss {kind!r}; valid: 'clip', 'siglip'")
 
 
+def encode_pair(
+    model: torch.nn.Module, images: torch.Tensor, texts: torch.Tensor, trim_text: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Both towers' forward: (image features, text features, logit scale, logit bias or None)."""
+    with trimmed_forward(model, enabled=trim_text):
+        out = model(images, texts)
+    if isinstance(out, dict):
+        return out["image_features"], out["text_features"], out["logit_scale"], out.get("logit_bias")
+    return out[0], out[1], out[2], out[3] if len(out) > 3 else None
+
+
 def contrastive_loss(
     model: torch.nn.Module, images: torch.Tensor, texts: torch.Tensor, loss_fn, trim_text: bool = True,
     features: dict | None = None,
@@ -35,14 +46,7 @@ def contrastive_loss(
     ``features``: a dict to receive what the loss was computed from (``image_features``,
     ``text_features``, ``logit_scale``, ``logit_bias``), for the aux losses (``train.aux_losses``).
     """
-    with trimmed_forward(model, enabled=trim_text):
-        out = model(images, texts)
-    if isinstance(out, dict):
-        image_features, text_features = out["image_features"], out["text_features"]
-        logit_scale, logit_bias = out["logit_scale"], out.get("logit_bias")
-    else:
-        image_features, text_features, logit_scale = out[:3]
-        logit_bias = out[3] if len(out) > 3 else None
+    image_features, text_features, logit_scale, logit_bias = encode_pair(model, images, texts, trim_text)
     if features is not None:
         features.update(image_features=image_features, text_features=text_features, logit_scale=logit_scale,
                         logit_bias=logit_bias)

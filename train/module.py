@@ -18,6 +18,7 @@ from eval.samples_axis import define_samples_axis, samples_per_step
 from eval.text_encoding import encode_text
 from train import resume
 from train.aux_losses import AuxBatch, AuxLoss, aux_terms, capture_all, check_aux_losses
+from train.contrastive_cache import cached_contrastive_loss, check_accumulate_contrastive
 from train.loss import LossKind, build_loss, contrastive_loss
 from train.models import build_model_and_transforms, check_model_name, model_config
 from train.optim import adamw, fused_allowed, param_groups, warmup_cosine
@@ -35,6 +36,7 @@ def _show(value: Any) -> str:
 def check_model_args(
     model_name: str, pretrained: str | None, loss: str, lr: float, weight_decay: float, betas, eps: float,
     warmup_steps: int, total_steps: int | None, min_lr_ratio: float, nan_policy: str, max_consecutive_skips: int,
+    accumulate_contrastive: int = 1,
 ) -> list[str]:
     """Every problem with :class:`CLIPModule`'s arguments, each naming its config path (empty: all valid).
 
@@ -75,6 +77,8 @@ def check_model_args(
         problems.append(f"model.nan_policy must be one of {', '.join(NAN_POLICIES)}, got {_show(nan_policy)}")
     if not is_int(max_consecutive_skips) or max_consecutive_skips < 0:
         problems.append(f"model.max_consecutive_skips must be an integer >= 0, got {_show(max_consecutive_skips)}")
+    if not is_int(accumulate_contrastive) or accumulate_contrastive < 1:
+        problems.append(f"model.accumulate_contrastive must be an integer >= 1 (1: off), got {_show(accumulate_contrastive)}")
     return problems
 
 
@@ -107,6 +111,7 @@ class CLIPModule(L.LightningModule):
         max_consecutive_skips: int = 3,
         trim_text: bool = True,
         grad_checkpointing: bool = False,
+        accumulate_contrastive: int = 1,
         aux_losses: list[AuxLoss] | None = None,
     ) -> None:
         """
@@ -135,13 +140,19 @@ class CLIPModule(L.LightningModule):
                 instead of keeping them (open_clip's ``set_grad_checkpointing``, both towers): less
                 activation memory for a larger batch, about one more forward of time; the same
                 gradients (to float rounding).
+            accumulate_contrastive: Cut each device batch into this many micro-batches and build the
+                gradient of the whole batch's contrastive loss one micro-batch at a time
+                (:mod:`train.contrastive_cache`): the negatives of the full batch (and of every rank)
+                with the activation memory of batch / K, for one extra forward pass. 1 (default): off.
+                Not with ``aux_losses`` or BatchNorm towers (refused).
             aux_losses: Auxiliary objectives added to the contrastive loss (``train.aux_losses``; each
                 ``class_path`` + ``init_args``), their terms logged as ``train/aux/<name>``; the
                 contrastive part alone as ``train/loss_contrastive`` when any is set.
         """
         super().__init__()
         problems = check_model_args(model_name, pretrained, loss, lr, weight_decay, betas, eps, warmup_steps,
-                                    total_steps, min_lr_ratio, nan_policy, max_consecutive_skips)
+                                    total_steps, min_lr_ratio, nan_policy, max_consecutive_skips,
+                                    accumulate_contrastive)
         if problems:  # before building the model: that is slow for the larger architectures
             raise ValueError("Invalid model config: " + "; ".join(problems))
         self.save_hyperparameters()
@@ -157,6 +168,7 @@ class CLIPModule(L.LightningModule):
             self.model.set_grad_checkpointing(True)
         self.tokenizer = open_clip.get_tokenizer(model_name)
         problems = check_aux_losses(aux_losses or [], self.model)
+        problems += check_accumulate_contrastive(accumulate_contrastive, aux_losses or [], self.model)
         if problems:
             raise ValueError("Invalid model config: " + "; ".join(problems))
         self.aux_losses = torch.nn.ModuleList(aux_losses or [])  # parameter-free: no state_dict keys
@@ -289,9 +301,15 @@ class CLIPModule(L.LightningModule):
             self._per_device_batch = images.shape[0]
             self._check_batch_size_on_resume()
         features = {} if len(self.aux_losses) else None
-        with capture_all(self.aux_losses, self.model):
-            loss = contrastive_loss(self.model, images, texts, self.loss_fn, trim_text=self.hparams.trim_text,
-                                    features=features)
+        if self.hparams.accumulate_contrastive > 1:
+            if batch_idx % self.trainer.accumulate_grad_batches == 0:  # see optimizer_zero_grad
+                self.trainer.optimizers[0].zero_grad(set_to_none=True)
+            loss = cached_contrastive_loss(self.model, images, texts, self.loss_fn, self.hparams.accumulate_contrastive,
+                                           self._micro_backward, trim_text=self.hparams.trim_text)
+        else:
+            with capture_all(self.aux_losses, self.model):
+                loss = contrastive_loss(self.model, images, texts, self.loss_fn, trim_text=self.hparams.trim_text,
+                                        features=features)
         aux_logs = self._aux_step(batch, features, loss) if features is not None else {}
         loss = aux_logs.pop("train/loss", loss)
         if not self._all_finite(loss):  # every rank takes the same branch, so all skip or all raise together
@@ -319,6 +337,20 @@ class CLIPModule(L.LightningModule):
         for name, value in aux_logs.items():
             self.log(name, value)
         return loss
+
+    def _micro_backward(self, share: torch.Tensor) -> None:
+        """One micro-batch's backward inside the step (``model.accumulate_contrastive``), scaled as
+        Lightning scales the step's own: by gradient accumulation and, under fp16, the grad scaler."""
+        share = share / self.trainer.accumulate_grad_batches
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        (share if scaler is None else scaler.scale(share)).backward()
+
+    def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer) -> None:
+        """Lightning zeroes the gradients between ``training_step`` and its backward; with
+        ``accumulate_contrastive`` the micro-batches' backwards ran inside the step, so the step
+        zeroes them itself before those (at the first batch of each accumulation window)."""
+        if self.hparams.accumulate_contrastive == 1:
+            optimizer.zero_grad()
 
     def _aux_step(self, batch, features: dict, loss: torch.Tensor) -> dict[str, torch.Tensor]:
         """The aux losses' terms: ``train/loss`` (contrastive + weighted terms), ``train/loss_contrastive``
