@@ -35,11 +35,12 @@ def _image(color: tuple[int, int, int], shape: str, rng: random.Random, size: in
 
 def write_shards(
     out_dir: Path, n_shards: int = 2, per_shard: int = 64, size: int = 64, seed: int = 0,
-    bad: dict[str, int] | None = None,
+    bad: dict[str, int] | None = None, caption_prefix: str = "",
 ) -> list[str]:
     """Write ``n_shards`` tars of learnable samples ("a red square" ↔ red square) plus sizes.json.
 
-    ``bad`` adds corrupt samples to the first shard: ``{"corrupt_jpg": k, "no_caption": k}``.
+    ``bad`` adds corrupt samples to the first shard: ``{"corrupt_jpg": k, "no_caption": k}``;
+    ``caption_prefix`` starts every caption (to tell shard sets apart in a mixture).
     """
     import webdataset as wds
 
@@ -55,7 +56,7 @@ def write_shards(
                 shape = rng.choice(SHAPES)
                 buf = io.BytesIO()
                 _image(COLORS[color], shape, rng, size).save(buf, format="JPEG", quality=90)
-                caption = f"a {color} {shape}"
+                caption = f"{caption_prefix}a {color} {shape}"
                 key = f"{s:05d}{i:04d}"
                 sink.write({"__key__": key, "jpg": buf.getvalue(), "txt": caption,
                             "json": json.dumps({"key": key, "caption": caption, "status": "success"})})

@@ -138,14 +138,21 @@ def quiet_known_noise() -> None:
         warnings.filterwarnings("ignore", message=message, category=category)
 
 
+def _shard_patterns(data) -> list[tuple[str, object]]:
+    """``(config path, shard pattern)`` of every shard set in ``data``: train, each train source, val."""
+    sources = data.get("train_sources")
+    listed = [(f"train_sources[{i}].shards", entry.get("shards")) for i, entry in enumerate(sources)
+              if hasattr(entry, "get")] if isinstance(sources, (list, tuple)) else []
+    return [("train_shards", data.get("train_shards")), *listed, ("val_shards", data.get("val_shards"))]
+
+
 def missing_shards_error(section) -> ConfigError | None:
     """One error naming missing local ``data.train_shards`` / ``data.val_shards`` and the command that
     downloads LAION shards, checked from the config alone (before the model is built)."""
     data = section.get("data") if hasattr(section, "get") else None
     if data is None or not hasattr(data, "get"):
         return None
-    for key in ("train_shards", "val_shards"):
-        pattern = data.get(key)
+    for key, pattern in _shard_patterns(data):
         if not pattern or (key == "train_shards" and data.get("synthetic") is not None):
             continue
         try:
@@ -183,17 +190,19 @@ def epoch_size_error(section) -> ConfigError | None:
     if data.get("synthetic") is not None:
         spec = data.get("synthetic")
         n, where = (spec.get("num_samples") if hasattr(spec, "get") else None), "data.synthetic.num_samples"
-    elif data.get("train_shards"):
+    elif data.get("train_shards") or data.get("train_sources"):
+        patterns = [p for key, p in _shard_patterns(data) if key != "val_shards" and p]
         try:
-            urls = expand_shards(data.get("train_shards"))
-        except ValueError:
-            return None  # reported by missing_shards_error
-        n, where = count_samples(urls), "data.train_shards"
+            urls = [url for p in patterns for url in expand_shards(p)]
+        except (ValueError, TypeError):
+            return None  # reported by missing_shards_error or the data module's own checks
+        where = "data.train_shards" if data.get("train_shards") else "data.train_sources"
+        n = count_samples(urls)
         if n is None and urls:
             remote = [u for u in urls if "://" in u or u.startswith("pipe:")]
             why = (f"{len(remote)} of {len(urls)} shards are pipe: or remote URLs" if remote else
                    f"no sizes.json or *_stats.json beside {urls[0]}")
-            return ConfigError(f"data.train_shards: cannot count the training samples ({why}), so an epoch has no "
+            return ConfigError(f"{where}: cannot count the training samples ({why}), so an epoch has no "
                                f"length: set data.samples_per_epoch=N (the samples in one pass over the shards)")
     else:
         return None
@@ -202,6 +211,16 @@ def epoch_size_error(section) -> ConfigError | None:
         return ConfigError(f"data.batch_size={batch}: one batch ({batch} x {world} rank(s)) is more than the {n} samples "
                            f"of {where}; lower data.batch_size to at most {max(n // world, 1)}")
     return None
+
+
+def train_sources_error(section) -> ConfigError | None:
+    """A malformed ``data.train_sources`` (names, weights, keys), refused before anything is built."""
+    from train.data_mix import source_problems
+
+    data = section.get("data")
+    sources = data.get("train_sources") if hasattr(data, "get") else None
+    problems = source_problems(sources) if sources is not None else []
+    return ConfigError("; ".join(problems)) if problems else None
 
 
 def micro_batch_error(section) -> ConfigError | None:
@@ -414,7 +433,7 @@ class ClipCLI(LightningCLI):
             check_before_fit(run, section.get("ckpt_path"))
         else:  # validate/test/predict: no run-dir rule, but an unreadable checkpoint is still named
             check_resume_checkpoint(run, section.get("ckpt_path"))
-        for check in (missing_shards_error, model_name_error, accelerator_error) + \
+        for check in (train_sources_error, missing_shards_error, model_name_error, accelerator_error) + \
                 ((epoch_size_error, micro_batch_error) if subcommand == "fit" else ()):
             if (error := check(section)) is not None:
                 raise error

@@ -21,7 +21,7 @@ import shutil
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import lightning as L
 import torch
@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from data_prep.checks import is_int
 from data_prep.corpus_spec import CorpusSpec, document_fields, knob, with_default
 from data_prep.fileio import atomic_dir, pid_alive, writable_problem
+from train.data_mix import buffer_shares, mixed, parse_sources, shares
 from train.data_samples import CountingHandler, SampleProcessor, StallGuard, derive_seed
 from train.transforms import SampleTransform
 
@@ -187,6 +188,7 @@ class WebDataModule(L.LightningDataModule):
     def __init__(
         self,
         train_shards: str | list[str] | None = None,
+        train_sources: list[dict[str, Any]] | None = None,
         val_shards: str | list[str] | None = None,
         synthetic: SyntheticCorpus | None = None,
         cache_dir: str = "data/cache",
@@ -208,6 +210,11 @@ class WebDataModule(L.LightningDataModule):
         """
         Args:
             train_shards: Brace pattern or list of training tars (local paths or URLs webdataset can open).
+            train_sources: Instead of ``train_shards``, several shard sets mixed by weight: a list of
+                ``{name, shards, weight}``; each training sample's source is drawn with probability
+                weight / total from the run's seed (exact on resume), the samples taken from each are
+                logged as ``data/source/<name>`` (:mod:`train.data_mix`). An epoch is all sources'
+                samples together unless ``samples_per_epoch`` says otherwise.
             val_shards: Optional validation tars; enables image↔text retrieval R@1/5/10 on the whole set.
             synthetic: Render a corpus on first use (into ``cache_dir``) instead of ``train_shards``.
             cache_dir: Where synthetic corpora are cached, one directory per parameter set.
@@ -259,8 +266,12 @@ class WebDataModule(L.LightningDataModule):
         for name, value in (("max_bad_shards", max_bad_shards), ("max_bad_samples", max_bad_samples)):
             if not is_int(value) or value < 1:
                 problems.append(f"data.{name} must be an int >= 1, got {value!r}")
-        if (train_shards is None) == (synthetic is None):
-            problems.append("set exactly one of data.train_shards and data.synthetic")
+        if sum(x is not None for x in (train_shards, train_sources, synthetic)) != 1:
+            problems.append("set exactly one of data.train_shards, data.train_sources and data.synthetic")
+        if train_sources is not None:
+            from train.data_mix import source_problems
+
+            problems.extend(source_problems(train_sources))
         if boxes_sidecar is not None and not Path(boxes_sidecar).is_file():
             problems.append(f"data.boxes_sidecar {boxes_sidecar!r} is not a file")
         if not 0.0 <= boxes_min_score <= 1.0:
@@ -273,6 +284,7 @@ class WebDataModule(L.LightningDataModule):
         if problems:
             raise ValueError("Invalid data config: " + "; ".join(problems))
         self.train_shards = train_shards
+        self.train_sources = parse_sources(train_sources) if train_sources is not None else None
         self.val_shards = val_shards
         self.synthetic = synthetic
         self.cache_dir = cache_dir
@@ -299,6 +311,8 @@ class WebDataModule(L.LightningDataModule):
         self.tokenizer: Callable | None = None
         if train_shards is not None:  # fail before anything starts, not in a worker hours later
             check_shards_exist(expand_shards(train_shards), "data.train_shards")
+        for i, source in enumerate(self.train_sources or []):
+            check_shards_exist(expand_shards(source.shards), f"data.train_sources[{i}].shards")
         if val_shards is not None:
             check_shards_exist(expand_shards(val_shards), "data.val_shards")
 
@@ -329,6 +343,8 @@ class WebDataModule(L.LightningDataModule):
         if self.synthetic is not None:
             path = self.synthetic.cache_path(self.cache_dir, "train")
             return sorted(str(p) for p in path.glob("*.tar"))
+        if self.train_sources is not None:
+            return [url for source in self.train_sources for url in expand_shards(source.shards)]
         return expand_shards(self.train_shards)
 
     def _val_urls(self) -> list[str] | None:
@@ -401,12 +417,23 @@ class WebDataModule(L.LightningDataModule):
             return None
         return int(self.trainer.fit_loop.epoch_loop.batch_progress.total.processed)
 
+    def _streams(self, handler: CountingHandler, guard: StallGuard) -> list[StreamSource]:
+        """The training stream's sources: the one shard set, or each of ``data.train_sources`` with its
+        own stall guard and handler shard state (their reads interleave), its share and its buffer."""
+        if self.train_sources is None:
+            return [StreamSource(self._train_urls(), guard, shuffle_buffer=self.shuffle_buffer)]
+        return [StreamSource(expand_shards(source.shards), StallGuard(handler.sibling(), self.max_bad_shards,
+                                                                      self.max_bad_samples),
+                             source.name, p, buffer)
+                for source, p, buffer in zip(self.train_sources, shares(self.train_sources),
+                                             buffer_shares(self.shuffle_buffer, self.train_sources))]
+
     def train_dataloader(self) -> DataLoader:
         _, per_rank = self.batches_per_rank()
         proc, handler, guard = self._processor(train=True)
         rank = self.trainer.global_rank if self.trainer is not None else 0
-        dataset = TrainStream(self._train_urls(), proc, guard, self.batch_size, self.shuffle_buffer, self.seed, rank,
-                              per_rank, self.segment_batches or per_rank)
+        dataset = TrainStream(self._streams(handler, guard), proc, self.batch_size, self.seed, rank, per_rank,
+                              self.segment_batches or per_rank)
         # Workers are started afresh at every epoch (not persistent): each start carries the stream's
         # position, set by ResumableLoader.__iter__.
         return ResumableLoader(
@@ -453,6 +480,19 @@ def seeded_shuffle(src, bufsize: int, rng: random.Random, initial: int = 100):
         yield buf.pop()
 
 
+@dataclass
+class StreamSource:
+    """One shard stream of a :class:`TrainStream`: its URLs and stall guard; for a mixture's source
+    (``data.train_sources``) also its name and probability. ``name`` None: the single shard set,
+    seeded without a source name."""
+
+    urls: list[str]
+    guard: StallGuard
+    name: str | None = None
+    probability: float = 1.0
+    shuffle_buffer: int = 0
+
+
 class TrainStream(IterableDataset):
     """The training batches of one rank, a pure function of ``(seed, rank, batch index)`` for a given
     ``segment_batches`` and number of workers.
@@ -466,30 +506,47 @@ class TrainStream(IterableDataset):
     of ``start``'s segment and skips the batches of its lane before ``start`` (at most
     ``segment_batches / W``, decoded and dropped), so batch b is the same whether the run was
     interrupted or not. One iteration ends at the end of ``start``'s epoch (``batches_per_epoch``).
+    A mixture (several ``sources``) has one such stream per source (the source's name added to the
+    seeds) and draws each sample's source from ``derive_seed(seed, "mix", rank, segment, lane)``.
     """
 
-    def __init__(self, urls: list[str], proc: SampleProcessor, guard: StallGuard, batch_size: int,
-                 shuffle_buffer: int, seed: int, rank: int, batches_per_epoch: int, segment_batches: int) -> None:
+    def __init__(self, sources: list[StreamSource], proc: SampleProcessor, batch_size: int, seed: int, rank: int,
+                 batches_per_epoch: int, segment_batches: int) -> None:
         super().__init__()
-        self.urls, self.proc, self.guard = urls, proc, guard
-        self.batch_size, self.shuffle_buffer = batch_size, shuffle_buffer
+        self.sources, self.proc, self.batch_size = sources, proc, batch_size
         self.seed, self.rank = seed, rank
         self.batches_per_epoch, self.segment_batches = batches_per_epoch, segment_batches
         self.start = 0
 
+    @property
+    def mixture(self) -> list[list] | None:
+        """``[[name, probability], ...]`` of a mixture (kept in checkpoints); None for one shard set."""
+        if len(self.sources) == 1 and self.sources[0].name is None:
+            return None
+        return [[s.name, s.probability] for s in self.sources]
+
     def __len__(self) -> int:
         return self.batches_per_epoch
+
+    def _items(self, source: StreamSource, key: tuple) -> Iterator[tuple]:
+        """One source's preprocessed samples in the stream seeded by ``key``."""
+        shard_rng = random.Random(derive_seed("shards", *key))
+        source.guard.new_stream()
+        raw = source.guard.read({"url": shard_rng.choice(source.urls)} for _ in itertools.count())
+        if source.shuffle_buffer > 0:
+            raw = seeded_shuffle(raw, source.shuffle_buffer, random.Random(derive_seed("shuffle", *key)))
+        return self.proc.samples(raw, rng=random.Random(derive_seed("transforms", *key)),
+                                 preprocess_seeds=random.Random(derive_seed("preprocess", *key)), guard=source.guard)
 
     def segment(self, segment: int, lane: int):
         """The batches of one (segment, lane), from a stream seeded by nothing else."""
         key = (self.seed, self.rank, segment, lane)
-        shard_rng = random.Random(derive_seed("shards", *key))
-        self.guard.new_stream()
-        raw = self.guard.read({"url": shard_rng.choice(self.urls)} for _ in itertools.count())
-        if self.shuffle_buffer > 0:
-            raw = seeded_shuffle(raw, self.shuffle_buffer, random.Random(derive_seed("shuffle", *key)))
-        items = self.proc.samples(raw, rng=random.Random(derive_seed("transforms", *key)),
-                                  preprocess_seeds=random.Random(derive_seed("preprocess", *key)))
+        if self.mixture is None:
+            items = self._items(self.sources[0], key)
+        else:
+            streams = [self._items(s, (*key, s.name)) for s in self.sources]
+            items = mixed(streams, [s.name for s in self.sources], [s.probability for s in self.sources],
+                          random.Random(derive_seed("mix", *key)), self.proc.counts)
         while True:
             batch = list(itertools.islice(items, self.batch_size))
             if len(batch) < self.batch_size:
@@ -539,7 +596,7 @@ class ResumableLoader(DataLoader):
     def state_dict(self) -> dict[str, Any]:
         done = self.position() if self.position is not None else None
         return {"batches": done, "seed": self.dataset.seed, "segment_batches": self.dataset.segment_batches,
-                "workers": max(1, self.num_workers)}
+                "workers": max(1, self.num_workers), "mixture": self.dataset.mixture}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("batches") is not None:
@@ -547,7 +604,8 @@ class ResumableLoader(DataLoader):
         if state.get("segment_batches"):
             self.dataset.segment_batches = int(state["segment_batches"])  # the run's layout, whatever today's cadence
         changed = [f"{name}: checkpoint {state[k]}, now {v}" for k, name, v in
-                   (("seed", "data.seed", self.dataset.seed), ("workers", "data.num_workers", max(1, self.num_workers)))
+                   (("seed", "data.seed", self.dataset.seed), ("workers", "data.num_workers", max(1, self.num_workers)),
+                    ("mixture", "data.train_sources", self.dataset.mixture))
                    if k in state and state[k] != v]
         if changed:
             warnings.warn("the data order after this resume differs from the uninterrupted run's ("

@@ -87,6 +87,13 @@ class CountingHandler:
         self.shard: str | None = None  # the shard being read (set by StallGuard), for messages
         self.shard_reasons: set[str] = set()  # shard-level reasons already counted for it
 
+    def sibling(self) -> "CountingHandler":
+        """A handler for another stream read in the same worker (a mixture's source): its own shard
+        state, the same ``counts`` (one counter still describes the worker)."""
+        other = CountingHandler(self.max_warnings)
+        other.counts = self.counts
+        return other
+
     def skip(self, kind: str, what: str, detail: str) -> None:
         self.counts[kind] += 1
         if self.counts[kind] <= self.max_warnings:
@@ -317,14 +324,17 @@ class SampleProcessor:
         return image, caption, meta
 
     def samples(self, src: Iterable[dict], rng: random.Random | None = None,
-                preprocess_seeds: random.Random | None = None) -> Iterator[tuple[torch.Tensor, str]]:
+                preprocess_seeds: random.Random | None = None,
+                guard: StallGuard | None = None) -> Iterator[tuple[torch.Tensor, str]]:
         """webdataset ``compose`` stage: raw samples → preprocessed ``(image, caption)``.
 
         ``rng`` draws the transforms' (mitigations') random choices (default: one per worker, seeded
         from ``(seed, rank, worker)``). With ``preprocess_seeds``, each image's preprocess (open_clip's
         RandomResizedCrop draws from torch's global CPU generator) runs with the CPU generator seeded
         from it, and the generator's state is restored after: the crops are a function of the stream's
-        seed, not of what else drew from torch's generator (model init, other workers, a resume)."""
+        seed, not of what else drew from torch's generator (model init, other workers, a resume).
+        ``guard``: the stall guard of ``src``'s stream (default: the processor's own)."""
+        guard = guard or self.guard
         if rng is None:
             if self._rng is None:
                 self._rng = random.Random(derive_seed(self.seed, "samples", _rank(), _worker_id()))
@@ -332,8 +342,8 @@ class SampleProcessor:
         for sample in src:
             decoded = self.decode(sample)
             if decoded is None:
-                if self.guard is not None:
-                    self.guard.skipped()
+                if guard is not None:
+                    guard.skipped()
                 continue
             image, caption, meta = decoded
             if not self._checked:  # the first usable sample: bad ones never reach a transform
@@ -345,8 +355,8 @@ class SampleProcessor:
             size = image.size
             seed = None if preprocess_seeds is None else preprocess_seeds.getrandbits(63)
             image, geometry = self._preprocess(image, seed)
-            if self.guard is not None:
-                self.guard.used()
+            if guard is not None:
+                guard.used()
             self.counts["ok"] += 1  # before the yield: a batch's stats count its own last sample
             if self.keep_meta:
                 key = sample.get("__key__")
