@@ -3,6 +3,7 @@
     python bench/bench_probes.py --threads 2 [--out bench_probes.json]
     python bench/bench_probes.py --compare --threads 2   # text trimming off vs on
     python bench/bench_probes.py --compare-fused --items 806 --blocks 4 --threads 2   # fused attention off vs on
+    python bench/bench_probes.py --compare-prefixes --items 806 --blocks 4 --threads 2   # text per row vs per prefix
 
 
 (a) the whole default suite on a tiny open_clip model (``clip-tiny``, random init) on the
@@ -19,6 +20,10 @@ every caption embedding agrees to 1e-5.
 sizes with ``--items 806 --blocks 4``) with open_clip's float causal mask and with the boolean mask
 that lets ``nn.MultiheadAttention`` take torch's fused inference path (:mod:`eval.text_encoding`),
 alternating, and exits 1 unless the embeddings agree to 1e-5.
+
+``--compare-prefixes`` runs the callback's probes (same sizes) with the text tower run per caption
+row (length-trimmed batches) and per distinct caption prefix (:mod:`eval.prefix_sharing`, the
+default), alternating, and exits 1 unless every result and embedding agrees to 1e-5.
 """
 from __future__ import annotations
 
@@ -105,22 +110,30 @@ def result_diffs(a, b, tol: float = 1e-5, path: str = "") -> list[str]:
     return [] if a == b else [f"{path}: {a!r} vs {b!r}"]
 
 
+def _alternate(adapter, timed, prepared, switch: str, repeats: int) -> tuple[dict, dict, dict]:
+    """The suite with ``adapter.<switch>`` off and on, alternating: per setting the runs' (total,
+    encode_text) seconds, the last results and the caption embeddings."""
+    runs: dict[bool, list] = {False: [], True: []}
+    results, embeddings = {}, {}
+    for _ in range(repeats):
+        for on in (False, True):
+            setattr(adapter, switch, on)
+            timed.seconds = dict.fromkeys(timed.seconds, 0.0)
+            t0 = time.perf_counter()
+            results[on] = run_suite(timed, prepared)
+            runs[on].append((time.perf_counter() - t0, timed.seconds["encode_text"]))
+    for on in (False, True):
+        setattr(adapter, switch, on)
+        with torch.no_grad():
+            embeddings[on] = adapter.encode_text(prepared.tokens)
+    return runs, results, embeddings
+
+
 def compare_trimming(adapter, eval_set: EvalSet, config: SuiteConfig, repeats: int = 1) -> dict:
     """The suite with ``adapter.trim_text`` off and on, alternating; fastest run of each, and equality."""
     timed = TimedAdapter(adapter)
     prepared = prepare_suite(timed, eval_set, config, progress=False)
-    runs: dict[bool, list] = {False: [], True: []}
-    results, embeddings = {}, {}
-    for _ in range(repeats):
-        for trim in (False, True):
-            adapter.trim_text = trim
-            timed.seconds = dict.fromkeys(timed.seconds, 0.0)
-            t0 = time.perf_counter()
-            results[trim] = run_suite(timed, prepared)
-            runs[trim].append((time.perf_counter() - t0, timed.seconds["encode_text"]))
-    for trim in (False, True):
-        adapter.trim_text = trim
-        embeddings[trim] = adapter.encode_text(prepared.tokens)
+    runs, results, embeddings = _alternate(adapter, timed, prepared, "trim_text", repeats)
     best = {trim: min(r, key=lambda x: x[0]) for trim, r in runs.items()}
     diffs = result_diffs(results[False], results[True])
     return {
@@ -137,11 +150,29 @@ def compare_trimming(adapter, eval_set: EvalSet, config: SuiteConfig, repeats: i
     }
 
 
+def compare_prefixes(adapter, eval_set: EvalSet, config: SuiteConfig, repeats: int = 3) -> dict:
+    """The suite with ``adapter.share_prefixes`` off (length-trimmed rows) and on (prefix trie),
+    alternating; the fastest encode_text of each, and equality of results and embeddings."""
+    timed = TimedAdapter(adapter)
+    prepared = prepare_suite(timed, eval_set, config, progress=False)
+    runs, results, embeddings = _alternate(adapter, timed, prepared, "share_prefixes", repeats)
+    text = {on: min(r[1] for r in runs[on]) for on in (False, True)}
+    total = {on: min(r[0] for r in runs[on]) for on in (False, True)}
+    diffs = result_diffs(results[False], results[True])
+    return {"texts": len(prepared.texts), "rows_s": round(text[False], 3), "trie_s": round(text[True], 3),
+            "encode_text_speedup": round(text[False] / text[True], 2),
+            "suite_rows_s": round(total[False], 3), "suite_trie_s": round(total[True], 3),
+            "runs_encode_text_s": {k: [round(r[1], 3) for r in runs[on]] for k, on in (("rows", False), ("trie", True))},
+            "max_embedding_diff": float((embeddings[False] - embeddings[True]).abs().max()),
+            "results_equal_1e-5": not diffs, "result_diffs": diffs[:10]}
+
+
 def compare_fused(adapter, eval_set: EvalSet, config: SuiteConfig, repeats: int = 3) -> dict:
     """Text encoding of the prepared captions with the fused attention path off and on, alternating."""
     import eval.text_encoding as te
 
     prepared = prepare_suite(adapter, eval_set, config, progress=False)
+    adapter = replace(adapter, share_prefixes=False)  # the row-by-row path, where the fused kernel runs
     ready = te._fast_path_ready
     times: dict[bool, list[float]] = {False: [], True: []}
     emb = {}
@@ -180,6 +211,8 @@ def main(argv=None) -> int:
                    help="only run the whole default suite with text trimming off and on; print times, ratio, equality")
     p.add_argument("--compare-fused", action="store_true",
                    help="only time the suite's text encoding with open_clip's float mask vs the fused path")
+    p.add_argument("--compare-prefixes", action="store_true",
+                   help="only run the callback's probes with the text tower per row vs per distinct prefix")
     p.add_argument("--blocks", type=int, default=1, help="eval_set_blocks of the default eval set (4: the callback's)")
     p.add_argument("--out", type=Path, default=None, help="also write the numbers as JSON here")
     args = p.parse_args(argv)
@@ -201,6 +234,18 @@ def main(argv=None) -> int:
         if args.out is not None:
             write_json_atomic(args.out, results)
         return 0 if cmp["equal_1e-5"] else 1
+    if args.compare_prefixes:
+        callback_like = replace(base, probes=("tor", "ior", "i2tor", "itm"), n_objects=(3,), itm_distractors=1)
+        results["compare_prefixes"] = cmp = compare_prefixes(adapter, eval_set, callback_like,
+                                                             repeats=args.full_repeats + 1)
+        print(json.dumps(cmp, indent=1))
+        print(f"text encoding of {cmp['texts']} captions: per row {cmp['rows_s']:.2f} s, per distinct prefix "
+              f"{cmp['trie_s']:.2f} s, ratio {cmp['encode_text_speedup']:.2f}x (whole suite {cmp['suite_rows_s']:.2f} "
+              f"vs {cmp['suite_trie_s']:.2f} s); results equal to 1e-5: {cmp['results_equal_1e-5']} "
+              f"(max embedding diff {cmp['max_embedding_diff']:.1e})")
+        if args.out is not None:
+            write_json_atomic(args.out, results)
+        return 0 if cmp["results_equal_1e-5"] else 1
     if args.compare:
         results["compare_trimming"] = cmp = compare_trimming(adapter, eval_set, base, repeats=args.full_repeats)
         print(json.dumps(cmp, indent=1))

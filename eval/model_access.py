@@ -3,8 +3,9 @@
 Every probe sees a model only through :class:`ClipAdapter`: ``encode_image``, ``encode_text``
 (both L2-normalised float32, on the model's ``device``; inputs are moved there and encoded in
 chunks), ``preprocess`` (PIL image -> tensor) and ``tokenizer`` (list of str -> LongTensor).
-Text goes through :func:`eval.text_encoding.encode_text` (length-trimmed where exact), each
-distinct token row once.
+Text goes through :func:`eval.prefix_sharing.encode_prefix_trie` at inference where exact (each
+distinct caption prefix once), else :func:`eval.text_encoding.encode_text` (length-trimmed where
+exact), each distinct token row once.
 
 Model configs and checkpoint files are read by :mod:`eval.models` (``eval`` never imports
 ``train``: a CLIPModule checkpoint is plain data there).
@@ -23,6 +24,7 @@ from PIL import Image
 from torch import nn
 
 from eval.models import load_checkpoint, model_from_checkpoint, register_model_configs
+from eval.prefix_sharing import encode_prefix_trie, prefix_sharing_ineligibility, trie_chunks
 from eval.text_encoding import encode_text, pooled_positions
 
 
@@ -40,6 +42,9 @@ class ClipAdapter:
             chunks of at most as many tokens as this many full-context rows).
         trim_text: run the text tower only up to each chunk's last EOT token where that is exact
             (:mod:`eval.text_encoding`; ``False``: open_clip's ``encode_text`` on every chunk).
+        share_prefixes: at inference on an eligible model, run the text tower once per distinct
+            caption prefix (:mod:`eval.prefix_sharing`; the same embeddings to float rounding);
+            needs ``trim_text``. ``False``: length-trimmed batches of whole rows.
     """
 
     model: nn.Module
@@ -48,6 +53,7 @@ class ClipAdapter:
     name: str = ""
     batch_size: int = 256
     trim_text: bool = True
+    share_prefixes: bool = True
 
     def __post_init__(self) -> None:
         missing = [m for m in ("encode_image", "encode_text") if not callable(getattr(self.model, m, None))]
@@ -76,15 +82,22 @@ class ClipAdapter:
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         """``(N, L)`` token ids -> ``(N, D)`` L2-normalised float32 embeddings.
 
-        Each distinct row is encoded once and scattered back. With ``trim_text`` on a trimmable
-        model the distinct rows are sorted by EOT position and chunked by a token budget, so every
+        Each distinct row is encoded once and scattered back. With ``share_prefixes`` (at
+        inference, eligible model) the rows, in lexicographic order, are chunked by the size of
+        their prefix trie and each distinct prefix runs once. Otherwise, with ``trim_text`` on a
+        trimmable model, the rows are sorted by EOT position and chunked by a token budget, so every
         chunk runs only as many positions as its longest caption needs (fewer, larger chunks of
         short captions: less per-call overhead on a busy CPU).
         """
         if tokens.shape[0] == 0:
             raise ValueError("nothing to encode: got an empty batch")
-        unique, inverse = torch.unique(tokens, dim=0, return_inverse=True)
+        unique, inverse = torch.unique(tokens, dim=0, return_inverse=True)  # rows sorted lexicographically
         sizes = None
+        if self.trim_text and self.share_prefixes and self._prefix_sharing_ok():
+            budget = self.batch_size * unique.shape[1]  # trie nodes per chunk: the tokens of a full batch
+            sizes = trie_chunks(unique, pooled_positions(self.model, unique) + 1, budget)
+            emb = self._encode(partial(encode_prefix_trie, self.model, budget=budget), unique, sizes)
+            return emb[inverse.to(emb.device)]
         if self.trim_text:
             positions = pooled_positions(self.model, unique)
             if positions is not None:
@@ -93,6 +106,10 @@ class ClipAdapter:
                 sizes = _token_budget_chunks((positions + 1).tolist(), self.batch_size * unique.shape[1])
         emb = self._encode(partial(encode_text, self.model, trim=self.trim_text), unique, sizes)
         return emb[inverse.to(emb.device)]
+
+    def _prefix_sharing_ok(self) -> bool:
+        with torch.no_grad():  # as the encoding will run
+            return prefix_sharing_ineligibility(self.model) is None
 
     def _encode(
         self, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, sizes: list[int] | None = None
