@@ -149,3 +149,20 @@ def test_cli_refuses_bad_or_missing_sources_before_building_anything(tmp_path, t
     with pytest.raises(ConfigError, match=r"data.train_sources\[0\].shards: 2 of 2 shards are missing"):
         main(base + [f'--data.train_sources=[{{name: a, shards: "{tmp_path}/zz/{{00000..00001}}.tar"}}]'])
     assert not (tmp_path / "runs").exists()
+
+
+def test_counterbalanced_overlay_merges_into_laion_small_and_names_its_missing_source(tmp_path, monkeypatch):
+    """configs/laion/counterbalanced_mix.yaml on laion_small: train_shards cleared, both sources read, the
+    first missing source shard named with the command that makes it — before anything is built."""
+    from train.cli import CONFIG_DIR, ConfigError
+
+    path = CONFIG_DIR / "laion" / "counterbalanced_mix.yaml"
+    assert path.read_text().startswith(
+        "# python -m train fit --config laion_small.yaml --config laion/counterbalanced_mix.yaml\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.argv", ["python -m train"])
+    with pytest.raises(ConfigError, match=r"(?s)data\.train_sources\[0\]\.shards: 100 of 100 shards are missing "
+                                          r"\(data/laion_small/00000\.tar.*python -m data_prep laion"):
+        main(["fit", "--config", "laion_small.yaml", "--config", "laion/counterbalanced_mix.yaml",
+              f"--run.root={tmp_path}/runs", "--run.wandb_mode=disabled"])
+    assert not (tmp_path / "runs").exists()

@@ -136,7 +136,7 @@ def test_datamodule_bad_input_messages(tmp_path, tiny_shards):
     missing = str(tmp_path / "laion" / "{00000..00002}.tar")
     with pytest.raises(FileNotFoundError, match=r"00000\.tar.*python -m data_prep laion"):
         WebDataModule(train_shards=missing)
-    with pytest.raises(ValueError, match="exactly one of data.train_shards and data.synthetic"):
+    with pytest.raises(ValueError, match="exactly one of data.train_shards, data.train_sources and data.synthetic"):
         WebDataModule()
 
 
