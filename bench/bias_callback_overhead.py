@@ -20,7 +20,7 @@ import torch
 import yaml
 from torch.utils.data import DataLoader, TensorDataset
 
-from eval.callback import BiasEvalCallback
+from eval.callback import BiasEvalCallback, callback_init_args
 from train.module import CLIPModule
 
 
@@ -30,14 +30,12 @@ QUICKSTART = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
 def quickstart_settings(path: Path = QUICKSTART) -> dict:
     """Model name, batch size, max_steps and the BiasEvalCallback's init_args of the quickstart."""
     cfg = yaml.safe_load(path.read_text())
-    callbacks = (cfg.get("trainer") or {}).get("callbacks") or []
-    init_args = next((c.get("init_args") or {} for c in callbacks
-                      if str(c.get("class_path", "")).endswith("BiasEvalCallback")), None)
+    init_args = callback_init_args(cfg)
     if init_args is None:
         raise SystemExit(f"{path} attaches no BiasEvalCallback")
     return {"model": (cfg.get("model") or {}).get("model_name", "clip-tiny"),
             "batch": (cfg.get("data") or {}).get("batch_size"),
-            "max_steps": (cfg.get("trainer") or {}).get("max_steps"), "callback": dict(init_args)}
+            "max_steps": (cfg.get("trainer") or {}).get("max_steps"), "callback": init_args}
 
 
 def main() -> None:

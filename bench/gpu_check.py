@@ -108,10 +108,9 @@ def read_config(name: str = CONFIG) -> dict:
 
 def callback_args(config: dict) -> dict:
     """The ``BiasEvalCallback``'s ``init_args`` in ``config`` ({} when it attaches none)."""
-    for cb in (config.get("trainer") or {}).get("callbacks") or []:
-        if str(cb.get("class_path", "")).endswith("BiasEvalCallback"):
-            return dict(cb.get("init_args") or {})
-    return {}
+    from eval.callback import callback_init_args
+
+    return callback_init_args(config) or {}
 
 
 # ---------------------------------------------------------------------- pure helpers
@@ -153,14 +152,12 @@ def steady_samples_per_s(rows: list[dict], skip: int, exclude: set[int]) -> tupl
 
 
 def eval_seconds_by_step(path: Path) -> dict[int, float]:
-    """``{step: eval_seconds}`` of each evaluation in ``bias.jsonl`` (repeated per record there)."""
-    out: dict[int, float] = {}
-    for line in path.read_text().splitlines():
-        if line.strip():
-            rec = json.loads(line)
-            if rec.get("eval_seconds") is not None:
-                out[int(rec["step"])] = float(rec["eval_seconds"])
-    return out
+    """``{step: eval_seconds}`` of each evaluation in ``bias.jsonl`` (repeated per record there; torn
+    lines left out, as :func:`eval.records.scan_records` does)."""
+    from eval.records import scan_records
+
+    records, _ = scan_records(path)
+    return {int(r["step"]): float(r["eval_seconds"]) for r in records if r.get("eval_seconds") is not None}
 
 
 _PROBE_COST = re.compile(r"bias probes: (\d+) evaluations, ([\d.]+) s = ([\d.]+) % of the run")

@@ -382,6 +382,15 @@ class BiasEvalCallback(L.Callback):
             logger.log_metrics(metrics, step=trainer.global_step)
 
 
+def callback_init_args(config: Mapping) -> dict | None:
+    """The ``init_args`` of the ``BiasEvalCallback`` a plain-data run config (a parsed YAML) attaches
+    under ``trainer.callbacks``; ``None`` when it attaches none."""
+    for cb in (config.get("trainer") or {}).get("callbacks") or []:
+        if str(cb.get("class_path", "")).endswith("BiasEvalCallback"):
+            return dict(cb.get("init_args") or {})
+    return None
+
+
 def _with_probe_options(doc: str) -> str:
     """``doc`` with the probe options' entries (SuiteConfig's help, ``null`` for None) first in its
     ``Args:`` section and BenchmarkConfig's after them, where docstring_parser (and so jsonargparse's

@@ -152,8 +152,9 @@ def test_cli_refuses_bad_or_missing_sources_before_building_anything(tmp_path, t
 
 
 def test_counterbalanced_overlay_merges_into_laion_small_and_names_its_missing_source(tmp_path, monkeypatch):
-    """configs/laion/counterbalanced_mix.yaml on laion_small: train_shards cleared, both sources read, the
-    first missing source shard named with the command that makes it — before anything is built."""
+    """configs/laion/counterbalanced_mix.yaml on laion_small: laion_small's train_shards cleared (no
+    'exactly one of' refusal), the first missing source shard named with the command that makes it —
+    before anything is built."""
     from train.cli import CONFIG_DIR, ConfigError
 
     path = CONFIG_DIR / "laion" / "counterbalanced_mix.yaml"
