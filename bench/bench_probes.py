@@ -4,6 +4,7 @@
     python bench/bench_probes.py --compare --threads 2   # text trimming off vs on
     python bench/bench_probes.py --compare-fused --items 806 --blocks 4 --threads 2   # fused attention off vs on
     python bench/bench_probes.py --compare-prefixes --items 806 --blocks 4 --threads 2   # text per row vs per prefix
+    python bench/bench_probes.py --compare-images --items 806 --blocks 4 --threads 2   # open_clip's encode_image vs fast
 
 
 (a) the whole default suite on a tiny open_clip model (``clip-tiny``, random init) on the
@@ -24,6 +25,9 @@ alternating, and exits 1 unless the embeddings agree to 1e-5.
 ``--compare-prefixes`` runs the callback's probes (same sizes) with the text tower run per caption
 row (length-trimmed batches) and per distinct caption prefix (:mod:`eval.prefix_sharing`, the
 default), alternating, and exits 1 unless every result and embedding agrees to 1e-5.
+
+``--compare-images`` likewise with open_clip's ``encode_image`` and the fused, class-token path
+(:mod:`eval.image_encoding`, the default).
 """
 from __future__ import annotations
 
@@ -193,6 +197,28 @@ def compare_fused(adapter, eval_set: EvalSet, config: SuiteConfig, repeats: int 
             "max_embedding_diff": diff, "equal_1e-5": diff <= 1e-5}
 
 
+def compare_images(adapter, eval_set: EvalSet, config: SuiteConfig, repeats: int = 3) -> dict:
+    """The suite with ``adapter.fast_images`` off (open_clip's encode_image) and on (fused blocks, the
+    last on the class token), alternating; the fastest encode_image of each, and equality."""
+    timed = TimedAdapter(adapter)
+    prepared = prepare_suite(timed, eval_set, config, progress=False)
+    runs: dict[bool, list] = {False: [], True: []}
+    results, embeddings = {}, {}
+    for _ in range(repeats):
+        for on in (False, True):
+            adapter.fast_images = on
+            timed.seconds = dict.fromkeys(timed.seconds, 0.0)
+            results[on] = run_suite(timed, prepared)
+            runs[on].append(timed.seconds["encode_image"])
+            embeddings[on] = adapter.encode_image(prepared.images)
+    diffs = result_diffs(results[False], results[True])
+    return {"images": int(prepared.images.shape[0]), "open_clip_s": round(min(runs[False]), 3),
+            "fast_s": round(min(runs[True]), 3), "speedup": round(min(runs[False]) / min(runs[True]), 2),
+            "runs_encode_image_s": {k: [round(t, 3) for t in runs[on]] for k, on in (("open_clip", False), ("fast", True))},
+            "max_embedding_diff": float((embeddings[False] - embeddings[True]).abs().max()),
+            "results_equal_1e-5": not diffs, "result_diffs": diffs[:10]}
+
+
 def restrict(eval_set: EvalSet, k: int) -> EvalSet:
     """The eval set limited to its first ``k`` vocabulary objects (items naming others dropped)."""
     keep = set(eval_set.vocabulary[:k])
@@ -213,6 +239,8 @@ def main(argv=None) -> int:
                    help="only time the suite's text encoding with open_clip's float mask vs the fused path")
     p.add_argument("--compare-prefixes", action="store_true",
                    help="only run the callback's probes with the text tower per row vs per distinct prefix")
+    p.add_argument("--compare-images", action="store_true",
+                   help="only run the callback's probes with open_clip's encode_image vs the fused, class-token path")
     p.add_argument("--blocks", type=int, default=1, help="eval_set_blocks of the default eval set (4: the callback's)")
     p.add_argument("--out", type=Path, default=None, help="also write the numbers as JSON here")
     args = p.parse_args(argv)
@@ -242,6 +270,16 @@ def main(argv=None) -> int:
         print(f"text encoding of {cmp['texts']} captions: per row {cmp['rows_s']:.2f} s, per distinct prefix "
               f"{cmp['trie_s']:.2f} s, ratio {cmp['encode_text_speedup']:.2f}x (whole suite {cmp['suite_rows_s']:.2f} "
               f"vs {cmp['suite_trie_s']:.2f} s); results equal to 1e-5: {cmp['results_equal_1e-5']} "
+              f"(max embedding diff {cmp['max_embedding_diff']:.1e})")
+        if args.out is not None:
+            write_json_atomic(args.out, results)
+        return 0 if cmp["results_equal_1e-5"] else 1
+    if args.compare_images:
+        callback_like = replace(base, probes=("tor", "ior", "i2tor", "itm"), n_objects=(3,), itm_distractors=1)
+        results["compare_images"] = cmp = compare_images(adapter, eval_set, callback_like, repeats=args.full_repeats + 1)
+        print(json.dumps(cmp, indent=1))
+        print(f"image encoding of {cmp['images']} images: open_clip {cmp['open_clip_s']:.2f} s, fused + class token "
+              f"{cmp['fast_s']:.2f} s, ratio {cmp['speedup']:.2f}x; results equal to 1e-5: {cmp['results_equal_1e-5']} "
               f"(max embedding diff {cmp['max_embedding_diff']:.1e})")
         if args.out is not None:
             write_json_atomic(args.out, results)

@@ -5,14 +5,17 @@ Every probe sees a model only through :class:`ClipAdapter`: ``encode_image``, ``
 chunks), ``preprocess`` (PIL image -> tensor) and ``tokenizer`` (list of str -> LongTensor).
 Text goes through :func:`eval.prefix_sharing.encode_prefix_trie` at inference where exact (each
 distinct caption prefix once), else :func:`eval.text_encoding.encode_text` (length-trimmed where
-exact), each distinct token row once.
+exact), each distinct token row once. Images go through :func:`eval.image_encoding.encode_image_fast`
+at inference on a plain ViT (fused blocks, the last one on the class token only).
 
 Model configs and checkpoint files are read by :mod:`eval.models` (``eval`` never imports
 ``train``: a CLIPModule checkpoint is plain data there).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -23,9 +26,14 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from eval.image_encoding import encode_image_fast, fast_image_ineligibility
 from eval.models import load_checkpoint, model_from_checkpoint, register_model_configs
-from eval.prefix_sharing import encode_prefix_trie, prefix_sharing_ineligibility, trie_chunks
+from eval.prefix_sharing import TriePlan, encode_prefix_trie, prefix_sharing_ineligibility, trie_chunks, trie_plan
 from eval.text_encoding import encode_text, pooled_positions
+
+
+#: token batches whose tries a :class:`ClipAdapter` keeps (the callback's probes use a handful)
+PLAN_CACHE = 16
 
 
 @dataclass
@@ -44,7 +52,12 @@ class ClipAdapter:
             (:mod:`eval.text_encoding`; ``False``: open_clip's ``encode_text`` on every chunk).
         share_prefixes: at inference on an eligible model, run the text tower once per distinct
             caption prefix (:mod:`eval.prefix_sharing`; the same embeddings to float rounding);
-            needs ``trim_text``. ``False``: length-trimmed batches of whole rows.
+            needs ``trim_text``. ``False``: length-trimmed batches of whole rows. The tries of
+            the last few token batches are kept (:data:`PLAN_CACHE`): the probes encode the same
+            captions at every evaluation, only the weights change.
+        fast_images: at inference on a plain ViT, :func:`eval.image_encoding.encode_image_fast`
+            (fused blocks, the last block on the class token only; the same embeddings to float
+            rounding). ``False``: open_clip's ``encode_image``.
     """
 
     model: nn.Module
@@ -54,6 +67,8 @@ class ClipAdapter:
     batch_size: int = 256
     trim_text: bool = True
     share_prefixes: bool = True
+    fast_images: bool = True
+    _plans: OrderedDict = field(default_factory=OrderedDict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         missing = [m for m in ("encode_image", "encode_text") if not callable(getattr(self.model, m, None))]
@@ -76,8 +91,12 @@ class ClipAdapter:
         return next(p.dtype for p in self.model.parameters() if p.is_floating_point())
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        """``(N, 3, H, W)`` preprocessed images -> ``(N, D)`` L2-normalised float32 embeddings."""
-        return self._encode(self.model.encode_image, images)
+        """``(N, 3, H, W)`` preprocessed images -> ``(N, D)`` L2-normalised float32 embeddings
+        (at inference on a plain ViT: :func:`eval.image_encoding.encode_image_fast`, the same to
+        float rounding)."""
+        with torch.no_grad():  # as the encoding will run
+            fast = self.fast_images and fast_image_ineligibility(self.model) is None
+        return self._encode(partial(encode_image_fast, self.model) if fast else self.model.encode_image, images)
 
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         """``(N, L)`` token ids -> ``(N, D)`` L2-normalised float32 embeddings.
@@ -91,13 +110,14 @@ class ClipAdapter:
         """
         if tokens.shape[0] == 0:
             raise ValueError("nothing to encode: got an empty batch")
+        if self.trim_text and self.share_prefixes and self._prefix_sharing_ok():
+            inverse, chunks = self._trie_plans(tokens)
+            with torch.no_grad():
+                emb = torch.cat([F.normalize(encode_prefix_trie(self.model, rows, plan=plan).float(), dim=-1)
+                                 for rows, plan in chunks])
+            return emb[inverse.to(emb.device)]
         unique, inverse = torch.unique(tokens, dim=0, return_inverse=True)  # rows sorted lexicographically
         sizes = None
-        if self.trim_text and self.share_prefixes and self._prefix_sharing_ok():
-            budget = self.batch_size * unique.shape[1]  # trie nodes per chunk: the tokens of a full batch
-            sizes = trie_chunks(unique, pooled_positions(self.model, unique) + 1, budget)
-            emb = self._encode(partial(encode_prefix_trie, self.model, budget=budget), unique, sizes)
-            return emb[inverse.to(emb.device)]
         if self.trim_text:
             positions = pooled_positions(self.model, unique)
             if positions is not None:
@@ -106,6 +126,27 @@ class ClipAdapter:
                 sizes = _token_budget_chunks((positions + 1).tolist(), self.batch_size * unique.shape[1])
         emb = self._encode(partial(encode_text, self.model, trim=self.trim_text), unique, sizes)
         return emb[inverse.to(emb.device)]
+
+    def _trie_plans(self, tokens: torch.Tensor) -> tuple[torch.Tensor, list[tuple[torch.Tensor, TriePlan]]]:
+        """``(inverse, [(rows, plan), ...])``: the distinct rows of ``tokens`` (lexicographic order)
+        chunked by the size of their trie (at most a full batch's tokens of nodes), each chunk's
+        :class:`TriePlan`, and where each input row is among the distinct ones; cached by content."""
+        device = self.device
+        key = (tuple(tokens.shape), str(device), self.batch_size,
+               hashlib.blake2b(tokens.detach().cpu().contiguous().numpy().tobytes(), digest_size=16).digest())
+        if key in self._plans:
+            self._plans.move_to_end(key)
+            return self._plans[key]
+        unique, inverse = torch.unique(tokens.cpu(), dim=0, return_inverse=True)  # rows sorted lexicographically
+        budget = self.batch_size * unique.shape[1]  # trie nodes per chunk: the tokens of a full batch
+        ends = pooled_positions(self.model, unique)
+        sizes = trie_chunks(unique, ends + 1, budget)
+        chunks = [(rows.to(device), trie_plan(rows, e.tolist(), budget).to(device))
+                  for rows, e in zip(torch.split(unique, sizes), torch.split(ends, sizes))]
+        self._plans[key] = (inverse, chunks)
+        while len(self._plans) > PLAN_CACHE:
+            self._plans.popitem(last=False)
+        return inverse, chunks
 
     def _prefix_sharing_ok(self) -> bool:
         with torch.no_grad():  # as the encoding will run

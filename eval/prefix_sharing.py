@@ -8,10 +8,16 @@ token positions of the quickstart callback's 4,287 captions, 17,238 are distinct
 
 :func:`encode_prefix_trie` runs the tower once per *node* of the token trie of the rows (a node =
 a distinct prefix) instead of once per (row, position): every per-token op (embeddings, layer
-norms, the QKV, output and MLP projections) runs on the nodes, and each node's query attends to the
-keys and values of its own path from the root, which are exactly the positions ``0..i`` of every
-row it belongs to. The result equals open_clip's ``encode_text`` up to float rounding (a different
-GEMM shape and an unfused softmax; ~1e-7, ``tests/test_prefix_sharing.py``).
+norms, the QKV, output and MLP projections) runs on the nodes, and each node's query attends once
+to the keys and values of its own path from the root, which are exactly the positions ``0..i`` of
+every row it belongs to. With the rows in lexicographic order, the first row holding a node owns
+it, and a row owns a suffix of its positions (those past its common prefix with the previous row):
+the attention runs per owning row, from its owned positions only. The last block is needed only at
+the pooled positions: its queries, output projection and MLP run on those nodes alone (keys and
+values on all). The result equals open_clip's ``encode_text`` up to float rounding (different GEMM
+shapes and an unfused softmax; ~1e-7, ``tests/test_prefix_sharing.py``). Everything that depends on
+the tokens only (the trie, the groups, the masks) is a :class:`TriePlan`, which
+:class:`eval.model_access.ClipAdapter` builds once per token batch and reuses at every evaluation.
 
 Used only where it is exact and cheap to check: inference (no autograd, eval mode) on a tower that
 length trimming accepts (:func:`eval.text_encoding.trim_ineligibility`) whose blocks are plain
@@ -21,13 +27,15 @@ length-trimmed batches.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from eval.text_encoding import _fast_path_ready, _pooled, _tower
 
-__all__ = ["prefix_sharing_ineligibility", "encode_prefix_trie", "trie_chunks"]
+__all__ = ["prefix_sharing_ineligibility", "encode_prefix_trie", "trie_chunks", "trie_plan", "TriePlan"]
 
 
 def prefix_sharing_ineligibility(model: nn.Module) -> str | None:
@@ -35,6 +43,8 @@ def prefix_sharing_ineligibility(model: nn.Module) -> str | None:
     tower = _tower(model)
     if isinstance(tower, str):
         return tower
+    if not len(tower.transformer.resblocks):
+        return "a text tower without transformer blocks"
     if not _fast_path_ready(tower.transformer):
         return "not plain inference (autograd on, train mode, or blocks other than ResidualAttentionBlock)"
     odd = [b for b in tower.transformer.resblocks
@@ -70,82 +80,169 @@ def trie_chunks(rows: torch.Tensor, lengths: torch.Tensor, budget: int) -> list[
     return sizes
 
 
-def _trie(rows: list[list[int]], ends: list[int]) -> tuple[list[int], list[int], list[list[int]]]:
-    """The token trie of ``rows`` (each up to its pooled position ``end``): ``(token, depth)`` per node
-    and each row's node ids, padded to the longest row by repeating its last node (the causal mask
-    hides the padding from every position that is read)."""
-    index: dict[tuple[int, int], int] = {}
-    tokens, depths, paths = [], [], []
-    length = max(ends) + 1
-    for row, end in zip(rows, ends):
-        parent, path = -1, []
-        for depth in range(end + 1):
-            key = (parent, row[depth])
-            node = index.get(key)
-            if node is None:
-                node = index[key] = len(tokens)
-                tokens.append(row[depth])
-                depths.append(depth)
-            path.append(node)
-            parent = node
-        paths.append(path + [parent] * (length - end - 1))
-    return tokens, depths, paths
+@dataclass
+class AttentionGroup:
+    """Rows of one length group, for the attention of the nodes they own.
+
+    ``keys``: ``(g, L)`` node ids of each row's path (padded by its last node); ``query_nodes``:
+    ``(g, S)`` the nodes whose queries run in this group (padded by repeating the last one);
+    ``owned``: ``(g, S)`` which of them are real; ``hidden``: ``(g, S, L)`` key positions a query
+    must not see (later than the query's own position, the padding included)."""
+
+    keys: torch.Tensor
+    query_nodes: torch.Tensor
+    owned: torch.Tensor
+    hidden: torch.Tensor
+
+    def to(self, device: torch.device) -> "AttentionGroup":
+        return AttentionGroup(*(t.to(device) for t in (self.keys, self.query_nodes, self.owned, self.hidden)))
 
 
-def _groups(ends: list[int], paths: torch.Tensor, budget: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Rows grouped by length for the attention: ``(row node ids (n, L_g), real positions (n, L_g))``
-    per group, rows sorted by length, each group cut to its longest row, at most ``budget`` tokens."""
-    order = sorted(range(len(ends)), key=ends.__getitem__)
+@dataclass
+class TriePlan:
+    """Everything about a token batch that does not depend on the weights (cached by the adapter).
+
+    ``tokens``/``depths``: per trie node; ``groups``: the attention of the blocks before the last,
+    each node's query run once, by the first row (in sorted order) that holds it — a suffix of that
+    row; ``last_groups``: the last block's, where only the pooled nodes are read (``ends``, once each);
+    ``row_end``: per row, the index of its pooled node in ``ends``."""
+
+    tokens: torch.Tensor
+    depths: torch.Tensor
+    groups: list[AttentionGroup]
+    ends: torch.Tensor
+    last_groups: list[AttentionGroup]
+    row_end: torch.Tensor
+
+    def to(self, device: torch.device) -> "TriePlan":
+        return TriePlan(self.tokens.to(device), self.depths.to(device), [g.to(device) for g in self.groups],
+                        self.ends.to(device), [g.to(device) for g in self.last_groups], self.row_end.to(device))
+
+
+def _attention_groups(paths: list[list[int]], spans: list[tuple[int, int]], budget: int) -> list[AttentionGroup]:
+    """Rows grouped by (length, queries) for the attention, at most ``budget`` key positions a group:
+    row i attends from its positions ``spans[i] = (first, last)`` to its positions ``0..`` of its path."""
+    order = sorted(range(len(paths)), key=lambda i: (len(paths[i]), spans[i][1] - spans[i][0]))
     groups, start = [], 0
     while start < len(order):
         stop = start + 1
-        while stop < len(order) and (stop + 1 - start) * (ends[order[stop]] + 1) <= budget:
+        while stop < len(order) and (stop + 1 - start) * len(paths[order[stop]]) <= budget:
             stop += 1
-        length = ends[order[stop - 1]] + 1
-        rows = torch.tensor(order[start:stop])
-        real = torch.arange(length)[None, :] <= torch.tensor([ends[r] for r in order[start:stop]])[:, None]
-        groups.append((paths[rows, :length], real))
+        rows = order[start:stop]
+        length = len(paths[rows[-1]])
+        width = max(spans[i][1] - spans[i][0] + 1 for i in rows)
+        keys = torch.tensor([paths[i] + [paths[i][-1]] * (length - len(paths[i])) for i in rows])
+        first = torch.tensor([spans[i][0] for i in rows])
+        count = torch.tensor([spans[i][1] - spans[i][0] + 1 for i in rows])
+        offset = torch.arange(width)
+        owned = offset[None, :] < count[:, None]
+        position = first[:, None] + torch.minimum(offset[None, :], count[:, None] - 1)  # padding: the last query
+        hidden = torch.arange(length)[None, None, :] > position[:, :, None]
+        groups.append(AttentionGroup(keys, keys.gather(1, position), owned, hidden))
         start = stop
     return groups
 
 
-def _attention(block: nn.Module, h: torch.Tensor, groups: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+def trie_plan(text: torch.Tensor, ends: list[int], budget: int = 8192) -> TriePlan:
+    """The :class:`TriePlan` of ``text`` (``(rows, L)`` token ids) with pooled positions ``ends``.
+
+    Rows in lexicographic order (of their tokens up to ``end``) share with the previous row exactly
+    their common prefix, so each row adds the nodes past it: those it owns and runs the queries of."""
+    rows = [r[:e + 1] for r, e in zip(text.tolist(), ends)]
+    order = sorted(range(len(rows)), key=rows.__getitem__)
+    tokens: list[int] = []
+    depths: list[int] = []
+    paths: list[list[int]] = [[] for _ in rows]
+    owners, spans = [], []  # rows that own nodes, and the positions (first, last) they own
+    previous: list[int] = []
+    previous_path: list[int] = []
+    for i in order:
+        row = rows[i]
+        common = 0
+        for a, b in zip(row, previous):
+            if a != b:
+                break
+            common += 1
+        fresh = list(range(len(tokens), len(tokens) + len(row) - common))
+        paths[i] = previous_path[:common] + fresh
+        tokens += row[common:]
+        depths += range(common, len(row))
+        if fresh:
+            owners.append(i)
+            spans.append((common, len(row) - 1))
+        previous, previous_path = row, paths[i]
+    end_nodes = [paths[i][-1] for i in owners]
+    slot = {node: k for k, node in enumerate(end_nodes)}
+    owner_paths = [paths[i] for i in owners]
+    return TriePlan(
+        tokens=torch.tensor(tokens), depths=torch.tensor(depths),
+        groups=_attention_groups(owner_paths, spans, budget),
+        ends=torch.tensor(end_nodes),
+        last_groups=_attention_groups(owner_paths, [(len(p) - 1, len(p) - 1) for p in owner_paths], budget),
+        row_end=torch.tensor([slot[p[-1]] for p in paths]),
+    )
+
+
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group: AttentionGroup, heads: int) -> torch.Tensor:
+    """Causal attention of ``group``'s queries (``q``: per query node, scaled) over its rows' keys:
+    ``(g, S, width)``."""
+    rows, length = group.keys.shape
+    width = q.shape[-1]
+    head = width // heads
+    q = q[group.query_nodes].view(rows, -1, heads, head).transpose(1, 2)
+    k = k[group.keys].view(rows, length, heads, head).transpose(1, 2)
+    v = v[group.keys].view(rows, length, heads, head).transpose(1, 2)
+    scores = (q @ k.transpose(-1, -2)).masked_fill_(group.hidden[:, None], float("-inf"))
+    return (scores.softmax(dim=-1) @ v).transpose(1, 2).reshape(rows, -1, width)
+
+
+def _attention(block: nn.Module, h: torch.Tensor, groups: list[AttentionGroup]) -> torch.Tensor:
     """``block.attn`` (causal self-attention) with q/k/v and the output projection computed once per
-    node; the attention itself runs on the rows, grouped by length, each node's output written back
-    from a row that holds it (every row holding a node gives it the same value)."""
+    node and each node's query attending once, in the row that owns it."""
     attn = block.attn
     heads, width = attn.num_heads, h.shape[-1]
-    qkv = F.linear(h, attn.in_proj_weight, attn.in_proj_bias)
+    qkv = F.linear(h, attn.in_proj_weight, attn.in_proj_bias).view(-1, 3, width)
+    q, k, v = qkv[:, 0] * (width // heads) ** -0.5, qkv[:, 1], qkv[:, 2]
     out = torch.empty_like(h)
-    scale = (width // heads) ** -0.5
-    longest = max(nodes.shape[1] for nodes, _ in groups)
-    future = torch.ones(longest, longest, dtype=torch.bool, device=h.device).triu_(1)
-    for nodes, real in groups:
-        rows, length = nodes.shape
-        q, k, v = qkv[nodes].view(rows, length, 3, heads, width // heads).permute(2, 0, 3, 1, 4)
-        scores = (q * scale) @ k.transpose(-1, -2)  # (rows, heads, L, L); torch's CPU SDPA kernels are
-        o = scores.masked_fill_(future[:length, :length], float("-inf")).softmax(dim=-1) @ v  # slower here
-        out[nodes[real]] = o.transpose(1, 2)[real].reshape(-1, width)
+    for group in groups:
+        out[group.query_nodes[group.owned]] = _attend(q, k, v, group, heads)[group.owned]
     return F.linear(out, attn.out_proj.weight, attn.out_proj.bias)
 
 
-def encode_prefix_trie(model: nn.Module, text: torch.Tensor, budget: int = 8192) -> torch.Tensor:
+def _last_block(block: nn.Module, x: torch.Tensor, plan: TriePlan) -> torch.Tensor:
+    """The last ``ResidualAttentionBlock`` on the pooled nodes only (``plan.ends``, in that order):
+    keys and values from every node, queries, output projection and MLP from the pooled ones."""
+    attn = block.attn
+    heads, width = attn.num_heads, x.shape[-1]
+    h = block.ln_1(x)
+    w, b = attn.in_proj_weight, attn.in_proj_bias
+    kv = F.linear(h, w[width:], None if b is None else b[width:]).view(-1, 2, width)
+    # the pooled nodes' queries, indexed as the groups index nodes: scatter into a node-sized buffer
+    q = torch.empty_like(h)
+    q[plan.ends] = F.linear(h[plan.ends], w[:width], None if b is None else b[:width]) * (width // heads) ** -0.5
+    out = torch.empty_like(h)
+    for group in plan.last_groups:
+        out[group.query_nodes[group.owned]] = _attend(q, kv[:, 0], kv[:, 1], group, heads)[group.owned]
+    x = x[plan.ends] + block.ls_1(F.linear(out[plan.ends], attn.out_proj.weight, attn.out_proj.bias))
+    return x + block.ls_2(block.mlp(block.ln_2(x)))
+
+
+def encode_prefix_trie(model: nn.Module, text: torch.Tensor, budget: int = 8192,
+                       plan: TriePlan | None = None) -> torch.Tensor:
     """``model.encode_text(text)`` (unnormalised) for an eligible model at inference, each distinct
-    token prefix of the rows computed once (:func:`prefix_sharing_ineligibility` must be None)."""
+    token prefix of the rows computed once (:func:`prefix_sharing_ineligibility` must be None).
+    ``plan``: :func:`trie_plan` of ``text`` (built here if not given; it depends on the tokens only)."""
     tower = _tower(model)
-    ends = _pooled(tower, text).tolist()
-    tokens, depths, paths = _trie(text.tolist(), ends)
     device = text.device
-    row_nodes = torch.tensor(paths)
-    groups = [(nodes.to(device), real.to(device)) for nodes, real in _groups(ends, row_nodes, budget)]
-    row_end = row_nodes[torch.arange(len(ends)), torch.tensor(ends)].to(device)
+    if plan is None:
+        plan = trie_plan(text, _pooled(tower, text).tolist(), budget).to(device)
     cast_dtype = tower.transformer.get_cast_dtype()
-    x = (tower.token_embedding(torch.tensor(tokens, device=device)).to(cast_dtype)
-         + tower.positional_embedding[torch.tensor(depths, device=device)].to(cast_dtype))
-    for block in tower.transformer.resblocks:  # ResidualAttentionBlock.forward, per node
-        x = x + block.ls_1(_attention(block, block.ln_1(x), groups))
+    x = tower.token_embedding(plan.tokens).to(cast_dtype) + tower.positional_embedding[plan.depths].to(cast_dtype)
+    *blocks, last = tower.transformer.resblocks
+    for block in blocks:  # ResidualAttentionBlock.forward, per node
+        x = x + block.ls_1(_attention(block, block.ln_1(x), plan.groups))
         x = x + block.ls_2(block.mlp(block.ln_2(x)))
-    x = tower.ln_final(x[row_end])
+    x = tower.ln_final(_last_block(last, x, plan)[plan.row_end])
     if tower.text_projection is not None:
         x = tower.text_projection(x) if isinstance(tower.text_projection, nn.Linear) else x @ tower.text_projection
     return x

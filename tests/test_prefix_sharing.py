@@ -13,7 +13,7 @@ from open_clip.model import CLIP
 
 from eval.model_access import ClipAdapter
 from eval.models import register_model_configs
-from eval.prefix_sharing import _trie, encode_prefix_trie, prefix_sharing_ineligibility, trie_chunks
+from eval.prefix_sharing import encode_prefix_trie, prefix_sharing_ineligibility, trie_chunks, trie_plan
 from eval.text_encoding import pooled_positions
 
 TOL = dict(rtol=1e-5, atol=1e-5)
@@ -67,16 +67,28 @@ def test_registered_model_through_the_adapter_equals_the_row_by_row_path():
     torch.testing.assert_close(got, ref, **TOL)
 
 
-def test_trie_has_one_node_per_distinct_prefix():
+@pytest.mark.parametrize("budget", [12, 8192])
+def test_plan_has_one_node_per_distinct_prefix_and_runs_each_query_once(budget):
     text = open_clip.get_tokenizer("clip-micro")(_captions())[:, :16]
     ends = text.argmax(dim=-1).tolist()
-    tokens, depths, paths = _trie(text.tolist(), ends)
+    plan = trie_plan(text, ends, budget)
     rows = text.tolist()
     prefixes = {tuple(r[:k + 1]) for r, e in zip(rows, ends) for k in range(e + 1)}
-    assert len(tokens) == len(prefixes)
-    for row, end, path in zip(rows, ends, paths):
-        assert [tokens[n] for n in path[:end + 1]] == row[:end + 1]
-        assert [depths[n] for n in path[:end + 1]] == list(range(end + 1))
+    assert len(plan.tokens) == len(plan.depths) == len(prefixes)
+    assert sorted(zip(plan.depths.tolist(), plan.tokens.tolist())) == sorted((len(p) - 1, p[-1]) for p in prefixes)
+    queried = torch.cat([g.query_nodes[g.owned] for g in plan.groups]).tolist()
+    assert sorted(queried) == list(range(len(prefixes)))  # every node's query runs once, in one group
+    for g in plan.groups:  # a query sees its own path up to itself: keys at depths 0..its depth
+        depth = plan.depths[g.query_nodes]
+        seen = (~g.hidden).sum(dim=-1)
+        assert torch.equal(seen[g.owned], depth[g.owned] + 1)
+        assert torch.equal(plan.depths[g.keys][:, :1], torch.zeros(len(g.keys), 1, dtype=torch.long))
+        assert g.keys.shape[0] * g.keys.shape[1] <= budget or g.keys.shape[0] == 1
+    last = torch.cat([g.query_nodes[g.owned] for g in plan.last_groups]).tolist()
+    assert sorted(last) == sorted(plan.ends.tolist()) and len(set(last)) == len({tuple(r[:e + 1]) for r, e in zip(rows, ends)})
+    for row, end, slot in zip(rows, ends, plan.row_end.tolist()):  # each row pools its own last node
+        node = plan.ends[slot]
+        assert (plan.depths[node].item(), plan.tokens[node].item()) == (end, row[end])
 
 
 @pytest.mark.parametrize("budget", [8, 40, 10_000])
