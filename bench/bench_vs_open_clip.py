@@ -7,10 +7,13 @@ for each case:
 
 - ``tiny``: ``--model`` (clip-tiny: 64 px, context 32) at ``--batch-size``;
 - ``laion-text``: the ``laion_small`` model (open_clip ViT-B-32, 224 px, text context 77) at a
-  CPU-sized batch (``--laion-batch-size``, ``--laion-steps``): where text trimming pays most.
+  CPU-sized batch (``--laion-batch-size``, ``--laion-steps``): where text trimming pays most;
+- ``tiny-busy``: ``tiny`` while ``--busy`` busy-loop processes (default 2) hold the cores: the
+  lead under a fixed background load.
 
     python bench/bench_vs_open_clip.py --model clip-tiny --batch-size 64 --workers 1 --steps 30
     python bench/bench_vs_open_clip.py --cases tiny laion-text --steps 24 --laion-steps 8
+    python bench/bench_vs_open_clip.py --cases tiny tiny-busy --steps 30 --skip 5 --repeats 3
 
 open_clip_train needs webdataset<=0.2.86 (it uses private internals of older versions), so it runs
 with its own copy: ``pip install --no-deps --target <work>/wds0286 webdataset==0.2.86`` (done here
@@ -19,6 +22,7 @@ if missing; needs pandas + braceexpand, which are installed).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import os
 import re
@@ -30,7 +34,7 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-CASES = ("tiny", "laion-text")
+CASES = ("tiny", "laion-text", "tiny-busy")
 LAION_MODEL = "ViT-B-32"  # configs/laion_small.yaml's model.model_name
 WRAPPER = """import sys, open_clip
 open_clip.add_model_config({config_dir!r})
@@ -53,6 +57,18 @@ def make_shards(out: Path, num_samples: int, image_size: int) -> str:
         write_corpus(out, num_samples=num_samples, image_size=image_size, shard_size=1000)
     n = len(list(out.glob("*.tar")))
     return str(out / ("{00000..%05d}.tar" % (n - 1)))
+
+
+@contextlib.contextmanager
+def busy_loops(n: int):
+    """``n`` processes spinning in a Python loop (a fixed background load) for the block's duration."""
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+    try:
+        yield
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
 
 
 def run_ours(a, shards: str, work: Path) -> float:
@@ -110,25 +126,29 @@ def main() -> None:
                         "(a shared machine's load comes and goes)")
     p.add_argument("--work-dir", default=None, help="default: a fresh temporary directory")
     p.add_argument("--cases", nargs="+", default=list(CASES), choices=CASES,
-                   help="tiny: --model at --batch-size; laion-text: ViT-B-32 (context 77) at --laion-batch-size")
+                   help="tiny: --model at --batch-size; laion-text: ViT-B-32 (context 77) at --laion-batch-size; "
+                        "tiny-busy: tiny under --busy busy-loop processes")
     p.add_argument("--laion-batch-size", type=int, default=8, help="laion-text case: a CPU-sized batch")
     p.add_argument("--laion-steps", type=int, default=10, help="laion-text case: steps per run")
+    p.add_argument("--busy", type=int, default=2, help="tiny-busy case: busy-loop processes during its runs")
     a = p.parse_args()
     work = Path(a.work_dir or tempfile.mkdtemp(prefix="bench-clip-"))
     work.mkdir(parents=True, exist_ok=True)
     shards = make_shards(work / "shards", a.num_samples, a.image_size)
-    ours_runs, theirs_runs = [], []
     cases = {name: case_args(a, name) for name in a.cases}
     runs = {name: ([], []) for name in cases}
     for _ in range(a.repeats):  # alternate trainers and cases, so load changes hit all of them alike
         for name, c in cases.items():
-            runs[name][0].append(run_ours(c, shards, work))
-            runs[name][1].append(run_theirs(c, shards, work))
+            with busy_loops(c.busy if name == "tiny-busy" else 0):
+                runs[name][0].append(run_ours(c, shards, work))
+            with busy_loops(c.busy if name == "tiny-busy" else 0):
+                runs[name][1].append(run_theirs(c, shards, work))
     print(f"workers={a.workers} accelerator={a.accelerator} repeats={a.repeats} threads=default (all cores)")
     for name, c in cases.items():
         ours_runs, theirs_runs = runs[name]
         ours, theirs = max(ours_runs), max(theirs_runs)
-        print(f"[{name}] model={c.model} batch={c.batch_size} steps={c.steps} (median after {c.skip}); per repeat: "
+        busy = f" under {c.busy} busy loops" if name == "tiny-busy" else ""
+        print(f"[{name}] model={c.model} batch={c.batch_size} steps={c.steps} (median after {c.skip}){busy}; per repeat: "
               f"ours {[round(x, 1) for x in ours_runs]}, open_clip {[round(x, 1) for x in theirs_runs]}")
         print(f"[{name}] python -m train fit      : {ours:10.2f} samples/s")
         print(f"[{name}] open_clip_train.main     : {theirs:10.2f} samples/s")
@@ -137,7 +157,7 @@ def main() -> None:
 
 def case_args(a: argparse.Namespace, name: str) -> argparse.Namespace:
     """The run arguments of case ``name`` (see the module docstring)."""
-    if name == "tiny":
+    if name in ("tiny", "tiny-busy"):
         return a
     if name == "laion-text":
         return argparse.Namespace(**{**vars(a), "model": LAION_MODEL, "batch_size": a.laion_batch_size,

@@ -33,6 +33,7 @@ VARIANTS = {
     "after": {"trim_text": True, "optimizer_impl": "auto"},
     "no-trim": {"trim_text": False, "optimizer_impl": "auto"},  # before -> no-trim: the optimizer alone
     "bf16": {"trim_text": True, "optimizer_impl": "auto", "bf16": True},
+    "compile": {"trim_text": True, "optimizer_impl": "auto", "compile_model": True},  # model.compile: true
 }
 
 

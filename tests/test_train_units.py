@@ -1,7 +1,9 @@
 """Unit tests of the train room's pieces, each against an independent computation."""
 from __future__ import annotations
 
+import functools
 import json
+import os
 from pathlib import Path
 
 import open_clip
@@ -138,6 +140,31 @@ def test_datamodule_bad_input_messages(tmp_path, tiny_shards):
         WebDataModule(train_shards=missing)
     with pytest.raises(ValueError, match="exactly one of data.train_shards, data.train_sources and data.synthetic"):
         WebDataModule()
+    for nice in (-1, 20, 2.5):
+        with pytest.raises(ValueError, match=rf"data.worker_nice must be an int in 0..19 .*got {nice}"):
+            WebDataModule(train_shards=tiny_shards, worker_nice=nice)
+
+
+class _Niceness(torch.utils.data.IterableDataset):
+    def __iter__(self):
+        yield os.nice(0)
+
+
+def test_worker_nice_lowers_only_the_workers_priority(tiny_shards):
+    from train.data import lower_priority
+
+    dm = WebDataModule(train_shards=tiny_shards, batch_size=8, num_workers=1, worker_nice=5)
+    _, pv, _ = build_model_and_transforms("clip-micro")
+    dm.set_model_transforms(pv, pv, open_clip.get_tokenizer("clip-micro"))
+    init = dm.train_dataloader().worker_init_fn
+    assert (init.func, init.args) == (lower_priority, (5,))  # the loader's workers get data.worker_nice
+
+    here = os.nice(0)
+    for nice, expected in ((0, here), (7, min(19, here + 7))):
+        loader = torch.utils.data.DataLoader(_Niceness(), batch_size=None, num_workers=1,
+                                             worker_init_fn=functools.partial(lower_priority, nice))
+        assert list(loader) == [expected]
+    assert os.nice(0) == here  # the training process keeps its priority
 
 
 def test_shard_expansion_and_counting(tiny_shards):

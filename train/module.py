@@ -112,6 +112,7 @@ class CLIPModule(L.LightningModule):
         trim_text: bool = True,
         grad_checkpointing: bool = False,
         accumulate_contrastive: int = 1,
+        compile_model: bool = False,
         aux_losses: list[AuxLoss] | None = None,
     ) -> None:
         """
@@ -145,6 +146,10 @@ class CLIPModule(L.LightningModule):
                 (:mod:`train.contrastive_cache`): the negatives of the full batch (and of every rank)
                 with the activation memory of batch / K, for one extra forward pass. 1 (default): off.
                 Not with ``aux_losses`` or BatchNorm towers (refused).
+            compile_model: ``torch.compile`` the model's training forward (``nn.Module.compile``: the
+                state_dict and checkpoints are unchanged). Off by default: on a 2-core CPU the
+                quickstart step is slower compiled (298 vs 245 ms steady state, after about a minute
+                of compiling; ``bench/roofline.py --variants after compile``); try it on a GPU.
             aux_losses: Auxiliary objectives added to the contrastive loss (``train.aux_losses``; each
                 ``class_path`` + ``init_args``), their terms logged as ``train/aux/<name>``; the
                 contrastive part alone as ``train/loss_contrastive`` when any is set.
@@ -166,6 +171,10 @@ class CLIPModule(L.LightningModule):
             raise ValueError(f"Invalid model config: grad_checkpointing must be true or false, got {grad_checkpointing!r}")
         if grad_checkpointing:
             self.model.set_grad_checkpointing(True)
+        if not isinstance(compile_model, bool):
+            raise ValueError(f"Invalid model config: compile_model must be true or false, got {compile_model!r}")
+        if compile_model:
+            self.model.compile()
         self.tokenizer = open_clip.get_tokenizer(model_name)
         problems = check_aux_losses(aux_losses or [], self.model)
         problems += check_accumulate_contrastive(accumulate_contrastive, aux_losses or [], self.model)
