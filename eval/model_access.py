@@ -141,7 +141,7 @@ class ClipAdapter:
         budget = self.batch_size * unique.shape[1]  # trie nodes per chunk: the tokens of a full batch
         ends = pooled_positions(self.model, unique)
         sizes = trie_chunks(unique, ends + 1, budget)
-        chunks = [(rows.to(device), trie_plan(rows, e.tolist(), budget).to(device))
+        chunks = [(rows.to(device), trie_plan(rows, e.tolist()).to(device))
                   for rows, e in zip(torch.split(unique, sizes), torch.split(ends, sizes))]
         self._plans[key] = (inverse, chunks)
         while len(self._plans) > PLAN_CACHE:
