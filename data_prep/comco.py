@@ -40,13 +40,30 @@ def vocabulary(kind: str) -> list[str]:
 
 
 def counterbalanced_items(names: Sequence[str], n: int, count: int, rng: np.random.Generator) -> list[list[str]]:
-    """``count`` lists of ``n`` distinct names; each name equally often per slot per ``len(names)`` items."""
+    """``count`` lists of ``n`` distinct names, in blocks of ``len(names)`` items: within a block each
+    name fills every slot exactly once. Every block draws its own permutation and slot offsets, and a
+    block that would repeat a list of an earlier block is drawn again, so no list (scene) repeats:
+    more blocks are more distinct items, not copies (a copy would count as an independent item and
+    narrow the probes' intervals without adding information)."""
     v = len(names)
     if not 1 <= n <= v:
         raise ValueError(f"--n-objects {n} must lie in [1, {v}] for a vocabulary of {v} names")
-    perm = [names[i] for i in rng.permutation(v)]
-    offsets = [int(d) for d in rng.choice(v, size=n, replace=False)]
-    return [[perm[(t + d) % v] for d in offsets] for t in range(count)]
+    items: list[list[str]] = []
+    seen: set[tuple[str, ...]] = set()
+    while len(items) < count:
+        size = min(v, count - len(items))
+        for _ in range(1000):
+            perm = [names[i] for i in rng.permutation(v)]
+            offsets = [int(d) for d in rng.choice(v, size=n, replace=False)]
+            block = [[perm[(t + d) % v] for d in offsets] for t in range(size)]
+            if not seen & {tuple(b) for b in block}:
+                break
+        else:  # a tiny vocabulary: fewer distinct ordered lists than asked for
+            raise ValueError(f"{count} distinct lists of {n} of {v} names cannot be drawn in counterbalanced blocks; "
+                             "ask for fewer items per setting")
+        seen |= {tuple(b) for b in block}
+        items += block
+    return items
 
 
 def validate_args(image_size: int, n_objects: Sequence[int], items_per_setting: int | None, kind: str,

@@ -70,8 +70,10 @@ def relation_eval_set(cache_dir: Path | None, seed: int, image_size: int, progre
 
 
 def set_name(seed: int, image_size: int | str, blocks: int = 1) -> str:
-    """Cache folder name of a default eval set (``-b<blocks>`` only when more than one block)."""
-    return f"comco-objects-seed{seed}-px{image_size}" + (f"-b{blocks}" if blocks > 1 else "")
+    """Cache folder name of a default eval set (``-b<blocks>d`` only when more than one block; the
+    ``d``: blocks of distinct scenes, since 2026-12-04 — the sets cached as ``-b<blocks>`` before
+    repeated the first block's scenes and are not read)."""
+    return f"comco-objects-seed{seed}-px{image_size}" + (f"-b{blocks}d" if blocks > 1 else "")
 
 
 def eval_set_cache_problem(cache_dir: Path | None, seed: int, image_size: int | None, flag: str,

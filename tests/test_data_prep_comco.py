@@ -77,9 +77,24 @@ def test_position_is_not_tied_to_category_index(objects_set):
 def test_counterbalanced_items_is_a_latin_design():
     rng = np.random.default_rng(0)
     items = counterbalanced_items(list("abcdefg"), 3, 14, rng)
-    for slot in range(3):
-        assert Counter(it[slot] for it in items) == {c: 2 for c in "abcdefg"}
+    for block in (items[:7], items[7:]):  # each block of V items is a Latin design on its own
+        for slot in range(3):
+            assert Counter(it[slot] for it in block) == {c: 1 for c in "abcdefg"}
     assert all(len(set(it)) == 3 for it in items)
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_blocks_hold_distinct_scenes_not_copies(tmp_path, n):
+    """A second block is new scenes: a copy would count as independent items and narrow the intervals."""
+    names = ["apple", "axe", "bed", "bus", "cake", "car", "cup", "dog"]
+    items = counterbalanced_items(names, n, 4 * len(names), np.random.default_rng(0))
+    assert len({tuple(it) for it in items}) == len(items)
+    with pytest.raises(ValueError, match="cannot be drawn"):  # 3 names: only 6 ordered pairs exist
+        counterbalanced_items(list("abc"), 2, 9, np.random.default_rng(0))
+    m = write_eval_set(tmp_path / "s", n_objects=(n,), items_per_setting=2 * len(names), objects=names, progress=False)
+    multi = [r for r in _manifest(m) if r["kind"] == "multi"]
+    pixels = {(tmp_path / "s" / r["image"]).read_bytes() for r in multi}
+    assert len(multi) == 2 * len(names) * n and len(pixels) == len(multi)  # no two images alike
 
 
 def test_shapes_set_and_determinism(tmp_path):

@@ -18,7 +18,7 @@ def test_blocks_render_whole_latin_squares_into_their_own_cache_folder(tmp_path,
     monkeypatch.setattr("data_prep.comco.write_eval_set", fake_write)
     one = eval_sets.default_eval_set(tmp_path, 0, 32, progress=False)
     four = eval_sets.default_eval_set(tmp_path, 0, 32, progress=False, blocks=4)
-    assert one.name == "comco-objects-seed0-px32" and four.name == "comco-objects-seed0-px32-b4"
+    assert one.name == "comco-objects-seed0-px32" and four.name == "comco-objects-seed0-px32-b4d"
     assert calls == [None, 4 * len(vocabulary("objects"))]  # None = one block (the vocabulary size)
     assert eval_sets.default_eval_set(tmp_path, 0, 32, blocks=4) == four and len(calls) == 2  # cached
     assert eval_sets.eval_set_cache_problem(tmp_path, 0, 32, "cache_dir", blocks=4) is None
