@@ -305,8 +305,9 @@ class BiasEvalCallback(L.Callback):
                 if self._prepared is None:
                     self._prepare(pl_module, prepare_suite)
                 t0 = time.perf_counter()
-                result = run_suite(self._adapter, self._prepared)
-                benchmarks = self._run_benchmarks()
+                with self._adapter.evaluation():  # each registered input encoded once (share_inputs)
+                    result = run_suite(self._adapter, self._prepared)
+                    benchmarks = self._run_benchmarks()
         finally:
             for m, was_training in modes.items():
                 m.train(was_training)
@@ -339,6 +340,10 @@ class BiasEvalCallback(L.Callback):
             self._prepared_benchmarks = prepare_benchmarks(self._adapter, self.benchmarks, eval_set,
                                                            self.suite.n_objects, self.suite.seed,
                                                            relation_set=relation_set)
+        parts = [p for p in (self._prepared_benchmarks.parts.values() if self._prepared_benchmarks else [])
+                 if isinstance(p, dict)]
+        self._adapter.share_inputs([getattr(self._prepared, "tokens", None), *(p.get("tokens") for p in parts)],
+                                   [getattr(self._prepared, "images", None), *(p.get("images") for p in parts)])
         self.prepare_seconds = time.perf_counter() - t1
         log.info("bias probes ready in %.1f s (eval set %s in %.1f s; decoding and tokenising %.1f s)",
                  self.render_seconds + self.prepare_seconds, getattr(eval_set, "root", "?"), self.render_seconds,

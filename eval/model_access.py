@@ -13,8 +13,10 @@ Model configs and checkpoint files are read by :mod:`eval.models` (``eval`` neve
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections import OrderedDict
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -30,6 +32,48 @@ from eval.image_encoding import encode_image_fast, fast_image_ineligibility
 from eval.models import load_checkpoint, model_from_checkpoint, register_model_configs
 from eval.prefix_sharing import TriePlan, encode_prefix_trie, prefix_sharing_ineligibility, trie_chunks, trie_plan
 from eval.text_encoding import encode_text, pooled_positions
+
+
+def _token_row_key(row: torch.Tensor) -> bytes:
+    return row.numpy().tobytes()
+
+
+def _image_row_key(row: torch.Tensor) -> bytes:
+    return hashlib.blake2b(row.contiguous().numpy().tobytes(), digest_size=16).digest()
+
+
+@dataclass
+class _Union:
+    """The distinct rows of several registered tensors and, per tensor (by identity), where each of
+    its rows is among them."""
+
+    rows: torch.Tensor
+    members: list[tuple[torch.Tensor, torch.Tensor]]
+
+    @classmethod
+    def of(cls, tensors: list[torch.Tensor], key: Callable[[torch.Tensor], bytes]) -> "_Union | None":
+        if not tensors:
+            return None
+        slot: dict[bytes, int] = {}
+        firsts: list[torch.Tensor] = []
+        members = []
+        for t in tensors:
+            cpu = t.detach().cpu()
+            index = []
+            for row in cpu:
+                k = key(row)
+                if k not in slot:
+                    slot[k] = len(firsts)
+                    firsts.append(row)
+                index.append(slot[k])
+            members.append((t, torch.tensor(index, dtype=torch.long)))
+        return cls(torch.stack(firsts), members)
+
+    def holds(self, x: torch.Tensor) -> bool:
+        return any(t is x for t, _ in self.members)
+
+    def index(self, x: torch.Tensor) -> torch.Tensor:
+        return next(i for t, i in self.members if t is x)
 
 
 #: token batches whose tries a :class:`ClipAdapter` keeps (the callback's probes use a handful)
@@ -69,6 +113,8 @@ class ClipAdapter:
     share_prefixes: bool = True
     fast_images: bool = True
     _plans: OrderedDict = field(default_factory=OrderedDict, init=False, repr=False, compare=False)
+    _shared: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+    _memo: dict | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         missing = [m for m in ("encode_image", "encode_text") if not callable(getattr(self.model, m, None))]
@@ -90,10 +136,39 @@ class ClipAdapter:
         """Floating dtype of the model's parameters (image inputs are cast to it)."""
         return next(p.dtype for p in self.model.parameters() if p.is_floating_point())
 
+    def share_inputs(self, texts: Sequence[torch.Tensor | None], images: Sequence[torch.Tensor | None]) -> None:
+        """Register the token and image tensors that each evaluation encodes (the callback's prepared
+        inputs). Inside :meth:`evaluation`, the first request for one of them encodes the distinct rows
+        of all of them together (one prefix trie over every caption, each distinct image once) and
+        every request for a registered tensor is answered from that; other inputs encode as usual."""
+        self._shared = {"text": _Union.of([t for t in texts if isinstance(t, torch.Tensor)], _token_row_key),
+                        "image": _Union.of([t for t in images if isinstance(t, torch.Tensor)], _image_row_key)}
+
+    @contextlib.contextmanager
+    def evaluation(self) -> Iterator["ClipAdapter"]:
+        """One evaluation with fixed weights: registered inputs (:meth:`share_inputs`) encode once."""
+        self._memo = {}
+        try:
+            yield self
+        finally:
+            self._memo = None
+
+    def _shared_rows(self, kind: str, x: torch.Tensor, encode: Callable[[torch.Tensor], torch.Tensor]):
+        union = self._shared.get(kind)
+        if self._memo is None or union is None or not union.holds(x):
+            return None
+        if kind not in self._memo:
+            self._memo[kind] = encode(union.rows)
+        return self._memo[kind][union.index(x).to(self._memo[kind].device)]
+
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """``(N, 3, H, W)`` preprocessed images -> ``(N, D)`` L2-normalised float32 embeddings
         (at inference on a plain ViT: :func:`eval.image_encoding.encode_image_fast`, the same to
         float rounding)."""
+        shared = self._shared_rows("image", images, self._encode_image)
+        return shared if shared is not None else self._encode_image(images)
+
+    def _encode_image(self, images: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():  # as the encoding will run
             fast = self.fast_images and fast_image_ineligibility(self.model) is None
         return self._encode(partial(encode_image_fast, self.model) if fast else self.model.encode_image, images)
@@ -110,6 +185,10 @@ class ClipAdapter:
         """
         if tokens.shape[0] == 0:
             raise ValueError("nothing to encode: got an empty batch")
+        shared = self._shared_rows("text", tokens, self._encode_text)
+        return shared if shared is not None else self._encode_text(tokens)
+
+    def _encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         if self.trim_text and self.share_prefixes and self._prefix_sharing_ok():
             inverse, chunks = self._trie_plans(tokens)
             with torch.no_grad():

@@ -35,12 +35,20 @@ TEMPLATES: tuple[str, ...] = ("a photo of a {}.", "a picture of a {}.", "an imag
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
-def class_embeddings(adapter: Any, classnames: Sequence[str], templates: Sequence[str] = TEMPLATES) -> torch.Tensor:
-    """``[C, D]``: per class, the normalised mean of its templates' normalised text embeddings."""
+def prompt_tokens(adapter: Any, classnames: Sequence[str], templates: Sequence[str] = TEMPLATES) -> torch.Tensor:
+    """``[C * T, L]``: every class's prompts, class by class, tokenised."""
     if not classnames or not templates:
         raise ValueError("zero-shot needs at least one class name and one template")
-    texts = [t.format(c) for c in classnames for t in templates]
-    emb = adapter.encode_text(adapter.tokenizer(texts)).float()
+    return adapter.tokenizer([t.format(c) for c in classnames for t in templates])
+
+
+def class_embeddings(adapter: Any, classnames: Sequence[str], templates: Sequence[str] = TEMPLATES,
+                     tokens: torch.Tensor | None = None) -> torch.Tensor:
+    """``[C, D]``: per class, the normalised mean of its templates' normalised text embeddings
+    (``tokens``: :func:`prompt_tokens` of the same classes and templates, if already made)."""
+    if tokens is None:
+        tokens = prompt_tokens(adapter, classnames, templates)
+    emb = adapter.encode_text(tokens).float()
     emb = F.normalize(emb, dim=-1).reshape(len(classnames), len(templates), -1).mean(dim=1)
     return F.normalize(emb, dim=-1)
 
@@ -143,13 +151,15 @@ def prepare_folder(adapter: Any, folder: FolderSet, progress: bool = False) -> d
     images, kept, bad = load_images(adapter, folder.paths, progress)
     return {"images": images, "labels": torch.tensor([folder.labels[i] for i in kept], dtype=torch.long),
             "classnames": list(folder.classnames), "root": str(folder.root),
+            "tokens": prompt_tokens(adapter, folder.classnames) if folder.classnames else None,
             "skipped": {**folder.skipped, **({"unreadable image": bad} if bad else {})}}
 
 
 def run_prepared(adapter: Any, part: dict, templates: Sequence[str] = TEMPLATES, k: int = 5,
                  min_items: int = MIN_ITEMS) -> dict:
     """Zero-shot accuracy of :func:`prepare_folder`'s images; the result also names its classes."""
-    weights = class_embeddings(adapter, part["classnames"], templates)
+    tokens = part.get("tokens") if templates == TEMPLATES else None  # prepared with the default templates
+    weights = class_embeddings(adapter, part["classnames"], templates, tokens)
     emb = adapter.encode_image(part["images"]) if part["images"] is not None else torch.zeros(0, weights.shape[1])
     out = classify(emb, weights, part["labels"], k, min_items, part["skipped"])
     out["classnames"], out["root"] = part["classnames"], part["root"]

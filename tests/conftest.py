@@ -84,7 +84,7 @@ def _no_wandb_run_leaks():
 
     wandb = sys.modules.get("wandb")
     if wandb is not None and getattr(wandb, "run", None) is not None:
-        wandb.finish(quiet=True)
+        wandb.finish()
 
 
 @pytest.fixture(autouse=True, scope="session")

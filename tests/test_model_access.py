@@ -250,3 +250,39 @@ def test_one_model_registry():
                  if p != root / "eval" / "models.py"
                  and any(s in p.read_text(encoding="utf-8") for s in ("add_model_config(", 'startswith("model.")'))]
     assert offenders == []
+
+
+def test_shared_inputs_encode_once_per_evaluation_with_the_same_embeddings():
+    import open_clip
+
+    from eval.models import register_model_configs
+
+    register_model_configs()
+    torch.manual_seed(0)
+    model = open_clip.create_model("clip-micro").eval()
+    tok = open_clip.get_tokenizer("clip-micro")
+    adapter = ClipAdapter(model, preprocess=None, tokenizer=tok)
+    captions = tok(["a photo of a dog", "a cat and a dog", "a photo of a dog"])
+    prompts = tok(["a photo of a dog", "a bus"])  # overlaps the captions
+    g = torch.Generator().manual_seed(1)
+    scenes = torch.randn(4, 3, 32, 32, generator=g)
+    singles = scenes[[2, 0]].clone()  # the same images again, as another probe holds them
+    ref = {name: adapter.encode_text(t) for name, t in (("captions", captions), ("prompts", prompts))}
+    ref_img = {"scenes": adapter.encode_image(scenes), "singles": adapter.encode_image(singles)}
+    adapter.share_inputs([captions, prompts, None], [scenes, singles])
+    calls = {"text": [], "image": []}
+    model.transformer.resblocks[0].ln_1.register_forward_pre_hook(lambda m, a: calls["text"].append(a[0].shape[0]))
+    model.visual.conv1.register_forward_pre_hook(lambda m, a: calls["image"].append(a[0].shape[0]))
+    for _ in range(2):  # two evaluations: each encodes the distinct registered rows once
+        with adapter.evaluation():
+            torch.testing.assert_close(adapter.encode_text(captions), ref["captions"], rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(adapter.encode_text(prompts), ref["prompts"], rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(adapter.encode_image(scenes), ref_img["scenes"], rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(adapter.encode_image(singles), ref_img["singles"], rtol=1e-5, atol=1e-6)
+    assert calls["image"] == [4, 4]  # 4 distinct images per evaluation, not 6
+    assert len(calls["text"]) == 2  # one trie over the 3 distinct captions, per evaluation
+    other = tok(["a red bus"])
+    with adapter.evaluation():
+        adapter.encode_text(other)  # not registered: encoded as usual
+    adapter.encode_text(captions)  # outside an evaluation: encoded as usual
+    assert len(calls["text"]) == 4
