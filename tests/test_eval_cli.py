@@ -173,7 +173,7 @@ def test_cli_without_data_renders_default_set_at_model_size(tmp_path, monkeypatc
     # --eval-set-blocks renders (once) the larger set the training callback uses, in its own cache folder
     sizes.clear()
     assert cli.main([*argv, "--eval-set-blocks", "2"]) == 0
-    assert sizes == [32] and json.loads(out.read_text())["eval_set"].endswith("comco-objects-seed0-px32-b2")
+    assert sizes == [32] and json.loads(out.read_text())["eval_set"].endswith("comco-objects-seed0-px32-b2d")
 
 
 def test_default_eval_set_bounds_n_for_cli_and_callback(tmp_path):
