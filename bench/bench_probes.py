@@ -114,9 +114,11 @@ def result_diffs(a, b, tol: float = 1e-5, path: str = "") -> list[str]:
     return [] if a == b else [f"{path}: {a!r} vs {b!r}"]
 
 
-def _alternate(adapter, timed, prepared, switch: str, repeats: int) -> tuple[dict, dict, dict]:
+def _alternate(adapter, timed, prepared, switch: str, repeats: int,
+               encoder: str = "encode_text") -> tuple[dict, dict, dict]:
     """The suite with ``adapter.<switch>`` off and on, alternating: per setting the runs' (total,
-    encode_text) seconds, the last results and the caption embeddings."""
+    ``encoder``) seconds, the last results and the embeddings of the prepared captions
+    (``encode_text``) or images (``encode_image``)."""
     runs: dict[bool, list] = {False: [], True: []}
     results, embeddings = {}, {}
     for _ in range(repeats):
@@ -125,11 +127,12 @@ def _alternate(adapter, timed, prepared, switch: str, repeats: int) -> tuple[dic
             timed.seconds = dict.fromkeys(timed.seconds, 0.0)
             t0 = time.perf_counter()
             results[on] = run_suite(timed, prepared)
-            runs[on].append((time.perf_counter() - t0, timed.seconds["encode_text"]))
+            runs[on].append((time.perf_counter() - t0, timed.seconds[encoder]))
+    inputs = prepared.tokens if encoder == "encode_text" else prepared.images
     for on in (False, True):
         setattr(adapter, switch, on)
         with torch.no_grad():
-            embeddings[on] = adapter.encode_text(prepared.tokens)
+            embeddings[on] = getattr(adapter, encoder)(inputs)
     return runs, results, embeddings
 
 
@@ -202,19 +205,12 @@ def compare_images(adapter, eval_set: EvalSet, config: SuiteConfig, repeats: int
     last on the class token), alternating; the fastest encode_image of each, and equality."""
     timed = TimedAdapter(adapter)
     prepared = prepare_suite(timed, eval_set, config, progress=False)
-    runs: dict[bool, list] = {False: [], True: []}
-    results, embeddings = {}, {}
-    for _ in range(repeats):
-        for on in (False, True):
-            adapter.fast_images = on
-            timed.seconds = dict.fromkeys(timed.seconds, 0.0)
-            results[on] = run_suite(timed, prepared)
-            runs[on].append(timed.seconds["encode_image"])
-            embeddings[on] = adapter.encode_image(prepared.images)
+    runs, results, embeddings = _alternate(adapter, timed, prepared, "fast_images", repeats, "encode_image")
+    image = {on: min(r[1] for r in runs[on]) for on in (False, True)}
     diffs = result_diffs(results[False], results[True])
-    return {"images": int(prepared.images.shape[0]), "open_clip_s": round(min(runs[False]), 3),
-            "fast_s": round(min(runs[True]), 3), "speedup": round(min(runs[False]) / min(runs[True]), 2),
-            "runs_encode_image_s": {k: [round(t, 3) for t in runs[on]] for k, on in (("open_clip", False), ("fast", True))},
+    return {"images": int(prepared.images.shape[0]), "open_clip_s": round(image[False], 3),
+            "fast_s": round(image[True], 3), "speedup": round(image[False] / image[True], 2),
+            "runs_encode_image_s": {k: [round(r[1], 3) for r in runs[on]] for k, on in (("open_clip", False), ("fast", True))},
             "max_embedding_diff": float((embeddings[False] - embeddings[True]).abs().max()),
             "results_equal_1e-5": not diffs, "result_diffs": diffs[:10]}
 
@@ -252,38 +248,30 @@ def main(argv=None) -> int:
     eval_set = load_eval_set(args.data or default_eval_set(None, 0, 64, blocks=args.blocks))
     results: dict = {"model": args.model, "threads": args.threads, "torch": torch.__version__}
     base = SuiteConfig(n_objects=tuple(eval_set.n_values()), items_per_probe=args.items)
-    if args.compare_fused:
-        callback_like = replace(base, probes=("tor", "ior", "i2tor", "itm"), n_objects=(3,), itm_distractors=1)
-        results["compare_fused"] = cmp = compare_fused(adapter, eval_set, callback_like, repeats=args.full_repeats + 1)
-        print(json.dumps(cmp, indent=1))
-        print(f"text encoding of {cmp['texts']} captions: float mask {cmp['float_mask_s']:.2f} s, fused "
-              f"{cmp['fused_s']:.2f} s, ratio {cmp['speedup']:.2f}x; equal to 1e-5: {cmp['equal_1e-5']} "
-              f"(max diff {cmp['max_embedding_diff']:.1e})")
-        if args.out is not None:
-            write_json_atomic(args.out, results)
-        return 0 if cmp["equal_1e-5"] else 1
-    if args.compare_prefixes:
-        callback_like = replace(base, probes=("tor", "ior", "i2tor", "itm"), n_objects=(3,), itm_distractors=1)
-        results["compare_prefixes"] = cmp = compare_prefixes(adapter, eval_set, callback_like,
-                                                             repeats=args.full_repeats + 1)
-        print(json.dumps(cmp, indent=1))
-        print(f"text encoding of {cmp['texts']} captions: per row {cmp['rows_s']:.2f} s, per distinct prefix "
-              f"{cmp['trie_s']:.2f} s, ratio {cmp['encode_text_speedup']:.2f}x (whole suite {cmp['suite_rows_s']:.2f} "
-              f"vs {cmp['suite_trie_s']:.2f} s); results equal to 1e-5: {cmp['results_equal_1e-5']} "
-              f"(max embedding diff {cmp['max_embedding_diff']:.1e})")
-        if args.out is not None:
-            write_json_atomic(args.out, results)
-        return 0 if cmp["results_equal_1e-5"] else 1
-    if args.compare_images:
-        callback_like = replace(base, probes=("tor", "ior", "i2tor", "itm"), n_objects=(3,), itm_distractors=1)
-        results["compare_images"] = cmp = compare_images(adapter, eval_set, callback_like, repeats=args.full_repeats + 1)
-        print(json.dumps(cmp, indent=1))
-        print(f"image encoding of {cmp['images']} images: open_clip {cmp['open_clip_s']:.2f} s, fused + class token "
-              f"{cmp['fast_s']:.2f} s, ratio {cmp['speedup']:.2f}x; results equal to 1e-5: {cmp['results_equal_1e-5']} "
-              f"(max embedding diff {cmp['max_embedding_diff']:.1e})")
-        if args.out is not None:
-            write_json_atomic(args.out, results)
-        return 0 if cmp["results_equal_1e-5"] else 1
+    callback_like = replace(base, probes=("tor", "ior", "i2tor", "itm"), n_objects=(3,), itm_distractors=1)
+    callback_sized = [  # (flag, results key, comparison, its summary line, the key that says "equal")
+        (args.compare_fused, "compare_fused", compare_fused, lambda c: (
+            f"text encoding of {c['texts']} captions: float mask {c['float_mask_s']:.2f} s, fused "
+            f"{c['fused_s']:.2f} s, ratio {c['speedup']:.2f}x; equal to 1e-5: {c['equal_1e-5']} "
+            f"(max diff {c['max_embedding_diff']:.1e})"), "equal_1e-5"),
+        (args.compare_prefixes, "compare_prefixes", compare_prefixes, lambda c: (
+            f"text encoding of {c['texts']} captions: per row {c['rows_s']:.2f} s, per distinct prefix "
+            f"{c['trie_s']:.2f} s, ratio {c['encode_text_speedup']:.2f}x (whole suite {c['suite_rows_s']:.2f} "
+            f"vs {c['suite_trie_s']:.2f} s); results equal to 1e-5: {c['results_equal_1e-5']} "
+            f"(max embedding diff {c['max_embedding_diff']:.1e})"), "results_equal_1e-5"),
+        (args.compare_images, "compare_images", compare_images, lambda c: (
+            f"image encoding of {c['images']} images: open_clip {c['open_clip_s']:.2f} s, fused + class token "
+            f"{c['fast_s']:.2f} s, ratio {c['speedup']:.2f}x; results equal to 1e-5: {c['results_equal_1e-5']} "
+            f"(max embedding diff {c['max_embedding_diff']:.1e})"), "results_equal_1e-5"),
+    ]
+    for wanted, key, compare, line, equal in callback_sized:
+        if wanted:
+            results[key] = cmp = compare(adapter, eval_set, callback_like, repeats=args.full_repeats + 1)
+            print(json.dumps(cmp, indent=1))
+            print(line(cmp))
+            if args.out is not None:
+                write_json_atomic(args.out, results)
+            return 0 if cmp[equal] else 1
     if args.compare:
         results["compare_trimming"] = cmp = compare_trimming(adapter, eval_set, base, repeats=args.full_repeats)
         print(json.dumps(cmp, indent=1))
