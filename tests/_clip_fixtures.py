@@ -64,3 +64,17 @@ def random_batches(module: TinyCLIPModule, n_batches: int, seed: int = 0) -> Dat
     images = torch.randn(n, 3, size, size, generator=g)
     tokens = module.tokenizer([f"a photo of thing number {i}" for i in range(n)])
     return DataLoader(TensorDataset(images, tokens), batch_size=module.batch_size)
+
+
+def loss_and_grads(module, captions: list[str]) -> tuple[float, dict[str, torch.Tensor]]:
+    """One training forward + backward of a ``train.module.CLIPModule``'s model on fixed random
+    images and ``captions`` (text trimming on, as in training): the loss and every gradient."""
+    from train.loss import build_loss, contrastive_loss
+
+    model = module.model.train()
+    g = torch.Generator().manual_seed(1)
+    size = model.visual.image_size[0]
+    images = torch.randn(len(captions), 3, size, size, generator=g)
+    loss = contrastive_loss(model, images, module.tokenizer(captions), build_loss("clip"))
+    loss.backward()
+    return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}

@@ -4,19 +4,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from train.loss import build_loss, contrastive_loss
+from _clip_fixtures import loss_and_grads
 from train.module import CLIPModule
 
 
 def _step(module: CLIPModule) -> tuple[float, dict[str, torch.Tensor]]:
-    model = module.model.train()
-    g = torch.Generator().manual_seed(1)
-    size = model.visual.image_size[0]
-    images = torch.randn(4, 3, size, size, generator=g)
-    texts = module.tokenizer([f"a photo of a {w}" for w in ("dog", "cat and a car", "tree", "cup")])
-    loss = contrastive_loss(model, images, texts, build_loss("clip"))  # text trimming on, as in training
-    loss.backward()
-    return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return loss_and_grads(module, [f"a photo of a {w}" for w in ("dog", "cat and a car", "tree", "cup")])
 
 
 def test_compiled_forward_gives_the_same_loss_gradients_and_state_dict(monkeypatch):

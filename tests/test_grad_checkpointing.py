@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from _clip_fixtures import loss_and_grads
 from train.loss import build_loss, contrastive_loss
 from train.module import CLIPModule
 
@@ -11,14 +12,7 @@ from train.module import CLIPModule
 def _grads(grad_checkpointing: bool) -> tuple[float, dict[str, torch.Tensor]]:
     torch.manual_seed(0)
     module = CLIPModule("clip-micro", grad_checkpointing=grad_checkpointing)
-    model = module.model.train()
-    g = torch.Generator().manual_seed(1)
-    size = model.visual.image_size[0]
-    images = torch.randn(6, 3, size, size, generator=g)
-    texts = module.tokenizer([f"a photo of a {w}" for w in ("dog", "cat", "car", "tree", "cup", "apple")])
-    loss = contrastive_loss(model, images, texts, build_loss("clip"))
-    loss.backward()
-    return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return loss_and_grads(module, [f"a photo of a {w}" for w in ("dog", "cat", "car", "tree", "cup", "apple")])
 
 
 def test_same_loss_and_gradients_with_and_without():

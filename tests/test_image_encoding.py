@@ -61,20 +61,11 @@ def test_adapter_falls_back_where_it_would_not_be_exact():
 
 def test_bench_compare_images_smoke(tmp_path):
     """bench/bench_probes.py --compare-images: both paths timed, results and embeddings checked equal."""
-    import open_clip
-    from _scripts import load_script
-    from test_probes_suite import write_fake_eval_set
+    from _scripts import bench_probes_on_micro
 
-    from eval.manifest import load_eval_set
-    from eval.models import register_model_configs
     from eval.suite import SuiteConfig
 
-    bench = load_script("bench/bench_probes.py")
-    eval_set = load_eval_set(write_fake_eval_set(tmp_path / "es"))
-    register_model_configs()
-    torch.manual_seed(0)
-    model, _, preprocess = open_clip.create_model_and_transforms("clip-micro")
-    adapter = ClipAdapter(model.eval(), preprocess, open_clip.get_tokenizer("clip-micro"))
+    bench, eval_set, adapter = bench_probes_on_micro(tmp_path)
     cfg = SuiteConfig(probes=("ior", "i2tor"), n_objects=(2,), items_per_probe=12)
     row = bench.compare_images(adapter, eval_set, cfg, repeats=1)
     # a random-init micro model on flat fake images: near-tied retrievals can flip on 1e-7 (any GEMM

@@ -123,18 +123,11 @@ def test_not_used_where_it_would_not_be_exact_or_at_inference():
 
 def test_bench_compare_prefixes_smoke(tmp_path):
     """bench/bench_probes.py --compare-prefixes: both runs timed, results and embeddings checked equal."""
-    from _scripts import load_script
-    from test_probes_suite import write_fake_eval_set
+    from _scripts import bench_probes_on_micro
 
-    from eval.manifest import load_eval_set
     from eval.suite import SuiteConfig
 
-    bench = load_script("bench/bench_probes.py")
-    eval_set = load_eval_set(write_fake_eval_set(tmp_path / "es"))
-    register_model_configs()
-    torch.manual_seed(0)
-    model, _, preprocess = open_clip.create_model_and_transforms("clip-micro")
-    adapter = ClipAdapter(model.eval(), preprocess, open_clip.get_tokenizer("clip-micro"))
+    bench, eval_set, adapter = bench_probes_on_micro(tmp_path)
     cfg = SuiteConfig(probes=("tor", "itm"), n_objects=(2,), items_per_probe=12, templates=("and_chain", "photo"))
     row = bench.compare_prefixes(adapter, eval_set, cfg, repeats=1)
     assert row["results_equal_1e-5"] and row["result_diffs"] == [] and row["max_embedding_diff"] < 1e-5
