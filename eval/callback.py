@@ -345,7 +345,7 @@ class BiasEvalCallback(L.Callback):
         self._adapter.share_inputs([getattr(self._prepared, "tokens", None), *(p.get("tokens") for p in parts)],
                                    [getattr(self._prepared, "images", None), *(p.get("images") for p in parts)])
         self.prepare_seconds = time.perf_counter() - t1
-        log.info("bias probes ready in %.1f s (eval set %s in %.1f s; decoding and tokenising %.1f s)",
+        log.info("bias probes ready in %.1f s (eval set %s in %.1f s; decoding, tokenising and planning %.1f s)",
                  self.render_seconds + self.prepare_seconds, getattr(eval_set, "root", "?"), self.render_seconds,
                  self.prepare_seconds)
 

@@ -140,9 +140,13 @@ class ClipAdapter:
         """Register the token and image tensors that each evaluation encodes (the callback's prepared
         inputs). Inside :meth:`evaluation`, the first request for one of them encodes the distinct rows
         of all of them together (one prefix trie over every caption, each distinct image once) and
-        every request for a registered tensor is answered from that; other inputs encode as usual."""
+        every request for a registered tensor is answered from that; other inputs encode as usual.
+        The union's prefix-trie plan is built here (it depends on the tokens only), not at the first
+        evaluation."""
         self._shared = {"text": _Union.of([t for t in texts if isinstance(t, torch.Tensor)], _token_row_key),
                         "image": _Union.of([t for t in images if isinstance(t, torch.Tensor)], _image_row_key)}
+        if self._shared["text"] is not None and self.trim_text and self.share_prefixes and self._prefix_sharing_ok():
+            self._trie_plans(self._shared["text"].rows)  # depends on the tokens only: planned once, here
 
     @contextlib.contextmanager
     def evaluation(self) -> Iterator["ClipAdapter"]:

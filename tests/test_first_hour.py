@@ -104,7 +104,7 @@ def test_one_line_per_evaluation_and_an_end_of_run_summary(tiny_run):
             build_parser().parse_args(shlex.split(line.split("#")[0])[3:])
     # the probes' cost: the evaluations' own seconds (bias.jsonl) as a share of the run, preparation apart
     cost = re.search(r"bias probes: (\d+) evaluations, ([\d.]+) s = ([\d.]+) % of the run "
-                     r"\(\+ ([\d.]+) s decoding and tokenising once\)", summary)
+                     r"\(\+ ([\d.]+) s preparing the inputs once\)", summary)
     assert cost, summary
     per_eval = {r["step"]: r["eval_seconds"] for r in read_records(tiny_run[0] / "runs" / "first" / "bias.jsonl")}
     assert int(cost[1]) == len(per_eval) == 3
@@ -114,9 +114,9 @@ def test_one_line_per_evaluation_and_an_end_of_run_summary(tiny_run):
 
 def test_probe_cost_line_names_the_one_off_render_only_when_it_happened():
     line = probe_cost_line(7, 6.3, 1.04, 0.01, 210.0)
-    assert line == "  bias probes: 7 evaluations, 6.3 s = 3.0 % of the run (+ 1.0 s decoding and tokenising once)"
+    assert line == "  bias probes: 7 evaluations, 6.3 s = 3.0 % of the run (+ 1.0 s preparing the inputs once)"
     line = probe_cost_line(7, 6.3, 1.04, 3.2, None)
-    assert line == ("  bias probes: 7 evaluations, 6.3 s (+ 1.0 s decoding and tokenising once, "
+    assert line == ("  bias probes: 7 evaluations, 6.3 s (+ 1.0 s preparing the inputs once, "
                     "3.2 s rendering the eval set (cached for later runs))")
 
 

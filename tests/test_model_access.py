@@ -8,6 +8,7 @@ from PIL import Image
 
 from _clip_fixtures import TINY_CFG, TinyCLIPModule, random_batches, register_tiny
 from eval.model_access import ClipAdapter
+from eval.prefix_sharing import trie_plan
 
 #: the same weights run by two code paths: equal up to float32 reordering on any CPU and thread count
 #: (embeddings are L2-normalised, so entries are <= 1 and the absolute term sets the floor)
@@ -252,8 +253,10 @@ def test_one_model_registry():
     assert offenders == []
 
 
-def test_shared_inputs_encode_once_per_evaluation_with_the_same_embeddings():
+def test_shared_inputs_encode_once_per_evaluation_with_the_same_embeddings(monkeypatch):
     import open_clip
+
+    import eval.model_access as access
 
     from eval.models import register_model_configs
 
@@ -269,7 +272,10 @@ def test_shared_inputs_encode_once_per_evaluation_with_the_same_embeddings():
     singles = scenes[[2, 0]].clone()  # the same images again, as another probe holds them
     ref = {name: adapter.encode_text(t) for name, t in (("captions", captions), ("prompts", prompts))}
     ref_img = {"scenes": adapter.encode_image(scenes), "singles": adapter.encode_image(singles)}
+    planned = []
+    monkeypatch.setattr(access, "trie_plan", lambda *a, **k: planned.append(1) or trie_plan(*a, **k))
     adapter.share_inputs([captions, prompts, None], [scenes, singles])
+    assert planned == [1]  # the union's plan, built at registration
     calls = {"text": [], "image": []}
     model.transformer.resblocks[0].ln_1.register_forward_pre_hook(lambda m, a: calls["text"].append(a[0].shape[0]))
     model.visual.conv1.register_forward_pre_hook(lambda m, a: calls["image"].append(a[0].shape[0]))
@@ -279,6 +285,7 @@ def test_shared_inputs_encode_once_per_evaluation_with_the_same_embeddings():
             torch.testing.assert_close(adapter.encode_text(prompts), ref["prompts"], rtol=1e-5, atol=1e-6)
             torch.testing.assert_close(adapter.encode_image(scenes), ref_img["scenes"], rtol=1e-5, atol=1e-6)
             torch.testing.assert_close(adapter.encode_image(singles), ref_img["singles"], rtol=1e-5, atol=1e-6)
+    assert planned == [1]  # and reused by both evaluations
     assert calls["image"] == [4, 4]  # 4 distinct images per evaluation, not 6
     assert len(calls["text"]) == 2  # one trie over the 3 distinct captions, per evaluation
     other = tok(["a red bus"])
