@@ -151,7 +151,8 @@ def _shown(path: Path) -> str:
 def probe_cost_line(n_evaluations: int, eval_seconds: float, prepare_seconds: float, render_seconds: float,
                     run_seconds: float | None) -> str:
     """What the bias callback cost: its evaluations as a share of the run's wall time, and the
-    one-off preparation (decoding, tokenising, planning the text trie; rendering the eval set if it was not cached)."""
+    one-off preparation (decoding, tokenising, planning the text trie; rendering the eval set if it
+    was not cached)."""
     share = f" = {100 * eval_seconds / run_seconds:.1f} % of the run" if run_seconds else ""
     once = f"{prepare_seconds:.1f} s preparing the inputs once"
     if render_seconds >= 0.5:
