@@ -32,15 +32,9 @@ from PIL import Image
 
 from data_prep.read_shards import iter_samples
 from data_prep.relation_set import write_relation_set
-from data_prep.relations import OPPOSITE, rebuild_caption
 from data_prep.fileio import write_text_atomic
 from eval import compositional
-from eval.stats import MIN_ITEMS, gated_entry, mean_interval
-
-
-def _entry(scores: list[float]) -> dict:
-    mean = sum(scores) / len(scores) if scores else None
-    return gated_entry(mean, len(scores), mean_interval(scores), MIN_ITEMS)
+from eval.stats import MIN_ITEMS
 
 
 def training_distribution(adapter, shards: list[str], max_items: int) -> dict:
@@ -51,12 +45,15 @@ def training_distribution(adapter, shards: list[str], max_items: int) -> dict:
             continue
         named = sorted((o for o in meta["objects"] if o.get("mention_index") is not None),
                        key=lambda o: o["mention_index"])
-        names = [o["name"] for o in named]
+        # the sample as a relation-set item, so its negatives are the probes' own (eval.compositional)
+        item = {"objects": [o["name"] for o in named], "relation": meta["relation"],
+                "areas": [o["area"] for o in named]}
+        pairs = compositional.caption_pairs(item, meta["template"])
         with Image.open(io.BytesIO(img)) as im:
             images.append(adapter.preprocess(im.convert("RGB")))
-        pos.append(meta["caption"])
-        swapped.append(rebuild_caption(meta, names[::-1]))
-        flipped.append(rebuild_caption({**meta, "relation": OPPOSITE[meta["relation"]]}, names))
+        pos.append(pairs["swap_obj"][0])
+        swapped.append(pairs["swap_obj"][1])
+        flipped.append(pairs["replace_rel"][1])
         large_first.append(named[0]["area"] > named[1]["area"])
         if len(pos) == max_items:
             break
@@ -67,10 +64,11 @@ def training_distribution(adapter, shards: list[str], max_items: int) -> dict:
         p, s, f = (adapter.encode_text(adapter.tokenizer(t)) for t in (pos, swapped, flipped))
     swap = compositional.pair_scores(img, p, s)
     flip = compositional.pair_scores(img, p, f)
-    return {"swap_obj": _entry(swap),
-            "swap_obj, large named first": _entry([x for x, lf in zip(swap, large_first) if lf]),
-            "swap_obj, small named first": _entry([x for x, lf in zip(swap, large_first) if not lf]),
-            "replace_rel": _entry(flip)}
+    return compositional.summarise({
+        "swap_obj": swap,
+        "swap_obj, large named first": [x for x, lf in zip(swap, large_first) if lf],
+        "swap_obj, small named first": [x for x, lf in zip(swap, large_first) if not lf],
+        "replace_rel": flip})["summary"]
 
 
 def text_cosines(adapter, items: list[dict]) -> dict:

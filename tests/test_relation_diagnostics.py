@@ -20,6 +20,11 @@ def _vector(name: str) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
+def diag():
+    return load_script("experiments/relation_diagnostics.py")
+
+
+@pytest.fixture(scope="module")
 def shortcut_model(tmp_path_factory):
     """(adapter, corpus dir): images -> their largest object's vector; captions -> their first-named object's."""
     corpus = tmp_path_factory.mktemp("relcorpus")
@@ -34,8 +39,7 @@ def shortcut_model(tmp_path_factory):
     return adapter, corpus
 
 
-def test_the_largest_first_shortcut_answers_swap_obj_and_no_relation(shortcut_model):
-    diag = load_script("experiments/relation_diagnostics.py")
+def test_the_largest_first_shortcut_answers_swap_obj_and_no_relation(diag, shortcut_model):
     adapter, corpus = shortcut_model
     res = diag.training_distribution(adapter, [str(corpus)], max_items=1000)
     assert res["swap_obj, large named first"]["value"] == 1.0
@@ -45,11 +49,10 @@ def test_the_largest_first_shortcut_answers_swap_obj_and_no_relation(shortcut_mo
     assert res["swap_obj"]["denominator"] == f"N={n}" and n > 60
 
 
-def test_text_cosines_and_a_bad_input(shortcut_model, tmp_path):
+def test_text_cosines_and_a_bad_input(diag, shortcut_model, tmp_path):
     from data_prep.relation_set import write_relation_set
     from eval import compositional
 
-    diag = load_script("experiments/relation_diagnostics.py")
     adapter, corpus = shortcut_model
     write_relation_set(tmp_path / "set", progress=False)
     cos = diag.text_cosines(adapter, compositional.read_set(tmp_path / "set"))
@@ -61,8 +64,7 @@ def test_text_cosines_and_a_bad_input(shortcut_model, tmp_path):
         diag.training_distribution(adapter, [str(list_only)], max_items=1000)
 
 
-def test_bad_paths_are_refused_before_any_work(tmp_path, capsys):
-    diag = load_script("experiments/relation_diagnostics.py")
+def test_bad_paths_are_refused_before_any_work(diag, tmp_path, capsys):
     ckpt = tmp_path / "x.ckpt"
     ckpt.write_bytes(b"")  # never opened: the shard check comes first
     for argv, message in ((["--checkpoint", str(tmp_path / "none.ckpt"), "--shards", str(tmp_path)], "no such file"),
