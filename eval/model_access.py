@@ -145,7 +145,7 @@ class ClipAdapter:
         evaluation."""
         self._shared = {"text": _Union.of([t for t in texts if isinstance(t, torch.Tensor)], _token_row_key),
                         "image": _Union.of([t for t in images if isinstance(t, torch.Tensor)], _image_row_key)}
-        if self._shared["text"] is not None and self.trim_text and self.share_prefixes and self._prefix_sharing_ok():
+        if self._shared["text"] is not None and self._uses_trie():
             self._trie_plans(self._shared["text"].rows)  # depends on the tokens only: planned once, here
 
     @contextlib.contextmanager
@@ -193,7 +193,7 @@ class ClipAdapter:
         return shared if shared is not None else self._encode_text(tokens)
 
     def _encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
-        if self.trim_text and self.share_prefixes and self._prefix_sharing_ok():
+        if self._uses_trie():
             inverse, chunks = self._trie_plans(tokens)
             with torch.no_grad():
                 emb = torch.cat([F.normalize(encode_prefix_trie(self.model, rows, plan=plan).float(), dim=-1)
@@ -231,7 +231,10 @@ class ClipAdapter:
             self._plans.popitem(last=False)
         return inverse, chunks
 
-    def _prefix_sharing_ok(self) -> bool:
+    def _uses_trie(self) -> bool:
+        """Whether text encodes over a prefix trie now (switches on, model eligible at inference)."""
+        if not (self.trim_text and self.share_prefixes):
+            return False
         with torch.no_grad():  # as the encoding will run
             return prefix_sharing_ineligibility(self.model) is None
 
