@@ -30,6 +30,8 @@ from .captions import TEMPLATES, article, make_caption
 RELATION_WORDS: dict[str, str] = {"left": "to the left of", "right": "to the right of", "above": "above",
                                   "below": "below"}
 OPPOSITE: dict[str, str] = {"left": "right", "right": "left", "above": "below", "below": "above"}
+#: the relation on the other axis (horizontal <-> vertical): false of any rendered pair that holds the key
+OTHER_AXIS: dict[str, str] = {"left": "above", "right": "below", "above": "left", "below": "right"}
 CAPTION_KINDS = ("list", "relation", "attribute")
 DEFAULT_MARGIN = 0.1
 DEFAULT_RATIO = 2.0

@@ -412,7 +412,7 @@ def add_benchmark_parsers(subparsers: argparse._SubParsersAction) -> None:
     _add_model_arguments(p)
     p.set_defaults(func=run_benchmark_command, benchmark="word-order")
     p = subparsers.add_parser(
-        "compositional", help="in-world compositional probes (swap_obj, replace_rel, swap_att)",
+        "compositional", help="in-world compositional probes (swap_obj, replace_rel, swap_att; replace_axis as a control)",
         description="Is a two-object image closer to its true caption than to the objects swapped, the relation "
         "replaced by its opposite, or the size words swapped? On the rendered relation set (eval.compositional).")
     p.add_argument("--data", type=Path, help="a relation set folder (default: rendered once into --cache-dir)")

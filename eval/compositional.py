@@ -3,14 +3,20 @@ eval set (``data_prep.relation_set``): for each two-object image, its true capti
 
 - ``swap_obj``: the two objects of the relation swapped ("a dog to the left of a cat");
 - ``replace_rel``: the relation replaced by its opposite ("a cat to the right of a dog");
-- ``swap_att``: the size words swapped ("a small cat and a large dog").
+- ``swap_att``: the size words swapped ("a small cat and a large dog");
+- ``replace_axis`` (a positive control): the relation replaced by one on the other axis ("a cat
+  above a dog" for a cat left of a dog). A model that knows only whether the two objects stand
+  side by side or stacked answers it, without knowing which one is where; ``replace_rel`` and
+  ``swap_obj`` need that binding. High ``replace_axis`` with chance ``replace_rel`` reads "the
+  relation words are learnt, their direction is not".
 
 The true captions name object A first (A is the large one in half the images, and left, right,
 above or below B equally often, so neither size nor place is confounded with caption position).
 Accuracy = mean over images of 1 if the image is closer to the true caption, ½ on a tie (within
 :data:`eval.word_order.TIE_TOLERANCE`), 0 otherwise; chance 0.5. ``swap_obj`` and ``swap_att``
 negatives hold the same words as the positive, so a bag-of-words text model ties every pair and
-scores exactly 0.5 (tested): only word order can answer them. ``replace_rel`` changes a word.
+scores exactly 0.5 (tested): only word order can answer them. ``replace_rel`` and ``replace_axis``
+change a word.
 Normal 95 % intervals of the mean; "n/a (N = k)" below :data:`eval.stats.MIN_ITEMS`.
 """
 from __future__ import annotations
@@ -21,11 +27,11 @@ from typing import Any
 
 import torch
 
-from data_prep.relations import OPPOSITE, attribute_caption, relation_caption, size_words
+from data_prep.relations import OPPOSITE, OTHER_AXIS, attribute_caption, relation_caption, size_words
 from eval.stats import MIN_ITEMS, gated_entry, mean_interval
 from eval.word_order import TIE_TOLERANCE
 
-PROBES = ("swap_obj", "replace_rel", "swap_att")
+PROBES = ("swap_obj", "replace_rel", "swap_att", "replace_axis")
 
 
 def read_set(root: str | Path) -> list[dict]:
@@ -46,7 +52,8 @@ def caption_pairs(item: dict, template: str = "photo") -> dict[str, tuple[str, s
     rel = item["relation"]
     words = size_words(*item["areas"])
     out = {"swap_obj": (relation_caption(a, b, rel, template), relation_caption(b, a, rel, template)),
-           "replace_rel": (relation_caption(a, b, rel, template), relation_caption(a, b, OPPOSITE[rel], template))}
+           "replace_rel": (relation_caption(a, b, rel, template), relation_caption(a, b, OPPOSITE[rel], template)),
+           "replace_axis": (relation_caption(a, b, rel, template), relation_caption(a, b, OTHER_AXIS[rel], template))}
     if words is not None:
         out["swap_att"] = (attribute_caption(a, b, words, template), attribute_caption(a, b, words[::-1], template))
     return out

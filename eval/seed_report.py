@@ -39,6 +39,7 @@ OPTIONAL_INDICES = (
     ("swap_obj acc.", "compositional", "swap_obj"),
     ("replace_rel acc.", "compositional", "replace_rel"),
     ("swap_att acc.", "compositional", "swap_att"),
+    ("replace_axis acc. (control)", "compositional", "replace_axis"),
     ("word order P@1", "word_order", "precision_at_1"),
 )
 RETRIEVAL = ("val i2t R@1", "val/i2t_R@1")

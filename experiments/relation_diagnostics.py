@@ -9,11 +9,13 @@
    rendered corpus the first-named object is the largest in ``p_large_first`` of the captions, so
    a model with the order bias answers ``swap_obj`` there without knowing any relation: high when
    the large one is named first, low otherwise. ``replace_rel`` keeps both objects in place, so
-   only the relation can answer it.
+   only the relation can answer it; ``replace_axis`` (the relation on the other axis) is its
+   control: a model knowing only "side by side or stacked" answers it.
 2. **The counterbalanced relation set** (``data_prep.relation_set``; A is the large one in half the
-   images): the callback's three accuracies, with 95 % intervals.
+   images): the callback's accuracies (``eval.compositional.PROBES``), with 95 % intervals.
 3. **The text tower**: the mean cosine between each relation-set caption and its ``replace_rel`` /
-   ``swap_obj`` negative. 1.000 means the tower maps "left of" and "right of" to one embedding.
+   ``replace_axis`` / ``swap_obj`` negative. 1.000 means the tower maps "left of" and "right of"
+   to one embedding.
 
 Accuracies are 1 / ½ / 0 per item as in ``eval.compositional``; every number carries its N.
 Writes the numbers as JSON with ``--out``.
@@ -39,7 +41,8 @@ from eval.stats import MIN_ITEMS
 
 def training_distribution(adapter, shards: list[str], max_items: int) -> dict:
     """Part 1 of the module docstring."""
-    images, pos, swapped, flipped, large_first = [], [], [], [], []
+    images, pos, large_first = [], [], []
+    negatives: dict[str, list[str]] = {"swap_obj": [], "replace_rel": [], "replace_axis": []}
     for meta, img in iter_samples(shards, need_image=True):
         if meta.get("caption_kind") != "relation" or img is None:
             continue
@@ -52,8 +55,8 @@ def training_distribution(adapter, shards: list[str], max_items: int) -> dict:
         with Image.open(io.BytesIO(img)) as im:
             images.append(adapter.preprocess(im.convert("RGB")))
         pos.append(pairs["swap_obj"][0])
-        swapped.append(pairs["swap_obj"][1])
-        flipped.append(pairs["replace_rel"][1])
+        for probe, texts in negatives.items():
+            texts.append(pairs[probe][1])
         large_first.append(named[0]["area"] > named[1]["area"])
         if len(pos) == max_items:
             break
@@ -61,20 +64,21 @@ def training_distribution(adapter, shards: list[str], max_items: int) -> dict:
         raise SystemExit(f"--shards {shards}: no relation captions (render a corpus with --relation-share > 0)")
     with torch.no_grad():
         img = adapter.encode_image(torch.stack(images))
-        p, s, f = (adapter.encode_text(adapter.tokenizer(t)) for t in (pos, swapped, flipped))
-    swap = compositional.pair_scores(img, p, s)
-    flip = compositional.pair_scores(img, p, f)
+        p = adapter.encode_text(adapter.tokenizer(pos))
+        scores = {probe: compositional.pair_scores(img, p, adapter.encode_text(adapter.tokenizer(texts)))
+                  for probe, texts in negatives.items()}
+    swap = scores["swap_obj"]
     return compositional.summarise({
         "swap_obj": swap,
         "swap_obj, large named first": [x for x, lf in zip(swap, large_first) if lf],
         "swap_obj, small named first": [x for x, lf in zip(swap, large_first) if not lf],
-        "replace_rel": flip})["summary"]
+        "replace_rel": scores["replace_rel"], "replace_axis": scores["replace_axis"]})["summary"]
 
 
 def text_cosines(adapter, items: list[dict]) -> dict:
     """Part 3: mean cosine of each relation-set caption with its negatives."""
     out = {}
-    for probe in ("replace_rel", "swap_obj"):
+    for probe in ("replace_rel", "replace_axis", "swap_obj"):
         pairs = [compositional.caption_pairs(it)[probe] for it in items]
         with torch.no_grad():
             a = adapter.encode_text(adapter.tokenizer([p for p, _ in pairs]))

@@ -45,6 +45,7 @@ def test_the_largest_first_shortcut_answers_swap_obj_and_no_relation(diag, short
     assert res["swap_obj, large named first"]["value"] == 1.0
     assert res["swap_obj, small named first"]["value"] == 0.0
     assert res["replace_rel"]["value"] == 0.5  # the flipped caption embeds the same: every item ties
+    assert res["replace_axis"]["value"] == 0.5  # so does the one on the other axis
     n = sum(int(res[k]["denominator"].split("=")[1]) for k in ("swap_obj, large named first", "swap_obj, small named first"))
     assert res["swap_obj"]["denominator"] == f"N={n}" and n > 60
 
@@ -57,6 +58,7 @@ def test_text_cosines_and_a_bad_input(diag, shortcut_model, tmp_path):
     write_relation_set(tmp_path / "set", progress=False)
     cos = diag.text_cosines(adapter, compositional.read_set(tmp_path / "set"))
     assert cos["replace_rel"]["mean_cosine"] == pytest.approx(1.0) and cos["replace_rel"]["n_items"] == 248
+    assert cos["replace_axis"]["mean_cosine"] == pytest.approx(1.0)
     assert cos["swap_obj"]["mean_cosine"] < 0.5  # the first-named object changes
     list_only = tmp_path / "lists"
     write_corpus(list_only, 20, progress=False)

@@ -98,19 +98,22 @@ def _word_vector(word: str, position: int = -1) -> torch.Tensor:
     return torch.randn(256, generator=torch.Generator().manual_seed(seed))
 
 
-def _text_model(ordered: bool):
-    """A bag of words (a sum of word vectors), or a sum of (word, position) vectors."""
+def _text_model(ordered: bool, words: dict[str, str] | None = None):
+    """A bag of words (a sum of word vectors), or a sum of (word, position) vectors; ``words`` maps
+    some words to others first (a model that cannot tell them apart)."""
+    words = words or {}
+
     def fn(text: str) -> torch.Tensor:
-        return sum(_word_vector(w, i if ordered else -1) for i, w in enumerate(text.split()))
+        return sum(_word_vector(words.get(w, w), i if ordered else -1) for i, w in enumerate(text.split()))
     return fn
 
 
-def _adapter(relation_set, ordered: bool) -> TableAdapter:
-    """Images embed as their true captions (all three positive forms summed); text as a bag of words
+def _adapter(relation_set, ordered: bool, words: dict[str, str] | None = None) -> TableAdapter:
+    """Images embed as their true captions (all the positive forms summed); text as a bag of words
     or with word positions."""
     from _table_adapter import key_of_file, pixels_key
 
-    text = _text_model(ordered)
+    text = _text_model(ordered, words)
     truth = {}
     for it in C.read_set(relation_set):
         pos = [p for p, _ in C.caption_pairs(it).values()]
@@ -124,7 +127,18 @@ def test_bag_of_words_is_exactly_chance_on_the_swaps(relation_set):
     assert res["swap_obj"]["accuracy"] == 0.5 and res["swap_att"]["accuracy"] == 0.5
     assert res["swap_obj"]["ties"] == res["swap_obj"]["n_items"] == 248
     assert res["replace_rel"]["ties"] == 0  # a changed word is visible to a bag of words
+    assert res["replace_axis"]["accuracy"] == 1.0
     assert res["summary"]["swap_obj"]["denominator"] == "N=248"
+
+
+def test_a_model_that_knows_only_the_axis_passes_the_control_alone(relation_set):
+    """left/right one word, above/below another: the side-by-side vs stacked distinction, no direction."""
+    adapter = _adapter(relation_set, ordered=True, words={"left": "sideways", "right": "sideways",
+                                                          "above": "stacked", "below": "stacked"})
+    res = C.run(adapter, C.prepare(adapter, relation_set))
+    assert res["replace_axis"]["accuracy"] == 1.0 and res["replace_axis"]["ties"] == 0
+    assert res["replace_rel"]["accuracy"] == 0.5 and res["replace_rel"]["ties"] == 248  # direction unknown
+    assert res["swap_att"]["accuracy"] == 1.0  # size words and order still known: the control isolates the relation
 
 
 def test_an_order_aware_model_answers_and_a_shuffled_image_does_not(relation_set):
@@ -151,4 +165,5 @@ def test_compositional_cli_and_callback_arguments(tmp_path, relation_set):
     assert main(["compositional", "--data", str(relation_set), "--model", "clip-micro", "--out", str(out),
                  "--no-progress"]) == 0
     res = json.loads(out.read_text())["results"]["compositional"]
-    assert {p: res[p]["n_items"] for p in C.PROBES} == {"swap_obj": 248, "replace_rel": 248, "swap_att": 248}
+    assert {p: res[p]["n_items"] for p in C.PROBES} == {"swap_obj": 248, "replace_rel": 248, "swap_att": 248,
+                                                        "replace_axis": 248}
