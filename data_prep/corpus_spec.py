@@ -14,7 +14,8 @@ import dataclasses
 import textwrap
 from collections.abc import Callable, Sequence
 from functools import lru_cache
-from typing import Any, get_origin, get_type_hints
+import types
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from .captions import HELD_OUT_TEMPLATES, TEMPLATES, training_templates
 from .checks import int_problem, is_int, real_problem
@@ -71,6 +72,15 @@ def document_fields(cls: type) -> type:
     return cls
 
 
+def optional_of(kind: Any) -> Any | None:
+    """``X`` for a field typed ``X | None``, else None."""
+    if get_origin(kind) in (Union, types.UnionType):
+        rest = [a for a in get_args(kind) if a is not type(None)]
+        if len(rest) == 1 and len(get_args(kind)) == 2:
+            return rest[0]
+    return None
+
+
 def _is_str_list(value: Any) -> bool:
     return isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
 
@@ -121,6 +131,10 @@ class CorpusSpec:
         bad: set[str] = set()
         for f in dataclasses.fields(self):
             kind, value, m = field_types(type(self))[f.name], getattr(self, f.name), f.metadata
+            if (inner := optional_of(kind)) is not None:
+                if value is None:
+                    continue
+                kind = inner
             if kind is int:
                 problem = int_problem(name(f.name), value, m.get("min"))
             elif kind is float:
@@ -145,7 +159,7 @@ class CorpusSpec:
             except ValueError as e:
                 errs.append(f"{name('held_out_templates')}: {e}")
         vocab_size = len(list_objects())
-        if objects is not None:
+        if objects is not None and "objects" not in bad:
             if not _is_str_list(objects):
                 errs.append(f"{name('objects')} must be a list of strings, got {objects!r}")
                 vocab_size = None

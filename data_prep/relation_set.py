@@ -17,6 +17,8 @@ rendered boxes, checked to equal the layout's.
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -27,16 +29,29 @@ from .fileio import write_text_atomic
 from .relations import relation_of
 from .render import render_scene, size_for_area
 from .shards import prepare_out_dir, write_meta
+from .vocab import check_names
 
 #: centres (fractions of the side) of A and B for each (layout, A first) pair
 LAYOUTS = {("h", True): ((0.27, 0.5), (0.73, 0.5)), ("h", False): ((0.73, 0.5), (0.27, 0.5)),
            ("v", True): ((0.5, 0.27), (0.5, 0.73)), ("v", False): ((0.5, 0.73), (0.5, 0.27))}
 
 
+def blocks_for(objects: Sequence[str] | None) -> int:
+    """Blocks that give a vocabulary of ``objects`` (None: all) at least as many images as one block of
+    the whole vocabulary (4 x 62 = 248), so the probes' intervals do not widen with a small world."""
+    full = len(vocabulary("objects"))
+    return 1 if objects is None else math.ceil(full / len(set(objects)))
+
+
 def write_relation_set(out_dir: str | Path, seed: int = 0, image_size: int = 64, blocks: int = 1,
-                       overwrite: bool = False, progress: bool = True) -> Path:
-    """Render the set (module docstring) into ``out_dir``; returns the manifest path."""
-    names = vocabulary("objects")
+                       overwrite: bool = False, progress: bool = True, objects: Sequence[str] | None = None) -> Path:
+    """Render the set (module docstring) into ``out_dir``; returns the manifest path. ``objects``: draw
+    A and B from these names only (at least 2; default: every object)."""
+    if objects is not None:
+        check_names(list(objects))  # raises naming the unknown ones
+        if len(set(objects)) < 2:
+            raise ValueError(f"a relation set needs at least 2 distinct objects, got {sorted(set(objects))}")
+    names = sorted(set(objects)) if objects is not None else vocabulary("objects")
     rng = np.random.default_rng(seed)
     jobs = []
     for r in range(blocks):

@@ -43,6 +43,13 @@ from eval.suite import SuiteConfig, SuiteOptionError, check_int, options_doc, su
 log = logging.getLogger(__name__)
 
 
+def training_vocabulary(trainer: Any) -> list[str] | None:
+    """The object names a rendered training corpus is restricted to (``data.synthetic.objects``), or
+    None: every object (or data that is not rendered)."""
+    synthetic = getattr(getattr(trainer, "datamodule", None), "synthetic", None)
+    return getattr(synthetic, "objects", None)
+
+
 class BiasEvalCallback(L.Callback):
     """Evaluate order/size-bias probes on rank 0 during training and log them over samples seen.
 
@@ -335,8 +342,13 @@ class BiasEvalCallback(L.Callback):
             if self.benchmarks.compositional:
                 from eval.eval_sets import relation_eval_set
 
+                vocabulary = training_vocabulary(pl_module.trainer)
+                if vocabulary is not None:
+                    log.warning("the training corpus draws from %d objects (data.synthetic.objects): the relation "
+                                "set uses the same ones; the ComCO bias probes still cover every object, most of "
+                                "them never seen in training", len(set(vocabulary)))
                 relation_set = relation_eval_set(self.cache_dir, self.suite.seed,
-                                                 self.image_size or model_image_size(pl_module))
+                                                 self.image_size or model_image_size(pl_module), objects=vocabulary)
             self._prepared_benchmarks = prepare_benchmarks(self._adapter, self.benchmarks, eval_set,
                                                            self.suite.n_objects, self.suite.seed,
                                                            relation_set=relation_set)

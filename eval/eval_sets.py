@@ -7,6 +7,7 @@ location is resolved when a set is needed, not at import: ``$CLIP_BIAS_LAB_CACHE
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -51,18 +52,25 @@ def default_eval_set(cache_dir: Path | None, seed: int, image_size: int, progres
     return target
 
 
-def relation_eval_set(cache_dir: Path | None, seed: int, image_size: int, progress: bool = False) -> Path:
+def relation_eval_set(cache_dir: Path | None, seed: int, image_size: int, progress: bool = False,
+                      objects: Sequence[str] | None = None) -> Path:
     """The two-object relation set of the compositional probes (``data_prep.relation_set``), rendered
-    once (atomically) into ``cache_dir`` as ``relations-seed<s>-px<size>``."""
-    target = _sets_dir(cache_dir) / f"relations-seed{seed}-px{image_size}"
+    once (atomically) into ``cache_dir`` as ``relations-seed<s>-px<size>``; on a vocabulary of
+    ``objects`` only (a small training world), in enough blocks for as many images as the whole
+    vocabulary's set (``data_prep.relation_set.blocks_for``), as ``...-v<hash of the names>``."""
+    name = f"relations-seed{seed}-px{image_size}"
+    if objects is not None:
+        name += "-v" + hashlib.sha1(" ".join(sorted(set(objects))).encode()).hexdigest()[:8]
+    target = _sets_dir(cache_dir) / name
     if (target / "manifest.jsonl").is_file():
         return target
-    from data_prep.relation_set import write_relation_set  # lazily: rendering needs PIL
+    from data_prep.relation_set import blocks_for, write_relation_set  # lazily: rendering needs PIL
 
     try:
         with atomic_dir(target) as tmp:
             tmp.mkdir()
-            write_relation_set(tmp, seed=seed, image_size=image_size, progress=progress)
+            write_relation_set(tmp, seed=seed, image_size=image_size, progress=progress, objects=objects,
+                               blocks=blocks_for(objects))
     except OSError:
         if not (target / "manifest.jsonl").is_file():
             raise

@@ -33,7 +33,7 @@ import torch
 from PIL import Image
 
 from data_prep.read_shards import iter_samples
-from data_prep.relation_set import write_relation_set
+from data_prep.relation_set import blocks_for, write_relation_set
 from data_prep.fileio import write_text_atomic
 from eval import compositional
 from eval.stats import MIN_ITEMS
@@ -75,6 +75,13 @@ def training_distribution(adapter, shards: list[str], max_items: int) -> dict:
         "replace_rel": scores["replace_rel"], "replace_axis": scores["replace_axis"]})["summary"]
 
 
+def corpus_objects(shards: list[str]) -> list[str] | None:
+    """The vocabulary the corpus of ``shards`` was restricted to (its ``meta.json`` ``objects``), or None."""
+    first = Path(shards[0])
+    meta = (first if first.is_dir() else first.parent) / "meta.json"
+    return json.loads(meta.read_text()).get("objects") if meta.is_file() else None
+
+
 def text_cosines(adapter, items: list[dict]) -> dict:
     """Part 3: mean cosine of each relation-set caption with its negatives."""
     out = {}
@@ -92,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     ap.add_argument("--checkpoint", required=True, help="a Lightning checkpoint of train.module.CLIPModule")
     ap.add_argument("--shards", nargs="+", required=True, help="tars (or folders of tars) of a relational corpus")
-    ap.add_argument("--relation-set", help="a rendered relation set (default: render one block to a temp dir)")
+    ap.add_argument("--relation-set", help="a rendered relation set (default: render one to a temp dir, on the "
+                                            "objects of --shards' corpus as the callback does)")
     ap.add_argument("--max-items", type=int, default=1000, help="relation captions read from --shards")
     ap.add_argument("--out", help="write the numbers here as JSON")
     args = ap.parse_args(argv)
@@ -113,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.relation_set) if args.relation_set else Path(tmp) / "relation-set"
         if not args.relation_set:
-            write_relation_set(root, progress=False)
+            objects = corpus_objects(args.shards)
+            write_relation_set(root, progress=False, objects=objects, blocks=blocks_for(objects))
         items = compositional.read_set(root)
         with torch.no_grad():
             comp = compositional.run(adapter, compositional.prepare(adapter, root))

@@ -77,3 +77,10 @@ def test_bad_paths_are_refused_before_any_work(diag, tmp_path, capsys):
         with pytest.raises(SystemExit):
             diag.main(argv)
         assert message in capsys.readouterr().err
+
+
+def test_the_default_relation_set_takes_the_corpus_vocabulary(diag, shortcut_model, tmp_path):
+    _, corpus = shortcut_model
+    assert diag.corpus_objects([str(corpus)]) is None and diag.corpus_objects([str(corpus / "00000.tar")]) is None
+    write_corpus(tmp_path / "small", 10, objects=["dog", "bus"], max_objects=2, progress=False)
+    assert diag.corpus_objects([str(tmp_path / "small" / "00000.tar")]) == ["bus", "dog"]

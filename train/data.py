@@ -49,21 +49,28 @@ class SyntheticCorpus(CorpusSpec):
 
     The knobs, their defaults, help and rules are ``data_prep.corpus_spec.CorpusSpec``'s (the same
     names as ``python -m data_prep synth``'s flags); this adds the quickstart's default size and a
-    validation corpus.
+    validation corpus and the vocabulary (``python -m data_prep synth --objects``).
     """
 
     num_samples: int = with_default(CorpusSpec, "num_samples", 40000)
     val_num_samples: int = knob(0, "If > 0, also render a validation corpus (seed + 1) of this many samples "
                                    "for retrieval R@k.", min=0)
+    objects: list[str] | None = knob(
+        None, "Draw the objects from these names only (null: all of the vocabulary; python -m data_prep vocab "
+              "lists them). A small world (e.g. 8 objects, two to a scene) puts the same pair in several "
+              "arrangements into one batch, which relations need; the callback's relation set then uses "
+              "the same names.")
 
     def problems(self, name: str | Callable[[str], str] = SYNTHETIC_KEY, **kw: Any) -> list[str]:
         """Every problem with these values (``CorpusSpec.problems``' rules), named by their config path
         (``data.synthetic.seed``); ``name``: the section's path, or a function naming a field."""
         namer = (lambda f: f"{name}.{f}") if isinstance(name, str) else name
-        return super().problems(namer, **kw)
+        return super().problems(namer, objects=self.objects, **kw)
 
     def corpus_kwargs(self, split: str) -> dict[str, Any]:
         kw = asdict(self)
+        if kw["objects"] is not None:
+            kw["objects"] = sorted(kw["objects"])  # a set of names: their order renders the same corpus
         val_n = kw.pop("val_num_samples")
         if split == "val":
             kw.update(num_samples=val_n, seed=self.seed + 1)
@@ -74,18 +81,18 @@ class SyntheticCorpus(CorpusSpec):
 
         The hash covers every field (but ``val_num_samples``) by name and value as given: a field added to
         ``CorpusSpec`` renames every cached corpus, so existing caches are rendered once more — except
-        the caption-kind shares at 0 (:data:`UNHASHED_AT_ZERO`), which change no byte of a corpus.
+        the knobs at the values that render what the corpus was before they existed (:data:`UNHASHED_AT_DEFAULT`).
         """
         kw = self.corpus_kwargs(split)
-        for key in UNHASHED_AT_ZERO:
-            if kw.get(key) == 0:
+        for key, default in UNHASHED_AT_DEFAULT.items():
+            if key in kw and (kw[key] is None if default is None else kw[key] == default):
                 kw.pop(key)
         digest = hashlib.sha1(json.dumps(kw, sort_keys=True).encode()).hexdigest()[:10]
         return Path(cache_dir) / f"synth-{digest}"
 
 
-#: knobs added after corpora were cached whose value 0 renders the same bytes as before they existed
-UNHASHED_AT_ZERO = ("relation_share", "attribute_share")
+#: knobs added after corpora were cached, and the value of each that renders the same bytes as before it existed
+UNHASHED_AT_DEFAULT: dict[str, Any] = {"relation_share": 0.0, "attribute_share": 0.0, "objects": None}
 
 
 def expand_shards(shards: str | list[str]) -> list[str]:
