@@ -317,6 +317,11 @@ def test_eval_line_and_table_with_and_without_intervals():
             _record(52, "tor", {"order_bias": {"value": 0.1, "denominator": "N=62"},
                                 "order_bias_conditional": {"value": 0.05, "denominator": "N_cond=40/62"}})]
     assert eval_line(recs[:1]) == "bias @ step 0 (0 samples): TOR order +0.31 (N=62)"
+    comp = {p: {"value": v, "denominator": "N=256"} for p, v in (("swap_att", 0.5), ("swap_obj", 0.61),
+                                                                 ("replace_axis", 1.0))}
+    assert eval_line([_record(9, "compositional", comp)]).endswith("COMPOSITIONAL swap_obj 0.61 (N=256)")
+    del comp["swap_obj"]  # a set with no relation pairs: the shortest name again
+    assert eval_line([_record(9, "compositional", comp)]).endswith("COMPOSITIONAL swap_att 0.50 (N=256)")
     table = bias_table(recs)
     assert table[0].split() == ["probe", "index", "step", "0", "step", "52", "denominator"]
     assert table[1].split() == ["TOR", "order_bias", "+0.31", "[+0.20,", "+0.40]", "+0.10", "N=62"]

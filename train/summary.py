@@ -66,13 +66,20 @@ def _signed(x: float | None, digits: int = 2) -> str:
     return "n/a" if x is None or not math.isfinite(x) else f"{x:+.{digits}f}"
 
 
-def headline_index(result: Mapping) -> tuple[str, dict] | None:
-    """The probe's main index (``order_bias``, ``size_bias``, ``gap``...): the shortest summary name,
-    the others being its ``_conditional`` / ``_own`` variants."""
+#: a probe whose main index is not its shortest summary name: the compositional probes' is the one
+#: that needs the relation and order (``swap_obj``), not the first in the alphabet
+HEADLINES = {"compositional": "swap_obj"}
+
+
+def headline_index(result: Mapping, probe: str | None = None) -> tuple[str, dict] | None:
+    """The probe's main index (``order_bias``, ``size_bias``, ``gap``...): :data:`HEADLINES`' for
+    ``probe``, else the shortest summary name, the others being its ``_conditional`` / ``_own`` variants."""
     summary = summary_of(result)
     if not summary:
         return None
-    name = min(summary, key=lambda k: (len(k), k))
+    name = HEADLINES.get(probe or "")
+    if name not in summary:
+        name = min(summary, key=lambda k: (len(k), k))
     return name, summary[name]
 
 
@@ -96,7 +103,7 @@ def eval_line(records: Sequence[Mapping]) -> str:
     several_n = len({r["n_objects"] for r in records} - {None}) > 1
     parts = []
     for rec in records:
-        head = headline_index(rec["result"])
+        head = headline_index(rec["result"], rec.get("probe"))
         if head is None:
             continue
         name, entry = head
