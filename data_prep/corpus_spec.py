@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import textwrap
+import types
 from collections.abc import Callable, Sequence
 from functools import lru_cache
-import types
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from .captions import HELD_OUT_TEMPLATES, TEMPLATES, training_templates

@@ -59,8 +59,8 @@ class BenchmarkConfig:
             category. A category it lacks is left out and its items are skipped, counted and named.
         coco_ratio: an image enters the size-bias probe when its largest instance is at least this many
             times the area of the next category's.
-        compositional: the in-world compositional probes (swap_obj, replace_rel, swap_att; replace_axis as a control) on the rendered
-            two-object relation set, for corpora with relation or attribute captions.
+        compositional: the in-world compositional probes (swap_obj, replace_rel, swap_att; replace_axis as a
+            control) on the rendered two-object relation set, for corpora with relation or attribute captions.
         min_items: fewest items behind any of these numbers; below it a value reads n/a (N = k).
     """
 

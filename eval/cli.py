@@ -412,9 +412,11 @@ def add_benchmark_parsers(subparsers: argparse._SubParsersAction) -> None:
     _add_model_arguments(p)
     p.set_defaults(func=run_benchmark_command, benchmark="word-order")
     p = subparsers.add_parser(
-        "compositional", help="in-world compositional probes (swap_obj, replace_rel, swap_att; replace_axis as a control)",
+        "compositional",
+        help="in-world compositional probes (swap_obj, replace_rel, swap_att; replace_axis as a control)",
         description="Is a two-object image closer to its true caption than to the objects swapped, the relation "
-        "replaced by its opposite, or the size words swapped? On the rendered relation set (eval.compositional).")
+        "replaced by its opposite, or the size words swapped (and, as a control, the relation moved to the other axis)? "
+        "On the rendered relation set (eval.compositional).")
     p.add_argument("--data", type=Path, help="a relation set folder (default: rendered once into --cache-dir)")
     p.add_argument("--cache-dir", type=Path, default=None, help=CACHE_HELP)
     p.add_argument("--image-size", type=int, default=None, help="side of the rendered set (default: the model's)")
