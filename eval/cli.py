@@ -417,11 +417,27 @@ def add_benchmark_parsers(subparsers: argparse._SubParsersAction) -> None:
         description="Is a two-object image closer to its true caption than to the objects swapped, the relation "
         "replaced by its opposite, or the size words swapped (and, as a control, the relation moved to the other axis)? "
         "On the rendered relation set (eval.compositional).")
-    p.add_argument("--data", type=Path, help="a relation set folder (default: rendered once into --cache-dir)")
+    p.add_argument("--data", type=Path, help="a relation set folder (default: rendered once into --cache-dir, on "
+                                             "the objects of --objects or of the checkpoint's run)")
+    p.add_argument("--objects", nargs="+", default=None,
+                   help="draw the default relation set from these objects (default: the run's data.synthetic.objects "
+                        "from the config.yaml beside the checkpoint's folder, else every object)")
     p.add_argument("--cache-dir", type=Path, default=None, help=CACHE_HELP)
     p.add_argument("--image-size", type=int, default=None, help="side of the rendered set (default: the model's)")
     _add_model_arguments(p)
     p.set_defaults(func=run_benchmark_command, benchmark="compositional")
+
+
+def run_vocabulary(checkpoint: Path | None) -> list[str] | None:
+    """``data.synthetic.objects`` of the run a checkpoint belongs to (``RUN/config.yaml`` beside
+    ``RUN/checkpoints/``), or None: no such config, or a run on every object."""
+    config = None if checkpoint is None else Path(checkpoint).resolve().parent.parent / "config.yaml"
+    if config is None or not config.is_file():
+        return None
+    import yaml
+
+    data = (yaml.safe_load(config.read_text(encoding="utf-8")) or {}).get("data") or {}
+    return (data.get("synthetic") or {}).get("objects")
 
 
 def benchmark_config(args: argparse.Namespace) -> BenchmarkConfig:
@@ -464,6 +480,15 @@ def run_benchmark_command(args: argparse.Namespace, adapter_factory: Callable[[a
     problems += output_problems(args)
     if args.benchmark == "compositional" and args.data is not None and not (args.data / "manifest.jsonl").is_file():
         problems.append(f"--data {args.data} has no manifest.jsonl (a relation set: data_prep.relation_set)")
+    if args.benchmark == "compositional" and args.objects is not None:
+        from data_prep.vocab import check_names
+
+        try:
+            check_names(args.objects)
+        except ValueError as e:
+            problems.append(f"--objects: {e}")
+        if len(set(args.objects)) < 2:
+            problems.append(f"--objects: a relation set needs at least 2 distinct objects, got {args.objects}")
     if problems:
         raise SystemExit("error: " + "\n  ".join(problems))
     progress = not args.no_progress
@@ -479,8 +504,13 @@ def run_benchmark_command(args: argparse.Namespace, adapter_factory: Callable[[a
     if args.benchmark == "compositional":
         from eval.eval_sets import relation_eval_set
 
+        objects = args.objects or run_vocabulary(args.checkpoint)
+        if args.data is None and objects is not None:
+            print(f"relation set on {len(set(objects))} objects ({'--objects' if args.objects else 'the run'}'s: "
+                  f"{', '.join(sorted(set(objects)))})")
         relation_set = args.data or relation_eval_set(args.cache_dir, args.seed,
-                                                      args.image_size or model_image_size(adapter), progress)
+                                                      args.image_size or model_image_size(adapter), progress,
+                                                      objects=objects)
     t0 = time.perf_counter()
     prepared = prepare_benchmarks(adapter, config, eval_set, seed=args.seed, progress=progress,
                                   relation_set=relation_set)

@@ -3,6 +3,7 @@ the callback's relation set (``eval.eval_sets.relation_eval_set``) follows it.""
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from types import SimpleNamespace
 
@@ -82,3 +83,27 @@ def test_no_vocabulary_without_a_rendered_restricted_corpus():
     assert training_vocabulary(SimpleNamespace()) is None
     assert training_vocabulary(SimpleNamespace(datamodule=SimpleNamespace(synthetic=None))) is None
     assert training_vocabulary(SimpleNamespace(datamodule=SimpleNamespace(synthetic=SyntheticCorpus()))) is None
+
+
+def test_eval_compositional_takes_the_runs_vocabulary_or_objects(tmp_path, capsys):
+    from eval.cli import main, run_vocabulary
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text("data:\n  synthetic:\n    objects: [dog, bus]\n")
+    assert run_vocabulary(run / "checkpoints" / "last.ckpt") == ["dog", "bus"]
+    (run / "config.yaml").write_text("data:\n  train_shards: x.tar\n  synthetic: null\n")
+    assert run_vocabulary(run / "checkpoints" / "last.ckpt") is None
+    assert run_vocabulary(tmp_path / "elsewhere.ckpt") is None and run_vocabulary(None) is None
+
+    out = tmp_path / "c.json"
+    for bad, message in ((["dog", "unicorn"], "--objects: unknown objects ['unicorn']"),
+                         (["dog"], "--objects: a relation set needs at least 2 distinct objects")):
+        with pytest.raises(SystemExit, match=re.escape(message)):
+            main(["compositional", "--model", "clip-micro", "--objects", *bad, "--out", str(out)])
+    assert main(["compositional", "--model", "clip-micro", "--objects", "dog", "bus", "cake", "car",
+                 "--cache-dir", str(tmp_path / "cache"), "--image-size", "32", "--out", str(out),
+                 "--no-progress"]) == 0
+    assert "relation set on 4 objects (--objects's: bus, cake, car, dog)" in capsys.readouterr().out
+    res = json.loads(out.read_text())["results"]["compositional"]
+    assert res["swap_obj"]["n_items"] == res["replace_axis"]["n_items"] == 4 * 4 * 16
